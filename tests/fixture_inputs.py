@@ -101,3 +101,14 @@ def eval_collate(videos: list[tuple[np.ndarray, ...]]) -> tuple[list[np.ndarray]
     for b, v in enumerate(videos):
         mask[b, : max(10, v[0].shape[0])] = 1.0
     return arrays, mask
+
+
+def single_eval_collate(videos: list[np.ndarray], randint_values: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The single variant's evaluation collate, with the random fill copies upstream drew (in call order)."""
+    (padded,), mask = eval_collate([(v,) for v in videos])
+    draws = iter(randint_values)
+    for b, v in enumerate(videos):
+        n = v.shape[0]
+        for p in range(n, 10):
+            padded[b, p] = v[next(draws)]
+    return padded, mask

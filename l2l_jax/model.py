@@ -1,0 +1,348 @@
+"""The Listen-to-Look networks in Flax Linen: fusion net, classifier and the two preview policies.
+
+Pure math, no I/O. Module and parameter names follow upstream's state dict (docs/DESIGN.md has the table;
+`l2l_jax.torch_names` converts). Behaviour, quirks included, is UPSTREAM.md sections 3-5; each quirk is
+implemented once, here, with a comment naming its section.
+
+Both policies take a batch padded to a bucket length Lb >= L, where L (`length`) is the length upstream's
+collate gave the batch: positions >= L never influence any number (BatchNorm statistics, interpolation,
+softmax), so padding a batch to a longer bucket changes nothing. Rows with `valid == 0` (filler rows) are
+left out of BatchNorm statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from l2l_jax.nn import PRECISIONS, TorchBatchNorm, WeightNormLSTMCell, interp_time, torch_dense
+
+Array = jax.Array
+
+HIDDEN = 1024  # H: LSTM width, hard-coded upstream (--hidden_size is ignored, quirk 15)
+KEY_DIM = 512  # K: key/query width
+FEATURE_DIM = 512  # image/audio/fused feature width of the two-modality model
+MASKED_SCORE = -1e35  # upstream masks with a finite -1e35 (quirk 6)
+SCORE_SCALE = math.sqrt(KEY_DIM)  # 22.627416997969522, divides the scores in float32
+
+
+@dataclasses.dataclass(frozen=True)
+class PreviewConfig:
+    """The switches of the preview policy, with upstream's flag names (UPSTREAM.md section 6 defaults)."""
+
+    num_classes: int
+    episode_length: int = 10  # E
+    mean_feature_as_start: bool = False
+    with_replacement: bool = False  # quirk 1: True means a clip is NEVER chosen twice
+    feature_interpolate: bool = False
+    subsample_factor: int = 1
+    feature_dim: int = FEATURE_DIM  # D; the two-modality model requires 512
+    hard_audio_index: bool = False  # quirk 10: hard mode indexes the audio bank with the image index unless set
+    precision: str = "highest"  # matmul precision; "highest" = full float32 as in upstream (quirk 29)
+
+
+class ImageAudioNet(nn.Module):
+    """Fusion net: cat(image, audio) -> Linear(1024,1024) -> ReLU -> Linear(1024,512) (section 3)."""
+
+    precision: str = "highest"
+
+    @nn.compact
+    def __call__(self, image: Array, audio: Array) -> Array:
+        x = jnp.concatenate([image, audio], axis=-1)
+        x = nn.relu(torch_dense(1024, 1024, "imageAudio_fc1", self.precision)(x))
+        return torch_dense(FEATURE_DIM, 1024, "imageAudio_fc2", self.precision)(x)
+
+
+class Classifier(nn.Module):
+    """Linear(in -> C) named `classifier`, as upstream's ClassifierNet."""
+
+    num_classes: int
+    in_features: int = FEATURE_DIM
+    precision: str = "highest"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        return torch_dense(self.num_classes, self.in_features, "classifier", self.precision)(x)
+
+
+class ImageAudioClassifier(nn.Module):
+    """Fusion net + classifier (upstream's ImageAudioClassify container, the released ImageAudioNet weights)."""
+
+    num_classes: int
+    precision: str = "highest"
+
+    def setup(self):
+        self.net_imageAudio = ImageAudioNet(self.precision)
+        self.net_classifier = Classifier(self.num_classes, FEATURE_DIM, self.precision)
+
+    def __call__(self, image: Array, audio: Array) -> tuple[Array, Array]:
+        """Returns (fused (N,512), logits (N,C))."""
+        fused = self.net_imageAudio(image, audio)
+        return fused, self.net_classifier(fused)
+
+
+class QueryMLP(nn.Module):
+    """Linear(1024,1024) -> BatchNorm1d -> ReLU -> Linear(1024,512): the query from the LSTM state."""
+
+    precision: str = "highest"
+
+    @nn.compact
+    def __call__(self, h: Array, valid: Array, train: bool) -> Array:
+        x = torch_dense(HIDDEN, HIDDEN, "fc1", self.precision)(h)
+        x = nn.relu(TorchBatchNorm(HIDDEN, name="bn")(x, valid, train))
+        return torch_dense(KEY_DIM, HIDDEN, "fc2", self.precision)(x)
+
+
+class KeyConv(nn.Module):
+    """Conv1x1(D->512) -> BatchNorm2d -> ReLU applied per time position: keys (B, Lb, 512).
+
+    `weights` (B, Lb) select which positions count in the batch statistics (section 4: upstream's span all
+    B*L positions of the batch, padding within L included, but not our bucket padding or filler rows)."""
+
+    in_features: int
+    precision: str = "highest"
+
+    @nn.compact
+    def __call__(self, x: Array, weights: Array, train: bool) -> Array:
+        bound = 1.0 / math.sqrt(self.in_features)
+        x = nn.Dense(KEY_DIM, kernel_init=_normal002, bias_init=_uniform(bound),
+                     precision=PRECISIONS[self.precision], name="conv")(x)
+        return nn.relu(TorchBatchNorm(KEY_DIM, scale_init_std=0.02, name="bn")(x, weights, train))
+
+
+def _normal002(key, shape, dtype=jnp.float32):
+    return 0.02 * jax.random.normal(key, shape, dtype)
+
+
+def _uniform(bound):
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def sample_start(key: Array, mask: Array, length: Array | None = None) -> Array:
+    """Upstream's random start: argmax over t of U[0,1) + mask, i.e. uniform over valid positions (t < L)."""
+    r = jax.random.uniform(key, mask.shape, jnp.float32) + mask
+    if length is not None:
+        r = jnp.where(jnp.arange(mask.shape[1]) < length, r, -1.0)
+    return jnp.argmax(r, axis=1).astype(jnp.int32)
+
+
+def attention_scores(query: Array, keys: Array, mask: Array, inside: Array) -> Array:
+    """Masked scaled scores (B, Lb). The dot product is an elementwise product summed over the key axis so
+    that bitwise-identical key rows give bitwise-identical scores (ties resolve to the first copy, section 4).
+    Upstream's mask: s*m + (1-m)*(-1e35); positions beyond L (bucket padding) get -inf, so they keep
+    probability exactly 0 even in a fully masked row (which is then uniform over the L positions)."""
+    s = jnp.sum(query[:, None, :] * keys, axis=-1) / jnp.float32(SCORE_SCALE)
+    s = s * mask + (1.0 - mask) * jnp.float32(MASKED_SCORE)
+    return jnp.where(inside, s, -jnp.inf)
+
+
+def attend(probs: Array, bank: Array, precision: str) -> Array:
+    """Sum_l p[b,l] bank[b,l,:] -> (B, F)."""
+    return jnp.einsum("bl,blf->bf", probs, bank, precision=PRECISIONS[precision])
+
+
+def pick(bank: Array, idx: Array) -> Array:
+    """bank[b, idx[b]] -> (B, F)."""
+    return jnp.take_along_axis(bank, idx[:, None, None], axis=1)[:, 0]
+
+
+def drop(mask: Array, idx: Array) -> Array:
+    """The mask with position idx[b] of each row set to 0 (the no-repeat bookkeeping)."""
+    return mask * (1.0 - jax.nn.one_hot(idx, mask.shape[1], dtype=mask.dtype))
+
+
+def _inputs(x: Array, mask: Array, length: Array, cfg: PreviewConfig) -> Array:
+    """The feature "bank" the policy attends over: interp_time(x[:, ::s], L) * M, or x itself (section 4)."""
+    if cfg.feature_interpolate:
+        return interp_time(x, length, cfg.subsample_factor) * mask[..., None]
+    return x
+
+
+def _scan(body, length: int, train: bool):
+    """nn.scan over the E steps of an episode: parameters broadcast; in training the BatchNorm statistics
+    are carried (the query BatchNorm updates its running statistics once per step, in step order, section 4)."""
+    if train:
+        return nn.scan(body, variable_broadcast="params", variable_carry="batch_stats",
+                       split_rngs={"params": False}, length=length)
+    return nn.scan(body, variable_broadcast=["params", "batch_stats"], split_rngs={"params": False},
+                   length=length)
+
+
+class PreviewModel(nn.Module):
+    """The two-modality preview policy (UPSTREAM.md section 4)."""
+
+    cfg: PreviewConfig
+
+    def setup(self):
+        cfg, p = self.cfg, self.cfg.precision
+        if cfg.feature_dim != FEATURE_DIM:
+            raise ValueError(f"the two-modality model needs 512-wide features, got feature_dim={cfg.feature_dim}")
+        self.net_imageAudio = ImageAudioNet(p)
+        self.net_classifier = Classifier(cfg.num_classes, FEATURE_DIM, p)
+        self.image_queryfeature_mlp = QueryMLP(p)
+        self.audio_queryfeature_mlp = QueryMLP(p)
+        self.prediction_fc = torch_dense(cfg.num_classes, HIDDEN, "prediction_fc", p)
+        self.image_key_conv1x1 = KeyConv(FEATURE_DIM, p)
+        self.audio_key_conv1x1 = KeyConv(FEATURE_DIM, p)
+        self.rnn = WeightNormLSTMCell(FEATURE_DIM, HIDDEN, p)
+        self.modality_attention = torch_dense(2, HIDDEN, "modality_attention", p, weight_std=None)
+
+    def __call__(self, image: Array, audio: Array, mask: Array, length: Array, start_idx: Array,
+                 valid: Array | None = None, *, train: bool = False, hard: bool = False) -> dict[str, Array]:
+        cfg = self.cfg
+        b, lb, _ = image.shape
+        valid = jnp.ones((b,), jnp.float32) if valid is None else valid.astype(jnp.float32)
+        inside = jnp.arange(lb)[None, :] < length  # (1, Lb): positions of upstream's batch
+        bank_i, bank_a = _inputs(image, mask, length, cfg), _inputs(audio, mask, length, cfg)
+        key_w = valid[:, None] * inside
+        keys_i = self.image_key_conv1x1(bank_i, key_w, train)
+        keys_a = self.audio_key_conv1x1(bank_a, key_w, train)
+        if cfg.mean_feature_as_start:
+            count = jnp.sum(mask, axis=1, keepdims=True)
+            x_i, x_a = jnp.sum(bank_i, axis=1) / count, jnp.sum(bank_a, axis=1) / count
+        else:  # raw features, not banks (quirk 18)
+            x_i, x_a = pick(image, start_idx), pick(audio, start_idx)
+        w_ih, w_hh = self.rnn.weights()
+        zeros = jnp.zeros((b, HIDDEN), jnp.float32)
+        start_idx = start_idx.astype(jnp.int32)
+        carry = (zeros, zeros, x_i, x_a, mask, mask, start_idx, start_idx)
+        if self.is_initializing():  # create the step's variables outside the scan
+            self.net_imageAudio(x_i, x_a)
+            for mlp in (self.image_queryfeature_mlp, self.audio_queryfeature_mlp):
+                mlp(zeros, valid, False)
+            self.prediction_fc(zeros)
+            self.modality_attention(zeros)
+
+        def step(mdl: PreviewModel, carry, _):
+            h, c, x_i, x_a, m_i, m_a, i_prev, a_prev = carry
+            if cfg.with_replacement:  # no repeats; at t = 0 both masks lose the start (quirks 8, 9)
+                m_i, m_a = drop(m_i, i_prev), drop(m_a, a_prev)
+            fused = mdl.net_imageAudio(x_i, x_a)  # f_t fuses the step's INPUT features (quirk 11)
+            h, c = mdl.rnn(fused, h, c, w_ih, w_hh)
+            q_i = mdl.image_queryfeature_mlp(h, valid, train)
+            q_a = mdl.audio_queryfeature_mlp(h, valid, train)
+            logits = mdl.prediction_fc(h)
+            p_i = jax.nn.softmax(attention_scores(q_i, keys_i, m_i, inside), axis=-1)
+            p_a = jax.nn.softmax(attention_scores(q_a, keys_a, m_a, inside), axis=-1)
+            i_idx = jnp.argmax(p_i, axis=-1).astype(jnp.int32)  # argmax of probabilities (quirk 7)
+            a_idx = jnp.argmax(p_a, axis=-1).astype(jnp.int32)
+            w = jax.nn.softmax(mdl.modality_attention(h), axis=-1)
+            if hard:  # quirk 10: both banks indexed with the image index by default
+                j = a_idx if cfg.hard_audio_index else i_idx
+                nx_i, nx_a = pick(bank_i, i_idx), pick(bank_a, j)
+            else:
+                nx_i = w[:, :1] * attend(p_i, bank_i, cfg.precision) + w[:, 1:] * attend(p_a, bank_i, cfg.precision)
+                nx_a = w[:, :1] * attend(p_i, bank_a, cfg.precision) + w[:, 1:] * attend(p_a, bank_a, cfg.precision)
+            out = (fused, logits, i_idx, a_idx, w)
+            return (h, c, nx_i, nx_a, m_i, m_a, i_idx, a_idx), out
+
+        _, (fused, logits, i_idx, a_idx, w) = _scan(step, cfg.episode_length, train)(self, carry, None)
+        avgpool = self.net_classifier(jnp.mean(fused, axis=0))
+        step_logits = jnp.swapaxes(logits, 0, 1)
+        return {
+            "avgpool_logits": avgpool,
+            "lstm_logits": step_logits[:, -1],
+            "step_logits": step_logits,
+            "image_idx": i_idx.T,
+            "audio_idx": a_idx.T,
+            "modality_w": jnp.swapaxes(w, 0, 1),
+            "fused": jnp.swapaxes(fused, 0, 1),
+        }
+
+
+class SinglePreviewModel(nn.Module):
+    """The single-modality preview policy (UPSTREAM.md section 5), D-wide features."""
+
+    cfg: PreviewConfig
+
+    def setup(self):
+        cfg, p = self.cfg, self.cfg.precision
+        self.net_classifier = Classifier(cfg.num_classes, cfg.feature_dim, p)
+        self.queryfeature_mlp = QueryMLP(p)
+        self.prediction_fc = torch_dense(cfg.num_classes, HIDDEN, "prediction_fc", p)
+        self.key_conv1x1 = KeyConv(cfg.feature_dim, p)
+        self.rnn = WeightNormLSTMCell(cfg.feature_dim, HIDDEN, p)
+
+    def __call__(self, features: Array, mask: Array, length: Array, start_idx: Array,
+                 valid: Array | None = None, *, train: bool = False, hard: bool = False) -> dict[str, Array]:
+        cfg = self.cfg
+        b, lb, d = features.shape
+        valid = jnp.ones((b,), jnp.float32) if valid is None else valid.astype(jnp.float32)
+        inside = jnp.arange(lb)[None, :] < length
+        bank = _inputs(features, mask, length, cfg)
+        keys = self.key_conv1x1(features, valid[:, None] * inside, train)  # keys from RAW features (quirk 18)
+        if cfg.mean_feature_as_start:
+            x = jnp.sum(features, axis=1) / jnp.sum(mask, axis=1, keepdims=True)
+        else:
+            x = pick(features, start_idx)
+        w_ih, w_hh = self.rnn.weights()
+        zeros = jnp.zeros((b, HIDDEN), jnp.float32)
+        start_idx = start_idx.astype(jnp.int32)
+        carry = (zeros, zeros, x, mask, start_idx, jnp.array(False))
+        if self.is_initializing():  # create the step's variables outside the scan
+            self.queryfeature_mlp(zeros, valid, False)
+            self.prediction_fc(zeros)
+
+        def step(mdl: SinglePreviewModel, carry, _):
+            h, c, x, m, j_prev, done = carry
+            if cfg.with_replacement:
+                m = drop(m, j_prev)
+            h, c = mdl.rnn(x, h, c, w_ih, w_hh)
+            q = mdl.queryfeature_mlp(h, valid, train)
+            logits = mdl.prediction_fc(h)
+            p = jax.nn.softmax(attention_scores(q, keys, m, inside), axis=-1)
+            j = jnp.argmax(p, axis=-1).astype(jnp.int32)
+            soft = attend(p, bank, cfg.precision)
+            chosen = pick(features, j)  # upstream's "gt" rows: the raw features again (quirk 19)
+            nx = pick(bank, j) if hard else soft  # hard input for the next step only (quirk 20)
+            active = jnp.logical_not(done)
+            # upstream breaks once the mask of the whole batch is empty, after this step's stores
+            done = jnp.logical_or(done, jnp.sum(m * valid[:, None]) == 0)
+            return (h, c, nx, m, j, done), (soft, chosen, logits, j, active)
+
+        _, (soft, chosen, logits, idx, active) = _scan(step, cfg.episode_length, train)(self, carry, None)
+        weight = active.astype(jnp.float32)[:, None, None]
+        steps = jnp.sum(active.astype(jnp.int32))
+        n = steps.astype(jnp.float32)
+        avgpool = self.net_classifier(jnp.sum(soft * weight, axis=0) / n)
+        step_logits = jnp.swapaxes(logits, 0, 1)
+        return {
+            "avgpool_logits": avgpool,
+            "lstm_logits": step_logits[:, steps - 1],
+            "step_logits": step_logits,
+            "idx": idx.T,
+            "selected_gt_mean": jnp.sum(chosen * weight, axis=0) / n,
+            "steps_taken": steps,
+        }
+
+
+def build_model(cfg: PreviewConfig, variant: str) -> nn.Module:
+    """The policy module for a variant name ("two" or "single")."""
+    if variant == "two":
+        return PreviewModel(cfg)
+    if variant == "single":
+        return SinglePreviewModel(cfg)
+    raise ValueError(f"unknown variant {variant!r}: expected 'two' or 'single'")
+
+
+def init_variables(cfg: PreviewConfig, variant: str, key: Array) -> dict:
+    """Fresh variables with upstream's initial distributions (UPSTREAM.md section 6).
+
+    `variant` is "two", "single" or "imageaudionet" (fusion net + classifier only)."""
+    if variant == "imageaudionet":
+        x = jnp.zeros((1, FEATURE_DIM), jnp.float32)
+        return ImageAudioClassifier(cfg.num_classes, cfg.precision).init(key, x, x)
+    model = build_model(cfg, variant)
+    b, lb = 2, 10
+    mask = jnp.ones((b, lb), jnp.float32)
+    start = jnp.zeros((b,), jnp.int32)
+    length = jnp.array(lb, jnp.int32)
+    if variant == "two":
+        x = jnp.zeros((b, lb, FEATURE_DIM), jnp.float32)
+        return model.init(key, x, x, mask, length, start)
+    x = jnp.zeros((b, lb, cfg.feature_dim), jnp.float32)
+    return model.init(key, x, mask, length, start)
