@@ -43,7 +43,8 @@ def normal(mean: float, std: float):
 
 
 def torch_dense(features: int, fan_in: int, name: str, precision: str, weight_std: float | None = 0.02):
-    """A Linear layer with upstream's init: weight N(0, weight_std) (torch default when None), bias U(+-1/sqrt(fan_in))."""
+    """A Linear layer with upstream's init: weight N(0, weight_std) (torch's default U(+-1/sqrt(fan_in)) when
+    None), bias U(+-1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in)
     kernel_init = normal(0.0, weight_std) if weight_std is not None else torch_uniform(bound)
     return nn.Dense(features, kernel_init=kernel_init, bias_init=torch_uniform(bound),

@@ -1,0 +1,177 @@
+"""Command-line flags shared by `l2l-train` and `l2l-eval`: one table, upstream's names and defaults.
+
+Every flag of upstream's `main.py` / `validate.py` (UPSTREAM.md section 6, "Option defaults") is accepted
+with its name and meaning, so upstream's README commands run with only the program name changed. Our own
+flags follow. Precedence: table default < `--config FILE` (a Python file with `get_config()` returning an
+`ml_collections.ConfigDict`) < flags given on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+TRAIN, EVAL = "train", "eval"
+BOTH = (TRAIN, EVAL)
+
+
+def _bool(help_: str, programs=BOTH) -> dict:
+    return {"action": "store_true", "default": False, "help": help_, "programs": programs}
+
+
+# name -> argparse keyword arguments + "programs" (which programs accept it) + optional "ignored" note.
+FLAGS: dict[str, dict[str, Any]] = {
+    # ---- upstream's flags (names, defaults and meanings from the two-modality opts.py) ----
+    "num_classes": {"type": int, "default": 400, "help": "number of action classes C", "programs": BOTH},
+    "train_dataset_file": {"type": str, "default": None, "help": "pickle of (feature_paths, labels) to train on",
+                           "programs": (TRAIN,)},
+    "test_dataset_file": {"type": str, "default": None, "help": "pickle of (feature_paths, labels) to evaluate on",
+                          "programs": BOTH},
+    "hidden_size": {"type": int, "default": 512, "help": "accepted and ignored, as upstream (H is 1024)",
+                    "programs": BOTH, "ignored": True},
+    "episode_length": {"type": int, "default": 10, "help": "E: number of preview steps", "programs": BOTH},
+    "with_avgpool_ce_loss": _bool("train with cross entropy on the averaged (avgpool) prediction", (TRAIN,)),
+    "with_lstm_ce_loss": _bool("train with cross entropy on the last step's LSTM prediction", (TRAIN,)),
+    "with_replacement": _bool("upstream's inverted name (quirk 1): when SET, a clip is never chosen twice"),
+    "gt_feature_eval": _bool("hard mode: feed the chosen clip's own features instead of the soft mix"),
+    "mean_feature_as_start": _bool("start from the mean feature of the video instead of a random clip"),
+    "avgpool_ce_loss_weight": {"type": float, "default": 1.0, "help": "weight of the avgpool loss",
+                               "programs": (TRAIN,)},
+    "lstm_ce_loss_weight": {"type": float, "default": 1.0, "help": "weight of the LSTM loss", "programs": (TRAIN,)},
+    "weights_audioImageModel": {"type": str, "default": "",
+                                "help": "fusion net + classifier weights: upstream .pth or a converted directory",
+                                "programs": BOTH},
+    "pretrained_model": {"type": str, "default": None,
+                         "help": "preview model: upstream .pth, a converted directory or a training run directory",
+                         "programs": BOTH},
+    "checkpoint_freq": {"type": int, "default": 3, "help": "save a checkpoint every N epochs (epoch 0 included)",
+                        "programs": (TRAIN,)},
+    "checkpoint_path": {"type": str, "default": ".", "help": "run directory: checkpoints, logs, metrics",
+                        "programs": (TRAIN,)},
+    "subsample_factor": {"type": int, "default": 1, "help": "s for --feature_interpolate / --feature_subsample",
+                         "programs": BOTH},
+    "feature_subsample": _bool("keep every s-th clip when reading features (two-modality)"),
+    "feature_interpolate": _bool("attend over features subsampled by s and linearly interpolated back"),
+    "start_epoch": {"type": int, "default": 0, "help": "number of the first epoch (names and logs only)",
+                    "programs": (TRAIN,)},
+    "epochs": {"type": int, "default": 40, "help": "number of training epochs", "programs": (TRAIN,)},
+    "milestones": {"type": int, "nargs": "+", "default": [20, 40], "help": "epochs at which lr is multiplied by 0.1",
+                   "programs": (TRAIN,)},
+    "batch_size": {"type": int, "default": 16, "help": "global batch size (split over all devices)",
+                   "programs": BOTH},
+    "lr": {"type": float, "default": 0.01, "help": "base learning rate", "programs": (TRAIN,)},
+    "momentum": {"type": float, "default": 0.9, "help": "SGD (Nesterov) momentum", "programs": (TRAIN,)},
+    "weight_decay": {"type": float, "default": 1e-4, "help": "weight decay (added to the gradient)",
+                     "programs": (TRAIN,)},
+    "scheduler": _bool("linear warm-up then multistep decay (per iteration); inert in l2l-eval"),
+    "warmup_epochs": {"type": int, "default": 0, "help": "warm-up length in epochs (with --scheduler)",
+                      "programs": (TRAIN,)},
+    "freeze_imageAudioNet": _bool("upstream's freeze recipe: fusion net lr 0, classifier 0.1*lr, "
+                                  "modality attention never updated", (TRAIN,)),
+    "decode_threads": {"type": int, "default": 24, "help": "data-loading worker threads", "programs": BOTH},
+    "visualization": _bool("write TensorBoard event files to <checkpoint_path>/tensorboard", (TRAIN,)),
+    "print_freq": {"type": int, "default": 20, "help": "log every N iterations", "programs": BOTH},
+    "compute_mAP": _bool("accepted for compatibility: mAP is always computed (quirk 23)"),
+    # single-modality upstream flags
+    "embedding_size": {"type": int, "default": 512, "help": "D: feature width of the single-modality variant",
+                       "programs": BOTH},
+    "imageKey": _bool("single variant: accepted and ignored, as upstream"),
+    "normalization": _bool("single variant: accepted and ignored, as upstream"),
+    "weights_classifier": {"type": str, "default": "", "help": "single variant: accepted and ignored, as upstream",
+                           "programs": BOTH, "ignored": True},
+    # ---- ours ----
+    "config": {"type": str, "default": None, "help": "configs/<name>.py with get_config(); flags override it",
+               "programs": BOTH},
+    "variant": {"choices": ["two", "single"], "default": "two",
+                "help": "two-modality (image+audio) or single-modality model", "programs": BOTH},
+    "seed": {"type": int, "default": 0, "help": "seed of every random draw (shuffling, windows, start clips)",
+             "programs": BOTH},
+    "workdir": {"type": str, "default": None, "help": "alias of --checkpoint_path", "programs": (TRAIN,)},
+    "feature_root": {"type": str, "default": None,
+                     "help": "replace every feature path's prefix (before imageAudio_features) with this directory",
+                     "programs": BOTH},
+    "skip_bad_videos": _bool("drop videos whose files fail validation instead of stopping"),
+    "buckets": {"type": int, "nargs": "+", "default": [16, 32, 64, 128, 256, 384, 512],
+                "help": "length buckets: batches are padded up to the next one (one compile each)",
+                "programs": BOTH},
+    "keep_checkpoints": {"type": int, "default": 3, "help": "keep the newest k checkpoints", "programs": (TRAIN,)},
+    "metrics_json": {"type": str, "default": None, "help": "write the evaluation results as JSON here",
+                     "programs": (EVAL,)},
+    "export": {"type": str, "default": None, "help": "write one JSON line per video (chosen clips, weights)",
+               "programs": (EVAL,)},
+    "plot": {"type": str, "default": None, "help": "write timeline and mAP-vs-steps PNGs to this directory",
+             "programs": (EVAL,)},
+    "coordinator_address": {"type": str, "default": None, "help": "multi-host: host:port of process 0",
+                            "programs": BOTH},
+    "num_processes": {"type": int, "default": None, "help": "multi-host: number of processes", "programs": BOTH},
+    "process_id": {"type": int, "default": None, "help": "multi-host: this process's id", "programs": BOTH},
+}
+
+
+# Upstream's single-modality opts.py differs from the root's in these defaults (UPSTREAM.md section 6).
+SINGLE_DEFAULTS = {"subsample_factor": 2, "warmup_epochs": 10, "hidden_size": 1024}
+
+
+def build_parser(program: str, description: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with every flag of the table that `program` accepts; all defaults are None so that
+    `resolve` can tell which flags were given."""
+    parser = argparse.ArgumentParser(prog=f"l2l-{program}", description=description)
+    for name, spec in FLAGS.items():
+        if program not in spec["programs"]:
+            continue
+        kwargs = {k: v for k, v in spec.items() if k not in ("programs", "ignored", "default")}
+        default, kwargs["default"] = spec["default"], None
+        kwargs["help"] = f"{spec['help']} (default: {default})"
+        parser.add_argument(f"--{name}", **kwargs)
+    return parser
+
+
+def defaults(program: str) -> ml_collections.ConfigDict:
+    """The table's defaults for one program, as a ConfigDict."""
+    return ml_collections.ConfigDict(
+        {name: spec["default"] for name, spec in FLAGS.items() if program in spec["programs"]})
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """Run `get_config()` of a config file (configs/<name>.py)."""
+    file = Path(path)
+    if not file.is_file():
+        raise SystemExit(f"--config {path}: no such file")
+    spec = importlib.util.spec_from_file_location(f"l2l_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise SystemExit(f"--config {path}: the file defines no get_config()")
+    return module.get_config()
+
+
+def resolve(program: str, argv: Sequence[str] | None = None,
+            description: str | None = None) -> ml_collections.ConfigDict:
+    """Parse argv into the final config: defaults, then the config file, then the flags given."""
+    args = build_parser(program, description).parse_args(argv)
+    cfg = defaults(program)
+    given: dict[str, Any] = {}
+    if args.config:
+        for key, value in load_config_file(args.config).items():
+            if key not in cfg:
+                raise SystemExit(f"--config {args.config}: unknown setting {key!r}")
+            given[key] = value
+    given.update({key: value for key, value in vars(args).items() if value is not None})
+    if given.get("variant", cfg.variant) == "single":
+        for key, value in SINGLE_DEFAULTS.items():
+            if key in cfg:
+                cfg[key] = value
+    for key, value in given.items():
+        cfg[key] = value
+    if program == TRAIN and cfg.get("workdir"):
+        cfg.checkpoint_path = cfg.workdir
+    for name, spec in FLAGS.items():
+        if spec.get("ignored") and program in spec["programs"] and getattr(args, name, None) is not None:
+            warnings.warn(f"--{name} is accepted for compatibility and ignored, as in upstream", stacklevel=2)
+    return cfg
