@@ -112,3 +112,29 @@ def single_eval_collate(videos: list[np.ndarray], randint_values: list[int]) -> 
         for p in range(n, 10):
             padded[b, p] = v[next(draws)]
     return padded, mask
+
+
+def train_collate(videos: list[tuple[np.ndarray, ...]], randint_values: list[int], single: bool = False):
+    """Upstream's training collate with the random draws it recorded (in call order): the window L
+    (capped at the longest video), one crop start per longer video, then (single variant) the fill copies.
+    Returns (arrays, mask, L)."""
+    draws = iter(randint_values)
+    longest = max(v[0].shape[0] for v in videos)
+    L = min(next(draws), longest)
+    arrays = [np.zeros((len(videos), L, v.shape[1]), np.float32) for v in videos[0]]
+    for b, video in enumerate(videos):
+        n = video[0].shape[0]
+        start = next(draws) if n > L else 0
+        for out, x in zip(arrays, video):
+            rows = x[start:start + L]
+            out[b, : rows.shape[0]] = rows
+    for b, video in enumerate(videos):
+        n = video[0].shape[0]
+        for p in range(n, 10):
+            src = next(draws) if single else n - 1
+            for out, x in zip(arrays, video):
+                out[b, p] = x[src]
+    mask = np.zeros((len(videos), L), np.float32)
+    for b, video in enumerate(videos):
+        mask[b, : max(10, video[0].shape[0])] = 1.0
+    return arrays, mask, L
