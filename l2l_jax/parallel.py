@@ -1,0 +1,168 @@
+"""Devices for training and evaluation: one `Mesh` with a `data` axis, batch sharding, multi-host start-up.
+
+The global batch is split along its first axis over every device of every process (`P('data')`); the train
+state is replicated (`P()`). Each process feeds only its own slice of the global batch (its rows
+``[process_index * B/P, (process_index+1) * B/P)``), and `shard_batch` assembles the global array with
+`jax.make_array_from_process_local_data`, so the global batch, and therefore the results, do not depend on
+how many devices or processes there are. Scalars in a batch (``length``) are replicated.
+
+Multi-host: `init_distributed` calls `jax.distributed.initialize` when a coordinator is configured, from the
+config (``coordinator_address``, ``num_processes``, ``process_id``) or the environment
+(``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; on clusters that jax detects itself,
+e.g. SLURM or TPU pods, ``L2L_DISTRIBUTED=1`` asks for auto-detection).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA = "data"
+
+_initialized = False
+
+
+def init_distributed(cfg: Mapping[str, Any] | None = None) -> bool:
+    """Start jax's multi-process runtime if a coordinator is configured; returns whether it was started.
+
+    Must run before anything touches the devices. Flags win over the environment; a single process (no
+    coordinator, or ``num_processes == 1``) is left alone. Safe to call twice.
+    """
+    global _initialized
+    if _initialized:
+        return True
+    cfg = cfg or {}
+
+    def pick(key: str, env: str, cast=str):
+        value = cfg.get(key) if hasattr(cfg, "get") else None
+        if value is None and os.environ.get(env):
+            value = cast(os.environ[env])
+        return value
+
+    address = pick("coordinator_address", "JAX_COORDINATOR_ADDRESS")
+    num = pick("num_processes", "JAX_NUM_PROCESSES", int)
+    pid = pick("process_id", "JAX_PROCESS_ID", int)
+    if address is None:
+        if os.environ.get("L2L_DISTRIBUTED") == "1":
+            jax.distributed.initialize()
+            _initialized = True
+        return _initialized
+    if num is None or pid is None:
+        raise SystemExit("multi-host: --coordinator_address needs --num_processes and --process_id "
+                         "(or JAX_NUM_PROCESSES / JAX_PROCESS_ID)")
+    if num == 1:
+        return False
+    if not 0 <= pid < num:
+        raise SystemExit(f"multi-host: --process_id {pid} is outside [0, {num})")
+    jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
+    _initialized = True
+    return True
+
+
+def make_mesh(devices: list | None = None) -> Mesh:
+    """A 1-D mesh over all devices (of all processes) with the axis `data`."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (DATA,))
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of batch arrays: first axis split over `data`."""
+    return NamedSharding(mesh, P(DATA))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Sharding of the state and of scalars: a full copy on every device."""
+    return NamedSharding(mesh, P())
+
+
+def local_batch_size(global_batch: int, mesh: Mesh | None = None) -> int:
+    """Rows of the global batch that this process feeds. The global batch must split evenly over the
+    devices (so the per-device shards have equal size)."""
+    n_dev = mesh.devices.size if mesh is not None else jax.device_count()
+    if global_batch % n_dev:
+        raise ValueError(f"batch size {global_batch} does not split over {n_dev} devices; "
+                         f"use a multiple of {n_dev}")
+    return global_batch // jax.process_count()
+
+
+def process_slice(global_batch: int, mesh: Mesh | None = None) -> slice:
+    """This process's rows of a global batch (what it passes to `shard_batch`)."""
+    n = local_batch_size(global_batch, mesh)
+    start = jax.process_index() * n
+    return slice(start, start + n)
+
+
+def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+    """A host-local batch (this process's rows, numpy) -> global arrays: arrays with a batch axis on
+    `P('data')`, 0-d values (``length``) replicated."""
+    out = {}
+    dsh, rep = data_sharding(mesh), replicated(mesh)
+    for key, value in batch.items():
+        value = np.asarray(value)
+        if value.ndim == 0:
+            out[key] = jax.make_array_from_process_local_data(rep, value, ())
+        else:
+            global_shape = (value.shape[0] * jax.process_count(), *value.shape[1:])
+            out[key] = jax.make_array_from_process_local_data(dsh, value, global_shape)
+    return out
+
+
+def global_slice(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+    """A full global batch held by every process (numpy) -> global arrays, each process giving its rows."""
+    first = next(v for v in batch.values() if np.ndim(v) > 0)
+    rows = process_slice(np.shape(first)[0], mesh)
+    return shard_batch({k: (v if np.ndim(v) == 0 else np.asarray(v)[rows]) for k, v in batch.items()}, mesh)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Put a pytree (numpy or jax arrays, identical on every process) on every device of the mesh."""
+    sharding = replicated(mesh)
+
+    def put(x):
+        x = np.asarray(x) if not isinstance(x, jax.Array) else x
+        if jax.process_count() == 1:
+            return jax.device_put(x, sharding)
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x))
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def to_host(tree: Any) -> Any:
+    """Fetch a pytree of replicated or fully addressable arrays to numpy (works in every process)."""
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if x.sharding.is_fully_replicated:
+                return np.asarray(x.addressable_data(0))
+            from jax.experimental import multihost_utils
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree_util.tree_map(get, tree)
+
+
+def is_main_process() -> bool:
+    """Process 0 writes logs, metrics and plots."""
+    return jax.process_index() == 0
+
+
+__all__ = [
+    "DATA",
+    "data_sharding",
+    "global_slice",
+    "init_distributed",
+    "is_main_process",
+    "local_batch_size",
+    "make_mesh",
+    "process_slice",
+    "replicate",
+    "replicated",
+    "shard_batch",
+    "to_host",
+]
