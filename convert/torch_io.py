@@ -1,0 +1,105 @@
+"""Reading and writing upstream's ``.pth`` files safely.
+
+Only ``torch.load(..., weights_only=True)`` is used, with ``argparse.Namespace`` as the one extra allowed
+class (upstream saves its flags in the checkpoint). A file that needs any other Python object to unpickle is
+refused and never executed; ``weights_only=False`` is never used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ALLOWED_GLOBALS = [argparse.Namespace]
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted; the message says why and names the file."""
+
+
+def _why_refused(message: str) -> str | None:
+    """The forbidden global a weights-only load stopped at, if that is why it failed."""
+    m = re.search(r"unsupported global:?\s*(?:GLOBAL\s+)?([\w.]+)", message, re.IGNORECASE)
+    return m.group(1) if m else None
+
+
+def load_torch_file(path: str | os.PathLike) -> Any:
+    """``torch.load`` of ``path`` on the CPU with ``weights_only=True`` (plus ``argparse.Namespace``)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConversionError(f"{path}: no such file")
+    if not path.is_file():
+        raise ConversionError(f"{path} is not a file")
+    try:
+        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        culprit = _why_refused(text)
+        if culprit is not None:
+            raise ConversionError(
+                f"refusing to load {path}: unpickling it needs the Python object {culprit!r}, and loading "
+                "arbitrary objects can run code. Only tensors, plain containers and argparse.Namespace are "
+                "accepted (torch.load weights_only=True); nothing from the file was executed."
+            ) from None
+        detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()[0] if text else ""
+        raise ConversionError(
+            f"{path} is not a readable PyTorch checkpoint (corrupt, or not a weights-only torch.save file: {detail})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
+        raise ConversionError(
+            f"{path} is not a readable PyTorch checkpoint (corrupt or truncated? {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'unexpected end of file'})"
+        ) from None
+
+
+def state_dict_of(obj: Any, path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The state dict of a loaded checkpoint as numpy arrays, and the checkpoint's other entries.
+
+    Accepts upstream's ``{"model": state_dict, "optimizer", "scheduler", "namespace", "epoch"}`` or a bare
+    state dict (every value a tensor)."""
+    if not isinstance(obj, Mapping):
+        raise ConversionError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or a state dict")
+    if "model" in obj:
+        sd, extras = obj["model"], {k: v for k, v in obj.items() if k != "model"}
+        if not isinstance(sd, Mapping):
+            raise ConversionError(f"{path}: its 'model' entry is a {type(sd).__name__}, not a state dict")
+    elif obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        sd, extras = obj, {}
+    else:
+        keys = ", ".join(map(repr, list(obj)[:8]))
+        raise ConversionError(f"{path} has no 'model' entry and is not a bare state dict (top-level keys: {keys})")
+    if not sd:
+        raise ConversionError(f"{path}: the state dict is empty")
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ConversionError(f"{path}: state-dict entries that are not tensors: {bad[:8]}")
+    return {str(k): v.detach().cpu().numpy().copy() for k, v in sd.items()}, extras
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """`load_torch_file` then `state_dict_of`."""
+    return state_dict_of(load_torch_file(path), path)
+
+
+def write_torch_file(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray], **extras: Any) -> Path:
+    """``torch.save`` of ``{"model": OrderedDict of tensors (given order), **extras}``, atomically."""
+    path = Path(path).absolute()
+    model = OrderedDict((k, torch.from_numpy(np.array(v, copy=True))) for k, v in state_dict.items())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save({"model": model, **extras}, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,148 @@
+"""The converted-model directory: Flax variables + metadata, written atomically.
+
+Format (``format_version`` 1)::
+
+    DIR/
+      meta.json    {"format": "l2l-jax-model", "format_version": 1, "variant": "two" | "single" | "imageaudionet",
+                    "num_classes": C, "feature_dim": D, "source": "<where the weights came from>", ...extras}
+      variables/   an orbax PyTree checkpoint of {"params": ..., "batch_stats": ...} (plain nested dicts of numpy
+                   arrays: float32 tensors, int32 0-d BatchNorm counters; names as in docs/DESIGN.md;
+                   "imageaudionet" has no "batch_stats")
+
+``feature_dim`` is 512 for the two-modality model and the fusion net, D for the single variant. Extra
+JSON values in ``meta`` (e.g. ``epoch``) are kept. `save_model_dir` writes everything into a temporary sibling
+directory and renames it into place, so a reader never sees a half-written model; it replaces an existing
+directory only when asked and only if that directory is itself a model directory. `load_model_dir` returns numpy
+arrays, bit for bit what was saved. Training runs (optimizer state, CheckpointManager) are not this format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+FORMAT = "l2l-jax-model"
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+VARIABLES_DIR = "variables"
+MODEL_VARIANTS = ("two", "single", "imageaudionet")
+
+
+class NotAModelDirError(ValueError):
+    """The path is not a converted-model directory of this format."""
+
+
+def _check_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(meta)
+    missing = [k for k in ("variant", "num_classes", "feature_dim", "source") if k not in out]
+    if missing:
+        raise ValueError(f"model metadata lacks {missing}")
+    if out["variant"] not in MODEL_VARIANTS:
+        raise ValueError(f"unknown variant {out['variant']!r}; expected one of {MODEL_VARIANTS}")
+    for key in ("num_classes", "feature_dim"):
+        if not isinstance(out[key], int | np.integer) or int(out[key]) < 1:
+            raise ValueError(f"meta {key} must be a positive integer, got {out[key]!r}")
+        out[key] = int(out[key])
+    out["format"], out["format_version"] = FORMAT, FORMAT_VERSION
+    json.dumps(out)  # fail early on values JSON cannot hold
+    return out
+
+
+def _check_variables(variables: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+    try:
+        bias = variables["params"]["net_classifier"]["classifier"]["bias"]
+        kernel = variables["params"]["net_classifier"]["classifier"]["kernel"]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"variables have no params/net_classifier/classifier ({e!r})") from None
+    want = (meta["feature_dim"] if meta["variant"] == "single" else 512, meta["num_classes"])
+    if tuple(np.shape(kernel)) != want or tuple(np.shape(bias)) != want[1:]:
+        raise ValueError(f"classifier kernel {np.shape(kernel)} does not match meta (expected {want})")
+
+
+def _to_numpy(tree: Any) -> Any:
+    return jax.tree.map(lambda x: np.array(jax.device_get(x)), tree)
+
+
+def is_model_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a converted-model directory (meta.json of this format + variables/)."""
+    p = Path(path)
+    try:
+        meta = json.loads((p / META_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT and (p / VARIABLES_DIR).is_dir()
+
+
+def save_model_dir(path: str | os.PathLike, variables: Mapping[str, Any], meta: Mapping[str, Any], *,
+                   overwrite: bool = False) -> Path:
+    """Writes ``variables`` and ``meta`` as a model directory at ``path`` (atomically); returns the path."""
+    path = Path(path).absolute()
+    meta = _check_meta(meta)
+    _check_variables(variables, meta)
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
+        if not is_model_dir(path):
+            raise FileExistsError(f"{path} exists and is not a model directory; refusing to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            ckptr.save(tmp / VARIABLES_DIR, _to_numpy(dict(variables)))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``meta.json`` of a model directory; `NotAModelDirError` naming the path when it is not one."""
+    p = Path(path).absolute()
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such model directory")
+    if not p.is_dir():
+        raise NotAModelDirError(f"{p} is not an l2l-jax model directory (it is a file, not a directory)")
+    try:
+        meta = json.loads((p / META_FILE).read_text())
+    except FileNotFoundError:
+        raise NotAModelDirError(f"{p} is not an l2l-jax model directory (no {META_FILE})") from None
+    except ValueError as e:
+        raise NotAModelDirError(f"{p / META_FILE} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise NotAModelDirError(f"{p} is not an l2l-jax model directory ({META_FILE} has no format {FORMAT!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise NotAModelDirError(
+            f"{p}: model directory format version {meta.get('format_version')!r}, this code reads {FORMAT_VERSION}"
+        )
+    return meta
+
+
+def load_model_dir(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Reads a model directory: (variables as nested dicts of numpy arrays, meta)."""
+    p = Path(path).absolute()
+    meta = load_meta(p)
+    if not (p / VARIABLES_DIR).is_dir():
+        raise NotAModelDirError(f"{p} is not an l2l-jax model directory (no {VARIABLES_DIR}/)")
+    with ocp.PyTreeCheckpointer() as ckptr:
+        variables = ckptr.restore(p / VARIABLES_DIR)
+    variables = jax.tree.map(np.asarray, variables)
+    _check_variables(variables, meta)
+    return variables, meta
