@@ -1,0 +1,99 @@
+"""Baselines beside the policy, on the same features with the model's own fusion net and classifier.
+
+* ``uniform``: E clips uniformly spaced over the video's valid positions -- clip ``floor((k + 0.5) * n / E)``,
+  k = 0..E-1, the centres of E equal segments (n = the mask's valid count, upstream's max(10, T));
+* ``random``: E distinct clips drawn uniformly (one key per video, so the draw depends only on the seed and the
+  dataset index); when E > n every clip is taken and the rest repeat;
+* ``all``: every valid clip.
+
+Two-modality: each chosen clip's image and audio features are fused by ``net_imageAudio``, the fused vectors
+averaged, and ``net_classifier`` classifies the average (as the policy's avgpool head does with its fused step
+inputs). Single: the features themselves are averaged and classified.
+
+Also the logits after k = 1..E steps, for the mAP-vs-steps curve: the policy's are the avgpool head over its
+first k fused step inputs (two-modality; exactly the avgpool logits at k = E), and for the single variant the
+LSTM head's logits at step k (its avgpool runs over attended outputs the model does not return); uniform
+sampling's are the uniform baseline with k clips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from l2l_jax.model import Classifier, ImageAudioNet, PreviewConfig
+from l2l_jax.steps import model_inputs
+
+BASELINES = ("uniform", "random", "all")
+
+
+def uniform_positions(n: jax.Array, k: int) -> jax.Array:
+    """(B, k) clip positions: centres of k equal segments of each row's n valid positions."""
+    frac = (jnp.arange(k, dtype=jnp.float32) + 0.5) / k
+    return jnp.minimum(jnp.floor(frac[None, :] * n[:, None]), n[:, None] - 1).astype(jnp.int32)
+
+
+def random_positions(keys: jax.Array, n: jax.Array, lb: int, k: int) -> jax.Array:
+    """(B, k) distinct random positions among each row's n valid ones. Position t of a video gets the score
+    uniform(fold_in(key, t)), independent of the padded length lb; the k best valid scores win."""
+    t = jnp.arange(lb)
+
+    def row(key):
+        return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), ()))(t)
+
+    u = jax.vmap(row)(keys)
+    u = jnp.where(t[None, :] < n[:, None], u, -1.0 - u)
+    kk = min(k, lb)
+    _, top = jax.lax.top_k(u, kk)
+    if kk < k:
+        top = jnp.concatenate([top, top[:, : k - kk]], axis=1)
+    # with k > n, positions past n repeat the first ones
+    j = jnp.arange(k)[None, :]
+    return jnp.where(j < n[:, None], top, jnp.take_along_axis(top, j % n[:, None].astype(jnp.int32), axis=1))
+
+
+def _gather(x: jax.Array, pos: jax.Array) -> jax.Array:
+    """x (B, L, F), pos (B, ...) -> (B, ..., F)."""
+    flat = pos.reshape(pos.shape[0], -1)
+    out = jnp.take_along_axis(x, flat[..., None], axis=1)
+    return out.reshape(*pos.shape, x.shape[-1])
+
+
+def baseline_logits(params: Mapping, batch: Mapping, cfg: PreviewConfig, variant: str, policy_out: Mapping,
+                    rand_keys: jax.Array) -> dict[str, jax.Array]:
+    """Logits of the baselines (B, C) and of the k-step curves (B, E, C) for one batch (inside jit)."""
+    e, c, p = cfg.episode_length, cfg.num_classes, cfg.precision
+    mask = batch["mask"]
+    n = jnp.sum(mask, axis=1)
+    lb = mask.shape[1]
+    classify = Classifier(c, cfg.feature_dim, p)
+    cls_vars = {"params": params["net_classifier"]}
+    if variant == "two":
+        image, audio = model_inputs(batch)
+        # fuse every position once; gathering fused rows equals fusing gathered clips (the net is per clip)
+        clip_feats = ImageAudioNet(p).apply({"params": params["net_imageAudio"]}, image, audio)
+    else:
+        (clip_feats,) = model_inputs(batch)
+
+    def head(x):
+        return classify.apply(cls_vars, x)
+
+    out = {
+        "uniform_logits": head(jnp.mean(_gather(clip_feats, uniform_positions(n, e)), axis=1)),
+        "random_logits": head(jnp.mean(_gather(clip_feats, random_positions(rand_keys, n, lb, e)), axis=1)),
+        "all_logits": head(jnp.sum(clip_feats * mask[..., None], axis=1) / n[:, None]),
+    }
+    # uniform with k = 1..E clips: a (E, E) table of positions, weights 1/k on the first k of row k
+    tri = np.tril(np.ones((e, e), np.float32)) / np.arange(1, e + 1, dtype=np.float32)[:, None]
+    pos = jnp.stack([jnp.pad(uniform_positions(n, k), ((0, 0), (0, e - k))) for k in range(1, e + 1)], axis=1)
+    feats = _gather(clip_feats, pos)  # (B, E, E, F)
+    out["uniform_steps_logits"] = head(jnp.einsum("kj,bkjf->bkf", jnp.asarray(tri), feats))
+    if variant == "two":
+        prefix = np.tril(np.ones((e, e), np.float32)) / np.arange(1, e + 1, dtype=np.float32)[:, None]
+        out["policy_steps_logits"] = head(jnp.einsum("kj,bjf->bkf", jnp.asarray(prefix), policy_out["fused"]))
+    else:
+        out["policy_steps_logits"] = policy_out["step_logits"]
+    return out
