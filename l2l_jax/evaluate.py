@@ -36,9 +36,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from l2l_jax import baselines as bl
+from l2l_jax import parallel
 from l2l_jax.metrics import SOFTMAX_OF_VARIANT, VideoMetrics, top1_correct, video_map
 from l2l_jax.model import PreviewConfig, build_model
 from l2l_jax.steps import make_eval_step
@@ -73,8 +74,19 @@ class EvalResult:
     steps_map: dict[str, list[float | None]]
     clips_consumed: float | None
     mean_length: float
+    gt_acc: float | None
     gt_map: float | None
     videos: dict[str, np.ndarray]
+
+    def __getitem__(self, name: str) -> Any:
+        """Dict-style access to the summary numbers (``result["avgpool_acc"]``), as the training log reads them."""
+        if name == "videos" or not any(f.name == name for f in dataclasses.fields(self)):
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __contains__(self, name: object) -> bool:
+        return name != "videos" and any(f.name == name for f in dataclasses.fields(self)) \
+            and getattr(self, str(name)) is not None
 
     def metrics(self) -> dict[str, Any]:
         """The JSON-able summary (everything but the per-video arrays)."""
@@ -87,24 +99,14 @@ class EvalResult:
 # ----------------------------------------------------------------------------------------------------------
 # Devices
 # ----------------------------------------------------------------------------------------------------------
-def local_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D ("data",) mesh over this process's devices."""
-    devices = list(jax.local_devices() if devices is None else devices)
-    return Mesh(np.array(devices), ("data",))
-
-
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Rows split over the mesh's "data" axis; 0-d entries (``length``) replicated."""
+    """`parallel.shard_batch` after checking that the rows split evenly over the mesh."""
     n = mesh.devices.size
-    rows, repl = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
-    out = {}
-    for k, x in batch.items():
-        x = np.asarray(x)
-        if x.ndim and x.shape[0] % n:
-            raise ValueError(f"batch of {x.shape[0]} rows cannot be split over {n} devices "
-                             f"(use a --batch_size divisible by {n})")
-        out[k] = jax.device_put(x, rows if x.ndim else repl)
-    return out
+    rows = np.shape(batch["index"])[0] * jax.process_count()
+    if rows % n:
+        raise ValueError(f"a batch of {rows} rows cannot be split over {n} devices "
+                         f"(use a --batch_size divisible by {n})")
+    return parallel.shard_batch(batch, mesh)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -175,21 +177,26 @@ def make_eval_loader(source: Any, *, batch_size: int, sort_by_length: bool, seed
 # ----------------------------------------------------------------------------------------------------------
 # The evaluator
 # ----------------------------------------------------------------------------------------------------------
-def evaluate(model: Any, variables: Mapping, loader: Iterable[Mapping[str, np.ndarray]], *, hard: bool, seed: int,
-             mesh: Mesh | None = None, progress: bool = True, variant: str | None = None,
-             cfg: PreviewConfig | None = None, start_idx: Mapping[int, int] | None = None,
-             with_baselines: bool = True, desc: str = "eval") -> EvalResult:
+def evaluate(model: Any, variables: Mapping, loader: Iterable[Mapping[str, np.ndarray]], *, hard: bool = False,
+             seed: int = 0, key: jax.Array | None = None, mesh: Mesh | None = None, progress: bool = True,
+             variant: str | None = None, num_classes: int | None = None, cfg: PreviewConfig | None = None,
+             start_idx: Mapping[int, int] | None = None, with_baselines: bool = True,
+             desc: str = "eval") -> EvalResult:
     """Evaluates `model` (a PreviewModel or SinglePreviewModel) with `variables` on every batch of `loader`.
 
     `hard` is upstream's --gt_feature_eval; `seed` fixes the start clips and the random baseline;
-    `mesh` (default: all local devices) shards the batches; `start_idx` ({dataset index: clip}) overrides
-    the drawn starts. Returns an `EvalResult`; the training loop calls this after every epoch."""
+    `key` (default ``key(seed)``) replaces the seed; `mesh` (default: all devices) shards the batches;
+    `start_idx` ({dataset index: clip}) overrides the drawn starts; `num_classes`, if given, must match the
+    model. Returns an `EvalResult` (also readable as ``result["avgpool_acc"]``); the training loop calls this
+    after every epoch."""
     cfg = model.cfg if cfg is None else cfg
+    if num_classes is not None and num_classes != cfg.num_classes:
+        raise ValueError(f"num_classes {num_classes} != the model's {cfg.num_classes}")
     variant = ("single" if type(model).__name__ == "SinglePreviewModel" else "two") if variant is None else variant
-    mesh = local_mesh() if mesh is None else mesh
-    repl = NamedSharding(mesh, PartitionSpec())
-    dev_vars = jax.device_put({"params": variables["params"], "batch_stats": variables["batch_stats"]}, repl)
-    key = jax.device_put(jax.random.key(seed), repl)
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    dev_vars = parallel.replicate({"params": variables["params"], "batch_stats": variables["batch_stats"]}, mesh)
+    key = jax.random.key(seed) if key is None else key
+    key = jax.device_put(key, parallel.replicated(mesh))
     jitted = jax.jit(make_eval_fn(model, cfg, variant, hard=hard, with_baselines=with_baselines))
     compiled: dict[tuple, Any] = {}
     compile_s = 0.0
@@ -198,7 +205,7 @@ def evaluate(model: Any, variables: Mapping, loader: Iterable[Mapping[str, np.nd
 
     def collect(item: tuple[dict, dict]) -> None:
         out, meta = item
-        host.append({**{k: np.asarray(v) for k, v in out.items()}, **meta})
+        host.append({**parallel.to_host(out), **meta})
 
     total = len(loader) if hasattr(loader, "__len__") else None
     bar = None
@@ -317,8 +324,9 @@ def _summarize(videos: dict[str, np.ndarray], cfg: PreviewConfig, variant: str, 
             lg = videos[f"{name}_steps_logits"]
             curves[name] = [_safe_map(lg[:, k], labels, c, softmax) for k in range(lg.shape[1])]
     consumed = float(np.mean(clips_consumed(videos, cfg, variant))) if hard else None
-    gt_map = None
-    if variant == "single":
+    gt_map = gt_acc = None
+    if variant == "single":  # upstream's meaningless "gt" numbers: the D feature dims as classes (section 5)
+        gt_acc = int(top1_correct(videos["selected_gt_mean"], labels).sum()) / n
         gt_map = _safe_map(videos["selected_gt_mean"], labels, videos["selected_gt_mean"].shape[1], "stable") \
             if labels.max() < videos["selected_gt_mean"].shape[1] else None
     return EvalResult(
@@ -328,7 +336,7 @@ def _summarize(videos: dict[str, np.ndarray], cfg: PreviewConfig, variant: str, 
         hard=hard, variant=variant, episode_length=cfg.episode_length,
         mean_start=cfg.mean_feature_as_start, baselines=base, steps_map=curves,
         clips_consumed=consumed, mean_length=float(np.mean(np.minimum(videos["n_valid"], videos["length"]))),
-        gt_map=gt_map, videos=videos)
+        gt_acc=gt_acc, gt_map=gt_map, videos=videos)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -394,92 +402,64 @@ def write_export(result: EvalResult, path: str | os.PathLike, names: Mapping[int
 # ----------------------------------------------------------------------------------------------------------
 # Loading a model
 # ----------------------------------------------------------------------------------------------------------
-def find_checkpoint(path: str | os.PathLike) -> Path:
-    """What `--pretrained_model` names, resolved to one model: a file (upstream .pth) as is; a converted
-    model directory as is; a training checkpoint directory as is; a run directory -> its newest checkpoint
-    (training checkpoints under ``checkpoints/`` or numbered sub-directories, else upstream's rule: the newest
-    ``*.pth`` by ctime)."""
+def find_checkpoint(path: str | os.PathLike) -> tuple[str, Path, int | None]:
+    """What `--pretrained_model` names: ``(kind, path, step)`` with kind ``"pth"`` (an upstream file),
+    ``"model_dir"`` (l2l-convert's directory) or ``"run"`` (a training run directory, `run_checkpoint`
+    layout: ``<run>/checkpoints/<step>/``; given the run directory, the newest step; given
+    ``<run>/checkpoints`` or one step's directory, that one). A directory with none of these but ``*.pth``
+    files gives the newest by ctime (upstream's rule)."""
     from l2l_jax import checkpoint as ck
+    from l2l_jax.run_checkpoint import CHECKPOINT_DIR, RunCheckpoints, has_run_checkpoints
 
-    p = Path(path)
+    p = Path(path).absolute()
     if not p.exists():
         raise FileNotFoundError(f"--pretrained_model {p}: no such file or directory")
-    if p.is_file() or ck.is_model_dir(p):
-        return p
-    newest = _newest_training_checkpoint(p)
-    if newest is not None:
-        return newest
+    if p.is_file():
+        return "pth", p, None
+    if ck.is_model_dir(p):
+        return "model_dir", p, None
+    if has_run_checkpoints(p):
+        return "run", p, RunCheckpoints(p).latest_step()
+    if p.name == CHECKPOINT_DIR and has_run_checkpoints(p.parent):
+        return "run", p.parent, RunCheckpoints(p.parent).latest_step()
+    if p.name.isdigit() and p.parent.name == CHECKPOINT_DIR and has_run_checkpoints(p.parent.parent):
+        return "run", p.parent.parent, int(p.name)
     pths = sorted(p.glob("*.pth"), key=lambda q: q.stat().st_ctime)
     if pths:
-        return pths[-1]
-    raise ValueError(f"--pretrained_model {p}: no model directory, training checkpoint or *.pth found there")
-
-
-def _newest_training_checkpoint(p: Path) -> Path | None:
-    try:
-        from l2l_jax import train  # noqa: F401  (the training engineer's layout, when present)
-        finder = getattr(train, "latest_checkpoint", None)
-    except Exception:  # noqa: BLE001 - training module absent or not importable: fall back
-        finder = None
-    if finder is not None:
-        try:
-            found = finder(p)
-        except Exception:  # noqa: BLE001
-            found = None
-        if found is not None:
-            return Path(found)
-    for root in (p / "checkpoints", p):
-        if root.is_dir():
-            steps = [d for d in root.iterdir() if d.is_dir() and d.name.isdigit()]
-            if steps:
-                return max(steps, key=lambda d: int(d.name))
-    return None
+        return "pth", pths[-1], None
+    raise ValueError(f"--pretrained_model {p}: not a converted model directory or a training run directory, "
+                     "and no *.pth file there")
 
 
 def load_model(path: str | os.PathLike, variant: str) -> tuple[dict, dict[str, Any], Path]:
-    """(variables, meta, resolved path) for `--pretrained_model`: upstream .pth (converted on load, strictly
-    checked), a converted model directory, or a training checkpoint / run directory."""
+    """(variables, meta, resolved path) for `--pretrained_model` (see `find_checkpoint`); upstream files are
+    converted on load and strictly checked."""
     from l2l_jax import checkpoint as ck
+    from l2l_jax.run_checkpoint import RunCheckpoints
 
-    p = find_checkpoint(path)
-    if p.is_file():
+    kind, p, step = find_checkpoint(path)
+    if kind == "pth":
         from convert.core import variables_from_state_dict
         from convert.torch_io import read_state_dict
 
         sd, extras = read_state_dict(p)
-        variables, meta = variables_from_state_dict(sd, variant, str(p.absolute()), extras)
+        variables, meta = variables_from_state_dict(sd, variant, str(p), extras)
         return variables, meta, p
-    if ck.is_model_dir(p):
+    if kind == "model_dir":
         variables, meta = ck.load_model_dir(p)
         if meta["variant"] != variant:
             raise ValueError(f"{p} holds a {meta['variant']!r} model; --variant is {variant!r}")
         return variables, meta, p
-    return _load_training_checkpoint(p, variant)
-
-
-def _load_training_checkpoint(p: Path, variant: str) -> tuple[dict, dict[str, Any], Path]:
+    ckpts = RunCheckpoints(p)
     try:
-        from l2l_jax import train
-        loader = getattr(train, "load_checkpoint_variables", None)
-    except Exception:  # noqa: BLE001
-        loader = None
-    if loader is not None:
-        variables = loader(p)
-    else:
-        import orbax.checkpoint as ocp
-
-        target = p / "default" if (p / "default").is_dir() else p
-        with ocp.PyTreeCheckpointer() as ckptr:
-            tree = ckptr.restore(target)
-        tree = tree.get("state", tree) if isinstance(tree, dict) else tree
-        if not (isinstance(tree, dict) and "params" in tree and "batch_stats" in tree):
-            raise ValueError(f"{p}: not a converted model, a training checkpoint or a .pth file")
-        variables = {"params": tree["params"], "batch_stats": tree["batch_stats"]}
-    variables = jax.tree.map(np.asarray, variables)
+        variables = jax.tree.map(np.asarray, ckpts.restore_params(step))
+    finally:
+        ckpts.close()
     kernel = variables["params"]["net_classifier"]["classifier"]["kernel"]
+    where = p / "checkpoints" / str(step)
     meta = {"variant": variant, "num_classes": int(kernel.shape[1]), "feature_dim": int(kernel.shape[0]),
-            "source": str(p)}
-    return variables, meta, p
+            "source": str(where), "step": step}
+    return variables, meta, where
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -529,7 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             skip_bad_videos=bool(cfg.skip_bad_videos), progress=True)
     except (DatasetError, OSError) as e:
         raise SystemExit(f"l2l-eval: {e}") from None
-    mesh = local_mesh()
+    parallel.init_distributed(cfg)
+    mesh = parallel.make_mesh()
     sub = cfg.subsample_factor if (cfg.feature_subsample and variant == "two") else 1
     loader = make_eval_loader(source, batch_size=cfg.batch_size, sort_by_length=sort_by_length_ok(pcfg, variant),
                               seed=cfg.seed, buckets=cfg.buckets, subsample=sub,
