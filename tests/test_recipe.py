@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 import torch
-from fixture_inputs import read_json
+from fixture_inputs import manifest_state_dict, read_json
 
 from l2l_jax import recipe as R
 
@@ -215,3 +215,42 @@ def test_losses_match_torch_cross_entropy(flags):
 def test_single_has_no_loss_weights():
     with pytest.raises(ValueError, match="no loss weights"):
         R.Recipe("single", avgpool_ce_loss_weight=0.5)
+
+
+@pytest.mark.parametrize("variant,hard,E", [("two", False, 2), ("two", False, 1), ("single", True, 2)])
+def test_no_grad_rule_matches_the_model_gradients(variant, hard, E):
+    """`no_grad_modules` names exactly the modules whose gradient is identically zero in the real model."""
+    from l2l_jax.model import PreviewConfig, build_model
+    from l2l_jax.torch_names import from_state_dict
+
+    D = 512 if variant == "two" else 48
+    manifest = "manifests/preview_two_C12.json" if variant == "two" else "manifests/preview_single_C12_D48.json"
+    variables = from_state_dict(manifest_state_dict(manifest, 3), variant)
+    model = build_model(PreviewConfig(num_classes=12, episode_length=E, feature_dim=D, with_replacement=True),
+                        variant)
+    rng = np.random.default_rng(0)
+    B, L = 3, 12
+    feats = [jnp.asarray(np.maximum(rng.standard_normal((B, L, D)), 0), jnp.float32)
+             for _ in range(2 if variant == "two" else 1)]
+    args = (*feats, jnp.ones((B, L)), jnp.int32(L), jnp.array([0, 4, 7], jnp.int32))
+    labels = jnp.array([1, 3, 11])
+
+    def ces(params):
+        out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, *args, train=True,
+                             hard=hard, mutable=["batch_stats"])
+        return R.cross_entropy(out["avgpool_logits"], labels), R.cross_entropy(out["lstm_logits"], labels)
+
+    @jax.jit
+    def grads(params):
+        _, pullback = jax.vjp(ces, params)
+        return pullback((1.0, 0.0))[0], pullback((0.0, 1.0))[0]
+
+    g_avg, g_lstm = grads(variables["params"])
+
+    def used(grads):
+        return {m for m, sub in grads.items() if any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(sub))}
+
+    for a, l in [(True, False), (False, True), (True, True)]:
+        live = (used(g_avg) if a else set()) | (used(g_lstm) if l else set())
+        rule = R.no_grad_modules(variant, with_avgpool_ce_loss=a, with_lstm_ce_loss=l, hard=hard, episode_length=E)
+        assert rule == set(R.MODULES[variant]) - live, (a, l)
