@@ -161,12 +161,32 @@ def variables_from_state_dict(sd: Mapping[str, np.ndarray], variant: str, source
     return variables, meta
 
 
+def detect_variant(sd: Mapping[str, np.ndarray]) -> str | None:
+    """The variant whose key set the state dict has exactly (after prefix removal / suffix matching), if any."""
+    loaded = list(strip_module_prefix(sd))
+    for variant in torch_names.VARIANTS:
+        _, missing, extra, ambiguous = match_keys(loaded, torch_names.state_dict_keys(variant))
+        if not (missing or extra or ambiguous):
+            return variant
+    return None
+
+
+def load_upstream(torch_path: str | os.PathLike, variant: str | None = None) -> tuple[dict, dict[str, Any]]:
+    """Upstream ``.pth`` -> (variables, meta) in memory (what `convert_file` would save). ``variant=None``
+    detects it from the key set."""
+    source = str(Path(torch_path).absolute())
+    sd, extras = read_state_dict(torch_path)
+    if variant is None:
+        variant = detect_variant(sd)
+        if variant is None:
+            raise ConversionError(f"{source} does not hold the keys of any upstream model {torch_names.VARIANTS}")
+    return variables_from_state_dict(sd, variant, source, extras)
+
+
 def convert_file(torch_path: str | os.PathLike, out_dir: str | os.PathLike, variant: str, *,
                  overwrite: bool = False) -> tuple[Path, dict[str, Any]]:
     """Upstream ``.pth`` -> model directory. Returns (directory, meta)."""
-    source = str(Path(torch_path).absolute())
-    sd, extras = read_state_dict(torch_path)
-    variables, meta = variables_from_state_dict(sd, variant, source, extras)
+    variables, meta = load_upstream(torch_path, variant)
     return checkpoint.save_model_dir(out_dir, variables, meta, overwrite=overwrite), meta
 
 

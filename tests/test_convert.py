@@ -157,6 +157,10 @@ def test_module_prefix_bare_state_dict_and_suffix_matching(tmp_path):
     # Legacy (pre-1.6, non-zip) serialisation, as upstream's torch 1.0 wrote it.
     torch.save({"model": _tensors(sd)}, tmp_path / "c.pth", _use_new_zipfile_serialization=False)
     assert main(["imageaudionet", "--torch", str(tmp_path / "c.pth"), "--out", str(tmp_path / "c")]) == 0
+    for name, want in (("a", "imageaudionet"), ("b", "imageaudionet")):
+        assert core.load_upstream(tmp_path / f"{name}.pth")[1]["variant"] == want  # detected
+    torch.save(_tensors(_sd("single")), tmp_path / "s.pth")
+    assert core.load_upstream(tmp_path / "s.pth")[1]["variant"] == "single"
     ref, _ = checkpoint.load_model_dir(tmp_path / "a")
     for name in "bc":
         _assert_same_tree(checkpoint.load_model_dir(tmp_path / name)[0], ref)
