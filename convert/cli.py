@@ -19,7 +19,8 @@ from l2l_jax.checkpoint import NotAModelDirError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="l2l-convert", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="l2l-convert",
+                                description="upstream PyTorch checkpoints <-> l2l-jax model directories")
     sub = p.add_subparsers(dest="command", required=True)
     ia = sub.add_parser("imageaudionet", help="upstream ImageAudioNet checkpoint (fusion net + classifier) -> DIR")
     pv = sub.add_parser("preview", help="upstream preview-model checkpoint (e.g. model_final.pth) -> DIR")
