@@ -1,0 +1,116 @@
+"""Evaluation speed: `l2l_jax.evaluate` vs a straightforward PyTorch evaluation of the same model, same data.
+
+    python benchmarks/eval_speed.py [--data DIR] [--preset default|tiny] [--model PATH] [--batch_size 256]
+
+Data: the synthetic val split (`l2l-synth`, generated into --data if missing). Model: --model (anything
+`--pretrained_model` takes) or a freshly initialised one; README eval flags (mean start, no repeats,
+interpolation with s = 1, E = 10). Both sides use the same start clips (ours are drawn, then fed to torch).
+
+PyTorch side (`tests/torch_reference.py`): all features preloaded in memory as float32 tensors, upstream's
+batches in dataset order, upstream's eval collate, `torch.no_grad()`, default thread count, then the same numpy
+metrics. Ours: the evaluator as `l2l-eval` runs it (features read from the files by the loader, sorted by
+length, one executable per bucket), timed without compilation (reported separately), once without and once
+with the baselines. One run each; prints a table of videos/s and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import jax
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from l2l_jax import evaluate as ev  # noqa: E402
+from l2l_jax.data import open_split  # noqa: E402
+from l2l_jax.data.synthetic import PRESETS, generate  # noqa: E402
+from l2l_jax.metrics import VideoMetrics  # noqa: E402
+from l2l_jax.model import PreviewConfig, build_model, init_variables  # noqa: E402
+
+
+def torch_eval(variables, source, cfg: PreviewConfig, batch_size: int, starts: dict[int, int]) -> tuple[dict, float]:
+    """The plain PyTorch evaluation; returns (metrics, seconds) -- preloading excluded."""
+    import torch
+    import torch_reference as tr
+
+    from l2l_jax import torch_names
+
+    model = tr.from_state_dict(torch_names.to_state_dict(variables, "two"), "two",
+                               mean_feature_as_start=cfg.mean_feature_as_start,
+                               with_replacement=cfg.with_replacement, feature_interpolate=cfg.feature_interpolate,
+                               subsample_factor=cfg.subsample_factor).eval()
+    items = []
+    for i in range(len(source)):
+        img, aud = source.read(i)
+        items.append((torch.from_numpy(np.asarray(img, np.float32)), torch.from_numpy(np.asarray(aud, np.float32)),
+                      int(source.labels[i]), int(source.ids[i])))
+    vm = VideoMetrics(cfg.num_classes, "two")
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for b0 in range(0, len(items), batch_size):
+            batch = tr.eval_collate(items[b0:b0 + batch_size])
+            start = torch.tensor([starts[int(i)] for i in batch[4]], dtype=torch.int64)
+            avgpool, lstm, _ = tr.forward_batch(model, batch, cfg.episode_length, False, start)
+            vm.update(batch[4], batch[3].numpy(), avgpool.numpy(), lstm.numpy())
+    seconds = time.perf_counter() - t0
+    return vm.result(), seconds
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(ROOT / "runs" / "bench_synth"))
+    ap.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--batch_size", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    data = Path(args.data)
+    if not (data / "val.pkl").exists():
+        print(f"generating the synthetic {args.preset} set in {data} ...")
+        generate(data, config=replace(PRESETS[args.preset], num_train=8), progress=False)
+    num_classes = PRESETS[args.preset].num_classes
+    cfg = PreviewConfig(num_classes=num_classes, episode_length=10, mean_feature_as_start=True,
+                        with_replacement=True, feature_interpolate=True, subsample_factor=1)
+    if args.model:
+        variables, meta, _ = ev.load_model(args.model, "two")
+        cfg = replace(cfg, num_classes=meta["num_classes"])
+    else:
+        variables = jax.tree.map(np.asarray, init_variables(cfg, "two", jax.random.key(args.seed)))
+    source = open_split(data / "val.pkl", variant="two", num_classes=cfg.num_classes, feature_root=data,
+                        packed=False, progress=False)
+    model = build_model(cfg, "two")
+    rows = []
+    ours = None
+    for with_baselines in (False, True):
+        loader = ev.make_eval_loader(source, batch_size=args.batch_size, sort_by_length=True, seed=args.seed,
+                                     num_threads=2)
+        res = ev.evaluate(model, variables, loader, seed=args.seed, progress=False, with_baselines=with_baselines)
+        rows.append((f"l2l-jax evaluate ({'with' if with_baselines else 'no'} baselines)", res))
+        ours = ours or res
+    starts = dict(zip(ours.videos["index"].tolist(), ours.videos["start_idx"].tolist(), strict=True))
+    t_metrics, t_seconds = torch_eval(variables, source, cfg, args.batch_size, starts)
+    n = len(source)
+    torch_vps = n / t_seconds
+    lengths = np.asarray(source.lengths)
+    print(f"\n{n} videos (synthetic '{args.preset}' val, T median {np.median(lengths):.0f}, max {lengths.max()}), "
+          f"batch {args.batch_size}, {jax.device_count()} {jax.devices()[0].platform} device(s), "
+          f"torch {__import__('torch').get_num_threads()} threads")
+    print(f"{'implementation':42s} {'videos/s':>9} {'vs torch':>9} {'compile s':>10}")
+    print(f"{'PyTorch reference (eager, preloaded)':42s} {torch_vps:9.1f} {1.0:9.2f} {'-':>10}")
+    for name, r in rows:
+        print(f"{name:42s} {r.videos_per_second:9.1f} {r.videos_per_second / torch_vps:9.2f} "
+              f"{r.compile_seconds:10.1f}")
+    print("\nmetrics (same starts):  torch " + ", ".join(f"{k} {t_metrics[k]:.6f}" for k in
+                                                      ("avgpool_acc", "lstm_acc", "avgpool_map", "lstm_map")))
+    print("                        ours  " + ", ".join(f"{k} {ours[k]:.6f}" for k in
+                                                      ("avgpool_acc", "lstm_acc", "avgpool_map", "lstm_map")))
+
+
+if __name__ == "__main__":
+    main()
