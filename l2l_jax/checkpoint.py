@@ -10,7 +10,10 @@ Format (``format_version`` 1)::
                    "imageaudionet" has no "batch_stats")
 
 ``feature_dim`` is 512 for the two-modality model and the fusion net, D for the single variant. Extra
-JSON values in ``meta`` (e.g. ``epoch``) are kept. `save_model_dir` writes everything into a temporary sibling
+JSON values in ``meta`` are kept: ``l2l-convert`` adds ``epoch`` and ``upstream_args`` (the source checkpoint's
+flags, JSON-able ones only) when the ``.pth`` has them; ``source`` is the absolute path it was converted from.
+
+`save_model_dir` writes everything into a temporary sibling
 directory and renames it into place, so a reader never sees a half-written model; it replaces an existing
 directory only when asked and only if that directory is itself a model directory. `load_model_dir` returns numpy
 arrays, bit for bit what was saved. Training runs (optimizer state, CheckpointManager) are not this format.
