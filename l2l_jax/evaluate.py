@@ -158,8 +158,9 @@ def sort_by_length_ok(cfg: PreviewConfig, variant: str) -> bool:
 def make_eval_loader(source: Any, *, batch_size: int, sort_by_length: bool, seed: int = 0,
                      buckets: Sequence[int] | None = None, subsample: int = 1, num_threads: int = 2,
                      prefetch: int = 4) -> Any:
-    """An evaluation `BatchLoader` over `source`; with `sort_by_length` videos are visited shortest first
-    (stable), so each batch is padded little. Filler rows complete the last batch (valid = 0)."""
+    """An evaluation `BatchLoader` over `source`; with `sort_by_length` videos are visited longest first
+    (stable), so each batch is padded little and the filler rows completing the last batch (valid = 0) fall
+    in the shortest bucket."""
     from l2l_jax.data import DEFAULT_BUCKETS, BatchLoader
 
     class _Loader(BatchLoader):
@@ -170,7 +171,7 @@ def make_eval_loader(source: Any, *, batch_size: int, sort_by_length: bool, seed
                      buckets=DEFAULT_BUCKETS if buckets is None else buckets, subsample=subsample,
                      num_threads=num_threads, prefetch=max(prefetch, num_threads))
     lengths = np.asarray(loader.lengths)
-    loader._eval_order = (np.argsort(lengths, kind="stable") if sort_by_length else np.arange(len(lengths)))
+    loader._eval_order = (np.argsort(-lengths, kind="stable") if sort_by_length else np.arange(len(lengths)))
     return loader
 
 
