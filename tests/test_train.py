@@ -1,0 +1,211 @@
+"""`l2l-train` end to end on the tiny synthetic dataset: recipe through the CLI, train -> checkpoints -> resume ->
+final -> validation, SIGKILL and resume, 1 vs 4 devices, 2 processes vs 1, the non-finite-loss stop.
+
+The runs share a persistent compilation cache (one per test session) so that the subprocesses do not recompile
+the same step; one length bucket keeps it to one executable per device count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_train_parity import RUNS, recipe_of
+
+from l2l_jax import cli
+from l2l_jax.checkpoint import load_model_dir
+from l2l_jax.train import recipe_from_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------------- cheap
+def _run_flags(run: dict) -> list[str]:
+    flags = ["--variant", run["variant"], "--num_classes", "12", "--lr", str(run["lr"]), "--momentum",
+             str(run["momentum"]), "--weight_decay", str(run["weight_decay"]), "--episode_length", str(run["E"]),
+             "--warmup_epochs", str(run["warmup_epochs"]), "--milestones", *map(str, run["milestones_epochs"])]
+    for flag, on in (("--scheduler", run["scheduler"]), ("--freeze_imageAudioNet", run["freeze"]),
+                     ("--with_avgpool_ce_loss", run["with_avgpool_ce_loss"]),
+                     ("--with_lstm_ce_loss", run["with_lstm_ce_loss"]),
+                     ("--gt_feature_eval", run.get("use_gt_feature", False))):
+        if on:
+            flags.append(flag)
+    if run["variant"] == "two":
+        flags += ["--avgpool_ce_loss_weight", str(run["avgpool_ce_loss_weight"]),
+                  "--lstm_ce_loss_weight", str(run["lstm_ce_loss_weight"])]
+    return flags
+
+
+@pytest.mark.parametrize("variant,run", RUNS, ids=[r["name"] for _, r in RUNS])
+def test_cli_builds_the_fixture_recipe(variant, run):
+    cfg = cli.resolve("train", _run_flags(run))
+    got = recipe_from_config(cfg, run["iters_per_epoch"])
+    assert got == recipe_of(run)
+    for k in range(len(run["steps"])):
+        assert got.group_lrs(k) == pytest.approx(run["steps"][k]["lr"], rel=1e-12, abs=0.0)
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """The tiny dataset and the environment of every training process (shared compilation cache)."""
+    from l2l_jax.data.synthetic import generate
+
+    base = tmp_path_factory.mktemp("train")
+    data = generate(base / "tiny", preset="tiny", seed=0, progress=False)
+    e = dict(os.environ)
+    e.update(JAX_COMPILATION_CACHE_DIR=str(base / "jaxcache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    e.pop("XLA_FLAGS", None)
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", e["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return {"base": base, "data": data, "env": e}
+
+
+def flags(env, workdir: Path, *extra: str, val: bool = True) -> list[str]:
+    out = ["--train_dataset_file", str(env["data"] / "train.pkl"), "--num_classes", "6", "--batch_size", "16",
+           "--with_avgpool_ce_loss", "--with_lstm_ce_loss", "--checkpoint_freq", "1", "--print_freq", "2",
+           "--buckets", "264", "--decode_threads", "2", "--workdir", str(workdir), "--seed", "3"]
+    if val:
+        out += ["--test_dataset_file", str(env["data"] / "val.pkl")]
+    return out + list(extra)
+
+
+def train_proc(env, args: list[str], extra_env: dict | None = None, **kw) -> subprocess.Popen:
+    e = dict(env["env"], **(extra_env or {}))
+    return subprocess.Popen([sys.executable, "-m", "l2l_jax.train", *args], env=e, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def run_ok(env, args: list[str], extra_env: dict | None = None, timeout: float = 300) -> str:
+    p = train_proc(env, args, extra_env)
+    out, _ = p.communicate(timeout=timeout)
+    assert p.returncode == 0, out[-4000:]
+    return out
+
+
+def final_params(run_dir: Path) -> dict:
+    variables, _ = load_model_dir(run_dir / "model_final")
+    return variables
+
+
+def epoch_records(run_dir: Path) -> list[dict]:
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    drop = ("train/videos_per_s", "train/seconds", "val/videos_per_s")
+    return [{k: v for k, v in r.items() if k not in drop} for r in recs if r["kind"] == "epoch"]
+
+
+def assert_trees_equal(a, b, rtol=0.0, atol=0.0):
+    import jax
+
+    la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+    assert [p for p, _ in la] == [p for p, _ in lb]
+    for (path, x), (_, y) in zip(la, lb, strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol, err_msg=str(path))
+
+
+@pytest.fixture(scope="module")
+def reference(env):
+    """An uninterrupted 3-epoch run (subprocess), the reference of the resume tests."""
+    run_dir = env["base"] / "reference"
+    run_ok(env, flags(env, run_dir, "--epochs", "3"))
+    return run_dir
+
+
+@pytest.mark.slow
+def test_train_checkpoints_resume_final_validation(env, reference):
+    from l2l_jax.train import main
+
+    run_dir = env["base"] / "e2e"
+    main(flags(env, run_dir, "--epochs", "2", "--visualization", "--keep_checkpoints", "2"))
+    steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [4, 8]  # 4 iterations per epoch, one checkpoint per epoch (epoch 0 included)
+    assert [r["epoch"] for r in epoch_records(run_dir)] == [0, 1]
+    assert all("val/avgpool_map" in r and "val/lstm_acc" in r for r in epoch_records(run_dir))
+    epoch_log = (run_dir / "epoch.log").read_text()
+    assert epoch_log.startswith("epoch,loss,acc,lr\n0, ")
+    assert "mAP from lstm final prediction at epoch 1: " in epoch_log
+    assert "Epoch: [1][2/4]\tLR: 0.01\tTime " in (run_dir / "run.log").read_text()
+    assert (run_dir / "curves.png").stat().st_size > 0
+    assert any((run_dir / "tensorboard").iterdir())
+    # a third epoch: resumes after epoch 1, keeps the newest 2, ends where the uninterrupted run ends
+    main(flags(env, run_dir, "--epochs", "3", "--keep_checkpoints", "2"))
+    steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [8, 12]
+    assert "Resuming after epoch 1 at step 8" in (run_dir / "run.log").read_text()
+    assert_trees_equal(final_params(run_dir), final_params(reference))
+    assert epoch_records(run_dir) == epoch_records(reference)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(env, reference):
+    run_dir = env["base"] / "killed"
+    args = flags(env, run_dir, "--epochs", "3")
+    p = train_proc(env, args)
+    deadline = time.time() + 240
+    while not (run_dir / "checkpoints" / "4").exists():  # epoch 0 saved: now in epoch 1 (or validating)
+        assert p.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
+        time.sleep(0.05)
+    while "Epoch: [1][2/4]" not in (run_dir / "run.log").read_text():
+        assert p.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (run_dir / "model_final").exists()
+    run_ok(env, args)
+    assert_trees_equal(final_params(run_dir), final_params(reference))
+    assert epoch_records(run_dir) == epoch_records(reference)
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(env, reference):
+    from l2l_jax.train import main
+
+    run_dir = env["base"] / "nan"
+    shutil.copytree(reference, run_dir)
+    good = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    with pytest.raises(SystemExit, match="non-finite training loss at step 1[2-5] .*last good checkpoint is .*12"):
+        main(flags(env, run_dir, "--epochs", "5", "--lr", "1e30", val=False))
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == good
+
+
+# ---------------------------------------------------------------------------------------------- devices
+def _two_step_flags(env, run_dir: Path) -> list[str]:
+    # 64 videos, batch 32: one epoch = 2 steps
+    return flags(env, run_dir, "--epochs", "1", "--batch_size", "32", val=False)
+
+
+@pytest.mark.slow
+def test_one_vs_four_devices_and_two_processes(env):
+    one = env["base"] / "dev1"
+    run_ok(env, _two_step_flags(env, one))
+    four = env["base"] / "dev4"
+    out = run_ok(env, _two_step_flags(env, four), {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    assert "4 device(s)" in (four / "run.log").read_text(), out[-2000:]
+    # float sums over rows split 4 ways: equal up to reduction order
+    assert_trees_equal(final_params(one), final_params(four), rtol=2e-5, atol=2e-6)
+
+    two = env["base"] / "proc2"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [train_proc(env, _two_step_flags(env, two) + ["--coordinator_address", f"127.0.0.1:{port}",
+                                                          "--num_processes", "2", "--process_id", str(i)])
+             for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, o in zip(procs, outs, strict=True):
+        assert p.returncode == 0, o[-4000:]
+    assert "2 process(es)" in (two / "run.log").read_text()
+    assert_trees_equal(final_params(one), final_params(two), rtol=2e-5, atol=2e-6)
