@@ -1,0 +1,39 @@
+"""The single-modality variant (R(2+1)D-152 clip features) on ActivityNet, with the root recipe's settings.
+
+    l2l-train --config configs/activitynet_single_modality.py --train_dataset_file <root>/train.pkl \
+        --test_dataset_file <root>/val.pkl --feature_root <root> --embedding_size 2048 \
+        --workdir runs/activitynet_single
+
+Upstream publishes no command for this variant (UPSTREAM.md §1); this uses the published two-modality recipe
+with the single variant's own defaults where they differ (warm-up 10 epochs with --scheduler, s = 2), both
+losses (the variant has no fusion net to freeze). Set --embedding_size to the width of the released
+r2plus1d152 features (the code does not fix it; 2048 is typical). Expected result: validation accuracy and mAP
+per epoch in epoch.log, comparable to the paper's single-modality ablation; not yet run here (no features on
+this machine).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The single-modality flags, named as in the cli table."""
+    return ml_collections.ConfigDict({
+        "variant": "single",
+        "num_classes": 200,
+        "batch_size": 256,
+        "warmup_epochs": 10,
+        "epochs": 25,
+        "lr": 0.01,
+        "milestones": [15, 20],
+        "momentum": 0.9,
+        "decode_threads": 10,
+        "scheduler": True,
+        "checkpoint_freq": 10,
+        "episode_length": 10,
+        "with_avgpool_ce_loss": True,
+        "with_lstm_ce_loss": True,
+        "compute_mAP": True,
+        "mean_feature_as_start": True,
+        "subsample_factor": 2,
+        "with_replacement": True,
+    })
