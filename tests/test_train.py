@@ -23,6 +23,7 @@ from test_train_parity import RUNS, recipe_of
 
 from l2l_jax import cli
 from l2l_jax.checkpoint import load_model_dir
+from l2l_jax.run_checkpoint import RunCheckpoints
 from l2l_jax.train import recipe_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,8 +98,12 @@ def run_ok(env, args: list[str], extra_env: dict | None = None, timeout: float =
 
 
 def final_params(run_dir: Path) -> dict:
-    variables, _ = load_model_dir(run_dir / "model_final")
-    return variables
+    """The variables of the run's newest checkpoint (restored on this process's one device)."""
+    return RunCheckpoints(run_dir).restore_params()
+
+
+def model_final(run_dir: Path) -> dict:
+    return load_model_dir(run_dir / "model_final")[0]
 
 
 def epoch_records(run_dir: Path) -> list[dict]:
@@ -146,6 +151,7 @@ def test_train_checkpoints_resume_final_validation(env, reference):
     assert steps == [8, 12]
     assert "Resuming after epoch 1 at step 8" in (run_dir / "run.log").read_text()
     assert_trees_equal(final_params(run_dir), final_params(reference))
+    assert_trees_equal(load_model_dir(run_dir / "model_final")[0], final_params(reference))
     assert epoch_records(run_dir) == epoch_records(reference)
 
 
@@ -195,7 +201,7 @@ def test_one_vs_four_devices_and_two_processes(env):
     out = run_ok(env, _two_step_flags(env, four), {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
     assert "4 device(s)" in (four / "run.log").read_text(), out[-2000:]
     # float sums over rows split 4 ways: equal up to reduction order
-    assert_trees_equal(final_params(one), final_params(four), rtol=2e-5, atol=2e-6)
+    assert_trees_equal(model_final(one), model_final(four), rtol=2e-5, atol=2e-6)
 
     two = env["base"] / "proc2"
     with socket.socket() as s:
@@ -204,8 +210,16 @@ def test_one_vs_four_devices_and_two_processes(env):
     procs = [train_proc(env, _two_step_flags(env, two) + ["--coordinator_address", f"127.0.0.1:{port}",
                                                           "--num_processes", "2", "--process_id", str(i)])
              for i in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    outs = [p.communicate(timeout=420)[0] for p in procs]
     for p, o in zip(procs, outs, strict=True):
         assert p.returncode == 0, o[-4000:]
     assert "2 process(es)" in (two / "run.log").read_text()
-    assert_trees_equal(final_params(one), final_params(two), rtol=2e-5, atol=2e-6)
+    # the 2-process run writes no model_final/ (see train.py) and its checkpoint holds 2-device arrays: compare
+    # the epoch's losses and accuracies, which after step 1 depend on the updated parameters
+    (r1,), (r2,) = epoch_records(one), epoch_records(two)
+    assert r1.keys() == r2.keys()
+    for key in r1:
+        if isinstance(r1[key], str):
+            assert r2[key] == r1[key]
+            continue
+        assert r2[key] == pytest.approx(r1[key], rel=2e-5, abs=1e-6), key
