@@ -1,0 +1,197 @@
+"""Upstream's dataset pickles, read safely, and the feature paths derived from them (UPSTREAM.md section 1).
+
+A pickle holds `(feature_paths, labels)`: N path strings to each video's *imageAudio* feature file and N
+integer labels. The imageAudio file itself is never read; its path is a template:
+two-modality reads `image_features` and `audio_features`, the single variant `r2plus1d152_features`
+(`str.replace` of every occurrence, as upstream does).
+
+The pickle is read by a restricted unpickler that only builds what such a file holds (lists, tuples, str,
+int, float, numpy integer scalars); any other global (e.g. `os.system` in a hostile reduce) is refused
+before anything runs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+Variant = Literal["two", "single"]
+
+TEMPLATE_DIR = "imageAudio_features"
+MODALITY_DIRS: dict[str, tuple[str, ...]] = {
+    "two": ("image_features", "audio_features"),
+    "single": ("r2plus1d152_features",),
+}
+MODALITY_KEYS: dict[str, tuple[str, ...]] = {"two": ("image", "audio"), "single": ("features",)}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The pickle asks for something a dataset pickle never holds; nothing of it was run."""
+
+
+class DatasetError(ValueError):
+    """A dataset file is malformed (wrong structure, bad paths, bad labels or bad feature files)."""
+
+
+def _safe_dtype(spec, align=False, copy=True):
+    if not isinstance(spec, str):
+        raise UnsafePickleError(f"numpy.dtype({spec!r}) refused: only integer dtype strings are allowed")
+    dt = np.dtype(spec)
+    if dt.kind not in "iu":
+        raise UnsafePickleError(f"numpy.dtype({spec!r}) refused: only integer dtypes are allowed")
+    return np.dtype(spec, bool(align), bool(copy))
+
+
+def _safe_scalar(dtype, data=None):
+    if not isinstance(dtype, np.dtype) or dtype.kind not in "iu":
+        raise UnsafePickleError(f"numpy scalar of dtype {dtype!r} refused: only integer scalars are allowed")
+    if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise UnsafePickleError("numpy scalar refused: malformed payload")
+    return int(np.frombuffer(data, dtype=dtype)[0])
+
+
+def _safe_encode(text, encoding="utf-8", errors="strict"):
+    # protocol-2 pickles rebuild bytes as _codecs.encode(str, 'latin1')
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError("_codecs.encode refused: only latin1 text -> bytes is allowed")
+    return text.encode("latin1")
+
+
+_ALLOWED = {
+    ("numpy", "dtype"): _safe_dtype,
+    ("numpy.core.multiarray", "scalar"): _safe_scalar,
+    ("numpy._core.multiarray", "scalar"): _safe_scalar,
+    ("_codecs", "encode"): _safe_encode,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        fn = _ALLOWED.get((module, name))
+        if fn is None:
+            raise UnsafePickleError(
+                f"refusing to load global {module}.{name}: a dataset pickle holds only lists/tuples of "
+                "str and int (and numpy integer scalars)"
+            )
+        return fn
+
+    def persistent_load(self, pid):
+        raise UnsafePickleError("refusing persistent id in dataset pickle")
+
+
+def safe_load_pickle(data: bytes) -> object:
+    """Unpickle `data` allowing only plain containers, str, int, float and numpy integer scalars."""
+    return _RestrictedUnpickler(io.BytesIO(data)).load()
+
+
+def remap_root(path: str, feature_root: str | os.PathLike | None) -> str:
+    """Replace everything before `imageAudio_features` in `path` with `feature_root` (None: unchanged)."""
+    if feature_root is None:
+        return path
+    pos = path.find(TEMPLATE_DIR)
+    if pos < 0:
+        raise DatasetError(f"path {path!r} has no '{TEMPLATE_DIR}' component to remap with --feature_root")
+    return os.path.join(os.fspath(feature_root), path[pos:])
+
+
+def modality_paths(template: str, variant: Variant) -> tuple[str, ...]:
+    """The feature files upstream reads for one video: (image, audio) or (r2plus1d152,)."""
+    return tuple(template.replace(TEMPLATE_DIR, d) for d in MODALITY_DIRS[variant])
+
+
+@dataclass
+class VideoIndex:
+    """The videos of one split: template paths (after remap), labels, ids (row in the pickle), and the
+    per-modality feature paths. `ids` survive filtering so batches report the pickle's own index."""
+
+    variant: Variant
+    templates: list[str]
+    labels: np.ndarray  # (N,) int64
+    ids: np.ndarray  # (N,) int64
+    source: str = ""
+    paths: list[tuple[str, ...]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.ids = np.asarray(self.ids, dtype=np.int64)
+        if not (len(self.templates) == len(self.labels) == len(self.ids)):
+            raise DatasetError("templates, labels and ids differ in length")
+        self.paths = [modality_paths(t, self.variant) for t in self.templates]
+
+    def __len__(self) -> int:
+        return len(self.templates)
+
+    def subset(self, keep: np.ndarray | list[int]) -> VideoIndex:
+        """The videos at positions `keep` (ids kept)."""
+        keep = np.asarray(keep, dtype=np.int64)
+        return VideoIndex(
+            self.variant, [self.templates[i] for i in keep], self.labels[keep], self.ids[keep], self.source
+        )
+
+
+def _as_label(x: object, i: int) -> int:
+    if isinstance(x, bool):
+        raise DatasetError(f"label {i} is a bool ({x!r}), expected an int")
+    if isinstance(x, int):
+        return x
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    raise DatasetError(f"label {i} is {x!r} ({type(x).__name__}), expected an int")
+
+
+def parse_index(obj: object, *, variant: Variant = "two", feature_root=None, base_dir=None,
+                source: str = "") -> VideoIndex:
+    """Check the `(feature_paths, labels)` structure and build a VideoIndex.
+
+    Relative paths are resolved against `base_dir` (the pickle's directory) unless `feature_root` is set.
+    """
+    if variant not in MODALITY_DIRS:
+        raise ValueError(f"variant must be 'two' or 'single', got {variant!r}")
+    if not isinstance(obj, tuple | list) or len(obj) != 2:
+        raise DatasetError(f"{source}: expected a pair (feature_paths, labels), got {type(obj).__name__}")
+    paths, labels = obj
+    if not isinstance(paths, list | tuple) or not isinstance(labels, list | tuple):
+        raise DatasetError(f"{source}: feature_paths and labels must be lists")
+    if len(paths) != len(labels):
+        raise DatasetError(f"{source}: {len(paths)} paths but {len(labels)} labels")
+    templates = []
+    for i, p in enumerate(paths):
+        if not isinstance(p, str):
+            raise DatasetError(f"{source}: path {i} is {type(p).__name__}, expected str")
+        if TEMPLATE_DIR not in p:
+            raise DatasetError(f"{source}: path {i} ({p!r}) has no '{TEMPLATE_DIR}' component")
+        p = remap_root(p, feature_root)
+        if not os.path.isabs(p) and base_dir is not None:
+            p = os.path.join(os.fspath(base_dir), p)
+        templates.append(p)
+    labs = [_as_label(x, i) for i, x in enumerate(labels)]
+    return VideoIndex(variant, templates, np.array(labs, np.int64), np.arange(len(labs)), source)
+
+
+def load_index(pickle_path: str | os.PathLike, *, variant: Variant = "two",
+               feature_root: str | os.PathLike | None = None) -> VideoIndex:
+    """Read an upstream dataset pickle safely; remap its prefix with `feature_root` (--feature_root).
+
+    Relative paths in the pickle (our synthetic set writes them) are taken relative to the pickle's folder.
+    """
+    pickle_path = Path(pickle_path)
+    obj = safe_load_pickle(pickle_path.read_bytes())
+    return parse_index(obj, variant=variant, feature_root=feature_root, base_dir=pickle_path.parent,
+                       source=str(pickle_path))
+
+
+def write_index(pickle_path: str | os.PathLike, feature_paths: list[str], labels: list[int]) -> None:
+    """Write `(feature_paths, labels)` as upstream does (a pickled tuple of two lists)."""
+    with open(pickle_path, "wb") as f:
+        pickle.dump((list(feature_paths), [int(x) for x in labels]), f, protocol=2)
+
+
+def load_features(path: str, *, mmap: bool = False) -> np.ndarray:
+    """np.load without pickles (object arrays are refused)."""
+    return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)

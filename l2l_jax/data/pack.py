@@ -1,0 +1,116 @@
+"""`l2l-pack`: a split's per-video `.npy` files -> one memory-mapped array per modality plus offsets.
+
+Layout of `<out>/` (default `<pickle dir>/<stem>.pack/`, where the loader finds it on its own):
+`meta.json`, `offsets.npy` (N+1,) int64 (video i is rows offsets[i]:offsets[i+1]), `labels.npy`, `ids.npy`
+(row in the pickle), and `image.npy`/`audio.npy` (two-modality) or `features.npy` (single), each
+(total_clips, width) float32, or float16 with `--float16` (half the bytes; values must fit in float16).
+The split is validated first, so a pack never holds a bad video (bad ones are refused, or dropped with
+`--skip_bad_videos`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .index import DatasetError, Variant, load_index
+from .source import PACK_FORMAT, PACK_VERSION, FileSource, _root_key, default_pack_dir, file_sha256
+from .validate import check_split
+
+F16_MAX = float(np.finfo(np.float16).max)
+
+
+def write_pack(source: FileSource, out_dir: str | os.PathLike, *, float16: bool = False,
+               pickle_path: str | os.PathLike | None = None, feature_root: str | os.PathLike | None = None,
+               progress: bool = True) -> Path:
+    """Pack a validated per-file split into `out_dir` (written to a temporary folder, then renamed)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    dtype = np.float16 if float16 else np.float32
+    offsets = np.zeros(len(source) + 1, np.int64)
+    offsets[1:] = np.cumsum(source.lengths)
+    total = int(offsets[-1])
+    arrays = [np.lib.format.open_memmap(tmp / f"{k}.npy", mode="w+", dtype=dtype, shape=(total, source.width))
+              for k in source.keys]
+    overflow = []
+    for i in tqdm(range(len(source)), desc=f"packing {out_dir.name}", unit="video", disable=not progress):
+        parts = source.read(i)  # float32
+        for arr, part in zip(arrays, parts, strict=True):
+            if float16 and part.size and float(np.abs(part).max()) > F16_MAX:
+                overflow.append(f"  [{int(source.ids[i])}] {source.index.templates[i]}: |x| up to "
+                                f"{float(np.abs(part).max()):.4g} overflows float16")
+            arr[offsets[i] : offsets[i + 1]] = part
+    for arr in arrays:
+        arr.flush()
+    del arrays
+    if overflow:
+        shutil.rmtree(tmp)
+        raise DatasetError("cannot pack as float16:\n" + "\n".join(overflow) + "\n(pack without --float16)")
+    np.save(tmp / "offsets.npy", offsets)
+    np.save(tmp / "labels.npy", source.labels.astype(np.int64))
+    np.save(tmp / "ids.npy", source.ids.astype(np.int64))
+    meta = {
+        "format": PACK_FORMAT, "version": PACK_VERSION, "variant": source.variant, "keys": list(source.keys),
+        "width": source.width, "dtype": np.dtype(dtype).name, "num_videos": len(source), "total_clips": total,
+        "pickle": None if pickle_path is None else os.path.abspath(pickle_path),
+        "pickle_sha256": None if pickle_path is None else file_sha256(pickle_path),
+        "feature_root": _root_key(feature_root),
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def pack_pickle(pickle_path: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
+                variant: Variant = "two", feature_root: str | os.PathLike | None = None,
+                num_classes: int | None = None, width: int | None = 512, float16: bool = False,
+                skip_bad_videos: bool = False, progress: bool = True) -> Path:
+    """Validate and pack the split of an upstream pickle; returns the pack directory."""
+    index = load_index(pickle_path, variant=variant, feature_root=feature_root)
+    if num_classes is None:
+        num_classes = int(index.labels.max()) + 1 if len(index) else 1
+    scan = check_split(index, num_classes=num_classes, width=width, skip_bad_videos=skip_bad_videos,
+                       progress=progress)
+    out = default_pack_dir(pickle_path) if out_dir is None else Path(out_dir)
+    return write_pack(FileSource(scan), out, float16=float16, pickle_path=pickle_path,
+                      feature_root=feature_root, progress=progress)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="l2l-pack", description=__doc__.split("\n")[0])
+    ap.add_argument("pickles", nargs="+", help="upstream dataset pickles (train.pkl, val.pkl, ...)")
+    ap.add_argument("--out", default=None, help="pack directory (one pickle only; default <stem>.pack beside it)")
+    ap.add_argument("--variant", choices=("two", "single"), default="two")
+    ap.add_argument("--feature_root", default=None, help="replaces everything before imageAudio_features")
+    ap.add_argument("--num_classes", type=int, default=None, help="check labels in [0, C)")
+    ap.add_argument("--width", type=int, default=512, help="expected feature width (0: any)")
+    ap.add_argument("--float16", action="store_true", help="store float16 (half the bytes)")
+    ap.add_argument("--skip_bad_videos", action="store_true", help="drop bad videos instead of failing")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    if args.out and len(args.pickles) > 1:
+        ap.error("--out needs a single pickle")
+    for p in args.pickles:
+        try:
+            out = pack_pickle(p, args.out, variant=args.variant, feature_root=args.feature_root,
+                              num_classes=args.num_classes, width=args.width or None, float16=args.float16,
+                              skip_bad_videos=args.skip_bad_videos, progress=not args.quiet)
+        except DatasetError as e:
+            raise SystemExit(f"l2l-pack: {p}: {e}") from None
+        meta = json.loads((out / "meta.json").read_text())
+        print(f"{p} -> {out} ({meta['num_videos']} videos, {meta['total_clips']} clips, {meta['dtype']})")
+
+
+if __name__ == "__main__":
+    main()
