@@ -2,8 +2,8 @@
 
 Layout of `<out>/` (default `<pickle dir>/<stem>.pack/`, where the loader finds it on its own):
 `meta.json`, `offsets.npy` (N+1,) int64 (video i is rows offsets[i]:offsets[i+1]), `labels.npy`, `ids.npy`
-(row in the pickle), and `image.npy`/`audio.npy` (two-modality) or `features.npy` (single), each
-(total_clips, width) float32, or float16 with `--float16` (half the bytes; values must fit in float16).
+(row in the pickle), `names.json` (video names), and `image.npy`/`audio.npy` (two-modality) or `features.npy`
+(single), each (total_clips, width) float32, or float16 with `--float16` (half the bytes; values must fit in float16).
 The split is validated first, so a pack never holds a bad video (bad ones are refused, or dropped with
 `--skip_bad_videos`).
 """
@@ -58,6 +58,7 @@ def write_pack(source: FileSource, out_dir: str | os.PathLike, *, float16: bool 
     np.save(tmp / "offsets.npy", offsets)
     np.save(tmp / "labels.npy", source.labels.astype(np.int64))
     np.save(tmp / "ids.npy", source.ids.astype(np.int64))
+    (tmp / "names.json").write_text(json.dumps(list(source.names)))
     meta = {
         "format": PACK_FORMAT, "version": PACK_VERSION, "variant": source.variant, "keys": list(source.keys),
         "width": source.width, "dtype": np.dtype(dtype).name, "num_videos": len(source), "total_clips": total,

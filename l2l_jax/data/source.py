@@ -34,6 +34,7 @@ class FeatureSource:
     labels: np.ndarray
     ids: np.ndarray
     lengths: np.ndarray
+    names: list[str]  # video names (stem of the feature file), for exports and plots
     kind: str
 
     def __len__(self) -> int:
@@ -80,6 +81,7 @@ class FileSource(FeatureSource):
         self.labels = scan.index.labels
         self.ids = scan.index.ids
         self.lengths = np.asarray(scan.lengths, np.int64)
+        self.names = [Path(t).stem for t in scan.index.templates]
         self._headers: dict[str, tuple[int, tuple[int, ...], np.dtype, bool]] = {}
 
     def _header(self, path: str):
@@ -122,6 +124,8 @@ class PackedSource(FeatureSource):
         self.labels = np.load(self.dir / "labels.npy", allow_pickle=False).astype(np.int64)
         self.ids = np.load(self.dir / "ids.npy", allow_pickle=False).astype(np.int64)
         self.lengths = np.diff(self.offsets)
+        names_file = self.dir / "names.json"
+        self.names = json.loads(names_file.read_text()) if names_file.exists() else [str(i) for i in self.ids]
         self.width = int(self.arrays[0].shape[1])
         self.dtype = self.arrays[0].dtype
         if len(self.offsets) != len(self.labels) + 1 or self.offsets[-1] != self.arrays[0].shape[0]:
