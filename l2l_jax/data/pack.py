@@ -45,9 +45,11 @@ def write_pack(source: FileSource, out_dir: str | os.PathLike, *, float16: bool 
     for i in tqdm(range(len(source)), desc=f"packing {out_dir.name}", unit="video", disable=not progress):
         parts = source.read(i)  # float32
         for arr, part in zip(arrays, parts, strict=True):
-            if float16 and part.size and float(np.abs(part).max()) > F16_MAX:
+            peak = float(np.abs(part).max()) if float16 and part.size else 0.0
+            if peak > F16_MAX:
                 overflow.append(f"  [{int(source.ids[i])}] {source.index.templates[i]}: |x| up to "
-                                f"{float(np.abs(part).max()):.4g} overflows float16")
+                                f"{peak:.4g} overflows float16")
+                continue
             arr[offsets[i] : offsets[i + 1]] = part
     for arr in arrays:
         arr.flush()
