@@ -204,3 +204,24 @@ def test_short_batches(tmp_path):
         ld.make_batch(0, 0)  # [4, 6]
     b = loader(src, batch_size=2, train=False, pad_short_batches=True).make_batch(0, 0)
     assert int(b["length"]) == 10 and b["mask"].sum() == 20
+
+
+def test_buffer_reuse_never_touches_live_batches(root):
+    src = source(root)
+    fresh = loader(src, batch_size=4, seed=2, reuse_buffers=False)
+    pooled = loader(src, batch_size=4, seed=2)
+    held, held_copy = [], []
+    for e in range(3):
+        for b in range(pooled.batches_per_epoch):
+            x = pooled.make_batch(e, b)
+            assert_batches_equal(x, fresh.make_batch(e, b))  # recycled memory is cleared where unused
+            if b % 3 == 0:  # keep some batches (and a view of one) alive while later ones are built
+                held.append(x["image"][1:] if b == 3 else x)
+                held_copy.append({k: v.copy() for k, v in x.items()})
+            del x
+    assert len(pooled.pool._bufs) <= pooled.pool.max_buffers and pooled.pool.reused > 20
+    for h, c in zip(held, held_copy, strict=True):
+        if isinstance(h, dict):
+            assert_batches_equal(h, c)
+        else:
+            np.testing.assert_array_equal(h, c["image"][1:])
