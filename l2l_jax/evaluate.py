@@ -160,7 +160,9 @@ def make_eval_loader(source: Any, *, batch_size: int, sort_by_length: bool, seed
                      prefetch: int = 4) -> Any:
     """An evaluation `BatchLoader` over `source`; with `sort_by_length` videos are visited longest first
     (stable), so each batch is padded little and the filler rows completing the last batch (valid = 0) fall
-    in the shortest bucket."""
+    in the shortest bucket. Sorting may gather videos all shorter than 10 clips in one batch, which upstream's
+    collate cannot batch (quirk 4); since such results do not depend on the batch, that batch is given
+    L = 10, exactly as if a longer video shared it."""
     from l2l_jax.data import DEFAULT_BUCKETS, BatchLoader
 
     class _Loader(BatchLoader):
@@ -169,7 +171,7 @@ def make_eval_loader(source: Any, *, batch_size: int, sort_by_length: bool, seed
 
     loader = _Loader(source, batch_size=batch_size, train=False, seed=seed,
                      buckets=DEFAULT_BUCKETS if buckets is None else buckets, subsample=subsample,
-                     num_threads=num_threads, prefetch=max(prefetch, num_threads))
+                     pad_short_batches=sort_by_length, num_threads=num_threads, prefetch=max(prefetch, num_threads))
     lengths = np.asarray(loader.lengths)
     loader._eval_order = (np.argsort(-lengths, kind="stable") if sort_by_length else np.arange(len(lengths)))
     return loader

@@ -283,13 +283,13 @@ def zero_sums() -> dict:
 
 # ------------------------------------------------------------------------------------------------ validation
 def make_val_loader(cfg: Mapping[str, Any], source) -> BatchLoader:
-    """The evaluator's validation loader in upstream's order (this process's rows). Sorting by length would put
-    the short videos together, and a batch whose videos are all shorter than 10 clips is an error (quirk 4)."""
-    from l2l_jax.evaluate import make_eval_loader
+    """The evaluator's validation loader (this process's rows): grouped by length where per-video results do
+    not depend on the batch (`evaluate.sort_by_length_ok`), else in upstream's order."""
+    from l2l_jax.evaluate import make_eval_loader, sort_by_length_ok
 
     sub = cfg["subsample_factor"] if cfg.get("feature_subsample") else 1
     return make_eval_loader(source, batch_size=cfg["batch_size"], seed=cfg["seed"], buckets=cfg["buckets"],
-                            sort_by_length=False, subsample=sub,
+                            sort_by_length=sort_by_length_ok(model_config(cfg), cfg["variant"]), subsample=sub,
                             num_threads=max(1, min(int(cfg["decode_threads"]), 16)))
 
 
