@@ -19,7 +19,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from l2l_jax.nn import PRECISIONS, TorchBatchNorm, WeightNormLSTMCell, interp_time, torch_dense
+from l2l_jax.nn import (
+    TorchBatchNorm,
+    WeightNormLSTMCell,
+    attend,
+    interp_time,
+    key_scores,
+    padded_softmax,
+    position_dense,
+    spread,
+    torch_dense,
+)
 
 Array = jax.Array
 
@@ -108,10 +118,23 @@ class KeyConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, weights: Array, train: bool) -> Array:
-        bound = 1.0 / math.sqrt(self.in_features)
-        x = nn.Dense(KEY_DIM, kernel_init=_normal002, bias_init=_uniform(bound),
-                     precision=PRECISIONS[self.precision], name="conv")(x)
+        x = PositionDense(KEY_DIM, self.in_features, self.precision, name="conv")(x, weights)
         return nn.relu(TorchBatchNorm(KEY_DIM, scale_init_std=0.02, name="bn")(x, weights, train))
+
+
+class PositionDense(nn.Module):
+    """A Dense layer over (B, Lb, D) (upstream's 1x1 conv) whose gradients are bitwise invariant to bucket
+    padding (`l2l_jax.nn.position_dense`, `spread`). Parameters `kernel (D, K)`, `bias (K)` as nn.Dense."""
+
+    features: int
+    in_features: int
+    precision: str = "highest"
+
+    @nn.compact
+    def __call__(self, x: Array, weights: Array) -> Array:
+        kernel = self.param("kernel", _normal002, (self.in_features, self.features))
+        bias = self.param("bias", _uniform(1.0 / math.sqrt(self.in_features)), (self.features,))
+        return position_dense(x, kernel, self.precision) + spread(bias, weights)
 
 
 def _normal002(key, shape, dtype=jnp.float32):
@@ -131,18 +154,15 @@ def sample_start(key: Array, mask: Array, length: Array | None = None) -> Array:
 
 
 def attention_scores(query: Array, keys: Array, mask: Array, inside: Array) -> Array:
-    """Masked scaled scores (B, Lb). The dot product is an elementwise product summed over the key axis so
-    that bitwise-identical key rows give bitwise-identical scores (ties resolve to the first copy, section 4).
+    """Masked scaled scores (B, Lb). The dot product is an elementwise product summed over the key axis by a
+    fixed halving tree (`tree_sum`), the same for every position: bitwise-identical key rows give
+    bitwise-identical scores (ties resolve to the first copy, section 4), and a position's score does not
+    depend on the bucket length Lb (XLA's own minor-axis reduction rounds differently for different Lb).
     Upstream's mask: s*m + (1-m)*(-1e35); positions beyond L (bucket padding) get -inf, so they keep
     probability exactly 0 even in a fully masked row (which is then uniform over the L positions)."""
-    s = jnp.sum(query[:, None, :] * keys, axis=-1) / jnp.float32(SCORE_SCALE)
+    s = key_scores(query, keys) / jnp.float32(SCORE_SCALE)
     s = s * mask + (1.0 - mask) * jnp.float32(MASKED_SCORE)
     return jnp.where(inside, s, -jnp.inf)
-
-
-def attend(probs: Array, bank: Array, precision: str) -> Array:
-    """Sum_l p[b,l] bank[b,l,:] -> (B, F)."""
-    return jnp.einsum("bl,blf->bf", probs, bank, precision=PRECISIONS[precision])
 
 
 def pick(bank: Array, idx: Array) -> Array:
@@ -226,8 +246,8 @@ class PreviewModel(nn.Module):
             q_i = mdl.image_queryfeature_mlp(h, valid, train)
             q_a = mdl.audio_queryfeature_mlp(h, valid, train)
             logits = mdl.prediction_fc(h)
-            p_i = jax.nn.softmax(attention_scores(q_i, keys_i, m_i, inside), axis=-1)
-            p_a = jax.nn.softmax(attention_scores(q_a, keys_a, m_a, inside), axis=-1)
+            p_i = padded_softmax(attention_scores(q_i, keys_i, m_i, inside))
+            p_a = padded_softmax(attention_scores(q_a, keys_a, m_a, inside))
             i_idx = jnp.argmax(p_i, axis=-1).astype(jnp.int32)  # argmax of probabilities (quirk 7)
             a_idx = jnp.argmax(p_a, axis=-1).astype(jnp.int32)
             w = jax.nn.softmax(mdl.modality_attention(h), axis=-1)
@@ -294,7 +314,7 @@ class SinglePreviewModel(nn.Module):
             h, c = mdl.rnn(x, h, c, w_ih, w_hh)
             q = mdl.queryfeature_mlp(h, valid, train)
             logits = mdl.prediction_fc(h)
-            p = jax.nn.softmax(attention_scores(q, keys, m, inside), axis=-1)
+            p = padded_softmax(attention_scores(q, keys, m, inside))
             j = jnp.argmax(p, axis=-1).astype(jnp.int32)
             soft = attend(p, bank, cfg.precision)
             chosen = pick(features, j)  # upstream's "gt" rows: the raw features again (quirk 19)

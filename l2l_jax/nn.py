@@ -7,11 +7,16 @@
   trained parameters; W = g * v / ||v|| row-wise, no epsilon).
 - `interp_time`: `F.interpolate(mode="linear", align_corners=False)` along time, computed in float32 as
   torch's CPU kernel does, for a batch length that is a traced value.
+- Bucket invariance: `tree_sum`, `position_sum`, `spread`, `padded_softmax`, `attend` and `position_dense`
+  compute sums over the time axis (and over rows) so that appending zero positions (bucket padding) or
+  zero-weight rows (filler rows) changes no bit of any value or gradient. XLA's own reductions and dot
+  products round differently for different axis lengths, so plain `jnp.sum`/`einsum` would not do.
 - Initialisers with upstream's distributions (section 6).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -71,12 +76,13 @@ class TorchBatchNorm(nn.Module):
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((self.features,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((self.features,), jnp.float32))
         count = self.variable("batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32))
-        if train:
-            w = weights.astype(x.dtype)[..., None]
-            axes = tuple(range(x.ndim - 1))
-            n = jnp.sum(w)
-            mean = jnp.sum(x * w, axis=axes) / n
-            var = jnp.sum(jnp.square(x - mean) * w, axis=axes) / n
+        lead = x.ndim - 1
+        if train:  # statistics and their gradients by position_sum/spread: bucket and filler invariant
+            w = weights.astype(x.dtype)
+            counted = (w > 0)[..., None]
+            n = position_sum(w, lead)
+            mean = position_sum(x, lead, counted) / n
+            var = position_sum(jnp.square(x - spread(mean, w)), lead, counted) / n
             if not self.is_initializing():
                 ra_mean.value = (1.0 - self.momentum) * ra_mean.value + self.momentum * mean
                 unbiased = var * (n / (n - 1.0))
@@ -85,7 +91,8 @@ class TorchBatchNorm(nn.Module):
         else:
             mean, var = ra_mean.value, ra_var.value
         inv = jax.lax.rsqrt(var + self.eps)
-        return (x - mean) * (inv * scale) + bias
+        w = weights.astype(x.dtype)
+        return (x - spread(mean, w)) * spread(inv * scale, w) + spread(bias, w)
 
 
 def weight_norm(g: Array, v: Array) -> Array:
@@ -151,3 +158,171 @@ def interp_time(x: Array, length: Array, subsample: int) -> Array:
     x0 = jnp.take(x, r0, axis=1)
     x1 = jnp.take(x, r1, axis=1)
     return x0 * (1.0 - lam)[None, :, None] + x1 * lam[None, :, None]
+
+
+
+# -- bucket invariance ------------------------------------------------------------------------------------
+# Every sum whose length depends on the bucket length Lb (or on the number of filler rows) is a fixed
+# halving tree over the axis padded with zeros to a power of two. Appending zeros to such an axis changes no
+# bit: the padded length becomes a larger power of two, whose first halvings add exact zeros, after which
+# the tree is the one of the shorter length. Two details make that hold in XLA's CPU code:
+# - the summands pass through a `where` on a data-dependent condition first: otherwise LLVM contracts the
+#   multiply that produces a summand with the tree's first add into one FMA, and whether it can depends on
+#   whether the axis needed padding (a padded summand is a select, not a multiply);
+# - gradients of broadcasts (whose transposes are sums) go through the same trees via custom VJPs.
+
+KERNEL_GRAD_CHUNK = 256  # positions per partial product in `position_dense`'s kernel gradient
+
+
+@jax.custom_jvp
+def _no_contract(x: Array) -> Array:
+    """`where(x != 0, x, 0)`: the value of x exactly (NaN and inf included), but a select rather than the
+    multiply that produced it, so LLVM cannot fuse that multiply into a following add. Its derivative is the
+    identity (also at x == 0), written as a select for the same reason."""
+    zero = jnp.zeros((), x.dtype)
+    return jnp.where(x != zero, x, zero)
+
+
+@_no_contract.defjvp
+def _no_contract_jvp(primals, tangents):
+    x, t = primals[0], tangents[0]
+    # the identity for every non-NaN x, again as a select (it blocks the contraction in the backward pass)
+    return _no_contract(x), jnp.where(x == x, t, jnp.zeros((), t.dtype))
+
+
+def tree_sum(x: Array, axis: int = -1, where: Array | None = None) -> Array:
+    """Sum over `axis` by a fixed halving tree (bitwise invariant to appended zeros). `where` (broadcastable
+    to x) zeroes the entries where it is False. The summands first pass through `_no_contract`, which keeps
+    LLVM from contracting the multiply that produced them into the tree's first add (see the section
+    comment)."""
+    if where is not None:
+        x = jnp.where(where, x, jnp.zeros((), x.dtype))
+    x = _no_contract(x)
+    axis = axis % x.ndim
+    n = x.shape[axis]
+    size = 1 << max(n - 1, 0).bit_length()
+    if size != n:
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (0, size - n)
+        x = jnp.pad(x, pad)
+    while size > 1:
+        size //= 2
+        x = jax.lax.slice_in_dim(x, 0, size, axis=axis) + jax.lax.slice_in_dim(x, size, 2 * size, axis=axis)
+    return jnp.squeeze(x, axis)
+
+
+def position_sum(x: Array, lead: int, where: Array | None = None) -> Array:
+    """Sum over the `lead` leading axes (rows, then time), innermost first, each by `tree_sum`; `where`
+    selects the entries that count (the others must be zero or are zeroed)."""
+    if where is not None:
+        x = jnp.where(where, x, jnp.zeros((), x.dtype))
+    for axis in reversed(range(lead)):
+        x = tree_sum(x, axis)
+    return x
+
+
+@jax.custom_vjp
+def spread(v: Array, weights: Array) -> Array:
+    """v (F,) broadcast to `weights.shape + (F,)`. Its gradient is a `position_sum` of the cotangent over the
+    positions with weight > 0: exact wherever the cotangent is zero at the others (bucket padding and filler
+    rows never reach the loss)."""
+    return jnp.broadcast_to(v, weights.shape + v.shape)
+
+
+def _spread_fwd(v, weights):
+    return spread(v, weights), weights
+
+
+def _spread_bwd(weights, g):
+    return position_sum(g, weights.ndim, (weights > 0)[..., None]), jnp.zeros_like(weights)
+
+
+spread.defvjp(_spread_fwd, _spread_bwd)
+
+
+@jax.custom_vjp
+def padded_softmax(x: Array) -> Array:
+    """Softmax over the last axis whose value and gradient are bitwise independent of appended -inf
+    entries (bucket padding); both sums (the normaliser, and <g, p> of the backward pass) are tree sums."""
+    return _padded_softmax_fwd(x)[0]
+
+
+def _padded_softmax_fwd(x):
+    e = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
+    p = e / tree_sum(e, where=x > -jnp.inf)[..., None]
+    return p, p
+
+
+def _padded_softmax_bwd(p, g):
+    return (p * (g - tree_sum(g * p, where=p > 0)[..., None]),)
+
+
+padded_softmax.defvjp(_padded_softmax_fwd, _padded_softmax_bwd)
+
+
+@jax.custom_vjp
+def key_scores(query: Array, keys: Array) -> Array:
+    """<query[b], keys[b, l]> -> (B, Lb): an elementwise product and a tree sum over the key axis, the same
+    for every position (identical key rows give identical scores; no dependence on Lb). The query gradient
+    sums over the positions by a tree as well."""
+    return tree_sum(query[:, None, :] * keys)
+
+
+def _key_scores_fwd(query, keys):
+    return key_scores(query, keys), (query, keys)
+
+
+def _key_scores_bwd(res, g):
+    query, keys = res
+    return tree_sum(g[:, :, None] * keys, axis=1), g[:, :, None] * query[:, None, :]
+
+
+key_scores.defvjp(_key_scores_fwd, _key_scores_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def attend(probs: Array, bank: Array, precision: str = "highest") -> Array:
+    """sum_l p[b,l] bank[b,l,:] -> (B, F). Its gradient w.r.t. the probabilities, <g[b], bank[b,l]>, is an
+    elementwise product and a tree sum over F, the same for every position (a dot product there rounds
+    differently for different Lb)."""
+    return jnp.einsum("bl,blf->bf", probs, bank, precision=PRECISIONS[precision])
+
+
+def _attend_fwd(probs, bank, precision):
+    return attend(probs, bank, precision), (probs, bank)
+
+
+def _attend_bwd(precision, res, g):
+    probs, bank = res
+    return tree_sum(g[:, None, :] * bank), probs[:, :, None] * g[:, None, :]
+
+
+attend.defvjp(_attend_fwd, _attend_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def position_dense(x: Array, kernel: Array, precision: str = "highest") -> Array:
+    """x (B, Lb, D) @ kernel (D, K), per position. The kernel gradient sums x^T g over all B*Lb positions:
+    it is computed as partial products over chunks of `KERNEL_GRAD_CHUNK` positions (all rows), summed by a
+    tree over the chunks, so that bucket padding (zero chunks) changes no bit."""
+    return jnp.dot(x, kernel, precision=PRECISIONS[precision])
+
+
+def _position_dense_fwd(x, kernel, precision):
+    return position_dense(x, kernel, precision), (x, kernel)
+
+
+def _position_dense_bwd(precision, res, g):
+    x, kernel = res
+    p = PRECISIONS[precision]
+    b, lb, d = x.shape
+    c = KERNEL_GRAD_CHUNK
+    n = -(-lb // c)
+    pad = [(0, 0), (0, n * c - lb), (0, 0)]
+    xc = jnp.pad(x, pad).reshape(b, n, c, d)
+    gc = jnp.pad(g, pad).reshape(b, n, c, g.shape[-1])
+    partial = jnp.einsum("bncd,bnck->ndk", xc, gc, precision=p)
+    return jnp.dot(g, kernel.T, precision=p), tree_sum(partial, axis=0)
+
+
+position_dense.defvjp(_position_dense_fwd, _position_dense_bwd)
