@@ -141,6 +141,10 @@ def test_iterator_state_resumes_mid_epoch(root):
     # starting at a later epoch gives that epoch's batches
     assert_batches_equal(next(ld.iterator(num_epochs=1, start_epoch=1)), ld.make_batch(1, 0))
     assert len(list(ld.iterator(num_epochs=2))) == 6
+    endless = ld.iterator(num_epochs=None)
+    for _ in range(7):
+        last = next(endless)
+    assert_batches_equal(last, ld.make_batch(2, 0))
 
 
 def test_one_compile_per_bucket(root):

@@ -55,3 +55,12 @@ def test_bad_files_stop_open_split_unless_skipped(tmp_path):
         open_split(FIXTURES / "dataset/val.pkl", **kw)
     src = open_split(FIXTURES / "dataset/val.pkl", skip_bad_videos=True, **kw)
     assert len(src) == 19 and 3 not in src.ids.tolist()
+
+
+def test_a_file_changed_after_the_scan_is_caught(tmp_path):
+    write_fixture_features(tmp_path, "val")
+    src = open_split(FIXTURES / "dataset/val.pkl", num_classes=12, feature_root=tmp_path, cache=False,
+                     progress=False)
+    np.save(tmp_path / "image_features/v_val004.npy", np.zeros((16, 512), np.float64))
+    with pytest.raises(DatasetError, match="file changed"):
+        src.read(4)

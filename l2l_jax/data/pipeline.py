@@ -85,6 +85,8 @@ class BatchLoader:
 
     `batch_size` is the global batch (upstream's --batch_size); each process gets batch_size / process_count
     rows. `subsample` keeps every s-th clip (upstream's --feature_subsample with --subsample_factor).
+    With `reuse_buffers` the feature arrays of a batch live in recycled memory, reused only once nothing
+    references them (keeping a batch, a view of it or a zero-copy device array keeps it intact).
     """
 
     def __init__(self, source: FeatureSource, *, batch_size: int, train: bool, seed: int = 0,

@@ -87,7 +87,11 @@ class FileSource(FeatureSource):
     def _header(self, path: str):
         h = self._headers.get(path)
         if h is None:
-            h = self._headers[path] = _npy_header(path)
+            h = _npy_header(path)
+            _, shape, dtype, _ = h
+            if dtype.name not in ("float32", "float16") or len(shape) != 2 or shape[1] != self.width:
+                raise DatasetError(f"{path}: now {dtype} {shape}, not what the validation scan saw; file changed?")
+            self._headers[path] = h
         return h
 
     def read_into(self, i: int, start: int, stop: int, step: int, dests: Sequence[np.ndarray]) -> None:
