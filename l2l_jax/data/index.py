@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -190,6 +191,29 @@ def write_index(pickle_path: str | os.PathLike, feature_paths: list[str], labels
     """Write `(feature_paths, labels)` as upstream does (a pickled tuple of two lists)."""
     with open(pickle_path, "wb") as f:
         pickle.dump((list(feature_paths), [int(x) for x in labels]), f, protocol=2)
+
+
+_HEADER_LOCK = threading.Lock()
+
+
+def npy_header(path: str) -> tuple[int, tuple[int, ...], np.dtype, bool]:
+    """(data offset, shape, dtype, fortran_order) of a `.npy` file, parsed without loading it.
+
+    numpy parses headers with `ast.literal_eval`, which CPython 3.11 can fail spuriously when threads run it
+    at once (SystemError "AST constructor recursion depth mismatch"), so parsing is serialised here; every
+    threaded reader of this package goes through this function.
+    """
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise ValueError("not a .npy file")
+        f.seek(0)
+        with _HEADER_LOCK:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        return f.tell(), tuple(shape), dtype, bool(fortran)
 
 
 def load_features(path: str, *, mmap: bool = False) -> np.ndarray:

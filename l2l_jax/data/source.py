@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .index import MODALITY_KEYS, DatasetError, Variant, load_index
+from .index import MODALITY_KEYS, DatasetError, Variant, load_index, npy_header
 from .validate import ScanResult, check_split
 
 PACK_FORMAT = "l2l-pack"
@@ -59,14 +59,6 @@ class FeatureSource:
             raise DatasetError(f"{len(bad)} label problem(s):\n" + "\n".join(lines))
 
 
-def _npy_header(path: str) -> tuple[int, tuple[int, ...], np.dtype, bool]:
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = reader(f)
-        return f.tell(), shape, dtype, fortran
-
-
 class FileSource(FeatureSource):
     """Per-video `.npy` files of a validated split; batches are float32, as upstream converts them."""
 
@@ -87,7 +79,7 @@ class FileSource(FeatureSource):
     def _header(self, path: str):
         h = self._headers.get(path)
         if h is None:
-            h = _npy_header(path)
+            h = npy_header(path)
             _, shape, dtype, _ = h
             if dtype.name not in ("float32", "float16") or len(shape) != 2 or shape[1] != self.width:
                 raise DatasetError(f"{path}: now {dtype} {shape}, not what the validation scan saw; file changed?")
@@ -98,7 +90,9 @@ class FileSource(FeatureSource):
         for path, dest in zip(self.index.paths[i], dests, strict=True):
             offset, shape, dtype, fortran = self._header(path)
             if fortran:
-                dest[...] = np.load(path, allow_pickle=False)[start:stop:step]
+                arr = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F")
+                dest[...] = arr[start:stop:step]
+                del arr
                 continue
             rows = stop - start
             row_bytes = shape[1] * dtype.itemsize

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .index import DatasetError, VideoIndex
+from .index import DatasetError, VideoIndex, npy_header
 
 ALLOWED_DTYPES = ("float32", "float16")
 CACHE_VERSION = 1
@@ -90,24 +90,34 @@ def _write_cache(path: Path | None, files: dict) -> None:
 
 
 def inspect_file(path: str) -> dict:
-    """Facts about one .npy file: shape, dtype, whether every value is finite, or a load error."""
+    """Facts about one .npy file: shape, dtype, whether every value is finite, or a load error.
+    The header goes through `index.npy_header` (thread-safe); the data is memory-mapped, never unpickled."""
     try:
-        with open(path, "rb") as f:
-            if f.read(6) != b"\x93NUMPY":
-                return {"error": "not a .npy file"}
         try:
-            arr = np.load(path, allow_pickle=False, mmap_mode="r")
-        except ValueError:  # e.g. an empty array cannot be memory-mapped
-            arr = np.load(path, allow_pickle=False)
+            offset, shape, dtype, fortran = npy_header(path)
+        except ValueError as e:
+            if str(e) == "not a .npy file":
+                return {"error": "not a .npy file"}
+            raise
+        if dtype.hasobject:
+            return {"error": "cannot load (an object array: pickled data is refused)"}
+        info = {"shape": list(shape), "dtype": dtype.name}
+        if dtype.kind != "f":
+            return info
+        size = int(np.prod(shape, dtype=np.int64))
+        if os.path.getsize(path) < offset + size * dtype.itemsize:
+            return {"error": f"cannot load (file truncated: {shape} {dtype.name} needs more bytes)"}
+        if size == 0:
+            info["finite"] = True
+            return info
+        arr = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
     except Exception as e:  # noqa: BLE001 - any failure to load is reported, not raised
         return {"error": f"cannot load ({type(e).__name__}: {e})"}
-    info = {"shape": list(arr.shape), "dtype": arr.dtype.name}
-    if arr.dtype.kind == "f":
-        rows = arr.shape[0] if arr.ndim else 1
-        flat = arr.reshape(rows, int(np.prod(arr.shape[1:], dtype=np.int64)) if arr.ndim else 1)
-        step = max(1, (1 << 22) // max(1, flat.shape[1]))
-        info["finite"] = all(bool(np.isfinite(flat[s : s + step]).all()) for s in range(0, rows, step))
-    del arr
+    rows = shape[0] if len(shape) else 1
+    flat = arr.reshape(rows, size // max(rows, 1)) if len(shape) else arr.reshape(1, 1)
+    step = max(1, (1 << 22) // max(1, flat.shape[1]))
+    info["finite"] = all(bool(np.isfinite(flat[s : s + step]).all()) for s in range(0, rows, step))
+    del arr, flat
     return info
 
 
@@ -156,7 +166,7 @@ def scan(index: VideoIndex, *, num_classes: int, width: int | None = 512,
             infos[p] = {"error": "missing file"}
             continue
         c = cached.get(p)
-        if c is not None and tuple(c["key"]) == k:
+        if c is not None and tuple(c["key"]) == k and "error" not in c["info"]:
             infos[p] = c["info"]
         else:
             todo.append(p)
@@ -167,7 +177,9 @@ def scan(index: VideoIndex, *, num_classes: int, width: int | None = 512,
                                 unit="file", disable=not progress, leave=False):
                 infos[p] = info
         new_cache = {p: c for p, c in cached.items() if p not in infos}
-        new_cache.update({p: {"key": list(keys[p]), "info": infos[p]} for p in files if keys[p] is not None})
+        # files that failed to load are not cached: they are checked again on the next scan
+        new_cache.update({p: {"key": list(keys[p]), "info": infos[p]} for p in files
+                          if keys[p] is not None and "error" not in infos[p]})
         _write_cache(cache_path, new_cache)
 
     if width is None:
