@@ -175,7 +175,7 @@ def final_screen(out: Path, fit: dict[str, Any], trained: dict[str, Any], ev: di
                      f"{(r['avgpool_acc'] - r['baselines']['uniform']['acc']) * 100:+.2f} accuracy points")
     lines += ["",
               f"training:   {trained['seconds']:.1f} s for {trained['epochs']} epochs (compiling included), "
-              f"{trained['videos_per_s']:.1f} videos/s after the first epoch",
+              f"{trained['videos_per_s']:.1f} videos/s after the first epoch (compiling new length buckets included)",
               f"evaluation: {r['videos_per_second']:.1f} videos/s (+ {r['compile_seconds']:.1f} s compiling); "
               f"fusion-net fit + conversion {fit['seconds']:.1f} s; demo total {total_s:.1f} s",
               "",
