@@ -110,6 +110,8 @@ FLAGS: dict[str, dict[str, Any]] = {
     "start_idx_file": {"type": str, "default": None,
                        "help": "testing: JSON {dataset index: start clip} to use instead of random starts",
                        "programs": (EVAL,)},
+    "plot_videos": {"type": int, "default": 32, "help": "with --plot: timelines of the first N videos (0: all)",
+                    "programs": (EVAL,)},
     "coordinator_address": {"type": str, "default": None, "help": "multi-host: host:port of process 0",
                             "programs": BOTH},
     "num_processes": {"type": int, "default": None, "help": "multi-host: number of processes", "programs": BOTH},

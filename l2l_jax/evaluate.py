@@ -534,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.plot:
         from l2l_jax import plots
 
-        plots.write_all(result, cfg.plot, names)
+        plots.write_all(result, cfg.plot, names, max_videos=cfg.plot_videos or None)
     return 0
 
 
