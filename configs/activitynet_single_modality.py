@@ -14,26 +14,17 @@ this machine).
 
 import ml_collections
 
+from configs import activitynet
+
 
 def get_config() -> ml_collections.ConfigDict:
-    """The single-modality flags, named as in the cli table."""
-    return ml_collections.ConfigDict({
+    """The published recipe with the single variant's own defaults and both losses."""
+    config = activitynet.get_config()
+    config.update({
         "variant": "single",
-        "num_classes": 200,
-        "batch_size": 256,
         "warmup_epochs": 10,
-        "epochs": 25,
-        "lr": 0.01,
-        "milestones": [15, 20],
-        "momentum": 0.9,
-        "decode_threads": 10,
-        "scheduler": True,
-        "checkpoint_freq": 10,
-        "episode_length": 10,
-        "with_avgpool_ce_loss": True,
+        "freeze_imageAudioNet": False,  # a no-op in the single variant (UPSTREAM.md section 6)
         "with_lstm_ce_loss": True,
-        "compute_mAP": True,
-        "mean_feature_as_start": True,
         "subsample_factor": 2,
-        "with_replacement": True,
     })
+    return config
