@@ -125,14 +125,14 @@ def train_collate(videos: list[tuple[np.ndarray, ...]], randint_values: list[int
     for b, video in enumerate(videos):
         n = video[0].shape[0]
         start = next(draws) if n > L else 0
-        for out, x in zip(arrays, video):
+        for out, x in zip(arrays, video, strict=True):
             rows = x[start:start + L]
             out[b, : rows.shape[0]] = rows
     for b, video in enumerate(videos):
         n = video[0].shape[0]
         for p in range(n, 10):
             src = next(draws) if single else n - 1
-            for out, x in zip(arrays, video):
+            for out, x in zip(arrays, video, strict=True):
                 out[b, p] = x[src]
     mask = np.zeros((len(videos), L), np.float32)
     for b, video in enumerate(videos):
