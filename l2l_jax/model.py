@@ -23,11 +23,13 @@ from l2l_jax.nn import (
     TorchBatchNorm,
     WeightNormLSTMCell,
     attend,
+    canonical_scores,
     interp_time,
     key_scores,
     padded_softmax,
     position_dense,
     spread,
+    tie_map,
     torch_dense,
 )
 
@@ -153,14 +155,14 @@ def sample_start(key: Array, mask: Array, length: Array | None = None) -> Array:
     return jnp.argmax(r, axis=1).astype(jnp.int32)
 
 
-def attention_scores(query: Array, keys: Array, mask: Array, inside: Array) -> Array:
-    """Masked scaled scores (B, Lb). The dot product is an elementwise product summed over the key axis by a
-    fixed halving tree (`tree_sum`), the same for every position: bitwise-identical key rows give
-    bitwise-identical scores (ties resolve to the first copy, section 4), and a position's score does not
-    depend on the bucket length Lb (XLA's own minor-axis reduction rounds differently for different Lb).
+def attention_scores(query: Array, keys: Array, mask: Array, inside: Array, ties: Array) -> Array:
+    """Masked scaled scores (B, Lb). The dot products are fixed-shape matrix-vector products per chunk of
+    positions (`key_scores`), so a position's score does not depend on the bucket length Lb; `ties`
+    (`tie_map(keys)`, once per batch) maps the first positions to their first bitwise-identical key row, so
+    identical rows get identical scores and ties resolve to the first copy (section 4).
     Upstream's mask: s*m + (1-m)*(-1e35); positions beyond L (bucket padding) get -inf, so they keep
     probability exactly 0 even in a fully masked row (which is then uniform over the L positions)."""
-    s = key_scores(query, keys) / jnp.float32(SCORE_SCALE)
+    s = canonical_scores(key_scores(query, keys), ties) / jnp.float32(SCORE_SCALE)
     s = s * mask + (1.0 - mask) * jnp.float32(MASKED_SCORE)
     return jnp.where(inside, s, -jnp.inf)
 
@@ -221,6 +223,7 @@ class PreviewModel(nn.Module):
         key_w = valid[:, None] * inside
         keys_i = self.image_key_conv1x1(bank_i, key_w, train)
         keys_a = self.audio_key_conv1x1(bank_a, key_w, train)
+        ties_i, ties_a = tie_map(jax.lax.stop_gradient(keys_i)), tie_map(jax.lax.stop_gradient(keys_a))
         if cfg.mean_feature_as_start:
             count = jnp.sum(mask, axis=1, keepdims=True)
             x_i, x_a = jnp.sum(bank_i, axis=1) / count, jnp.sum(bank_a, axis=1) / count
@@ -246,8 +249,8 @@ class PreviewModel(nn.Module):
             q_i = mdl.image_queryfeature_mlp(h, valid, train)
             q_a = mdl.audio_queryfeature_mlp(h, valid, train)
             logits = mdl.prediction_fc(h)
-            p_i = padded_softmax(attention_scores(q_i, keys_i, m_i, inside))
-            p_a = padded_softmax(attention_scores(q_a, keys_a, m_a, inside))
+            p_i = padded_softmax(attention_scores(q_i, keys_i, m_i, inside, ties_i))
+            p_a = padded_softmax(attention_scores(q_a, keys_a, m_a, inside, ties_a))
             i_idx = jnp.argmax(p_i, axis=-1).astype(jnp.int32)  # argmax of probabilities (quirk 7)
             a_idx = jnp.argmax(p_a, axis=-1).astype(jnp.int32)
             w = jax.nn.softmax(mdl.modality_attention(h), axis=-1)
@@ -295,6 +298,7 @@ class SinglePreviewModel(nn.Module):
         inside = jnp.arange(lb)[None, :] < length
         bank = _inputs(features, mask, length, cfg)
         keys = self.key_conv1x1(features, valid[:, None] * inside, train)  # keys from RAW features (quirk 18)
+        ties = tie_map(jax.lax.stop_gradient(keys))
         if cfg.mean_feature_as_start:
             x = jnp.sum(features, axis=1) / jnp.sum(mask, axis=1, keepdims=True)
         else:
@@ -314,7 +318,7 @@ class SinglePreviewModel(nn.Module):
             h, c = mdl.rnn(x, h, c, w_ih, w_hh)
             q = mdl.queryfeature_mlp(h, valid, train)
             logits = mdl.prediction_fc(h)
-            p = padded_softmax(attention_scores(q, keys, m, inside))
+            p = padded_softmax(attention_scores(q, keys, m, inside, ties))
             j = jnp.argmax(p, axis=-1).astype(jnp.int32)
             soft = attend(p, bank, cfg.precision)
             chosen = pick(features, j)  # upstream's "gt" rows: the raw features again (quirk 19)
