@@ -18,8 +18,10 @@ longest).
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -108,7 +110,8 @@ def run_ours(source, batch_size: int, train: bool, threads: int, epochs: int = 4
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default="/tmp/l2l_data_speed")
+    ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "l2l_data_speed"),
+                    help="where the benchmark writes its videos (reused when present)")
     ap.add_argument("--videos", type=int, default=512)
     ap.add_argument("--min_len", type=int, default=50)
     ap.add_argument("--max_len", type=int, default=400)
