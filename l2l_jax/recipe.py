@@ -72,14 +72,8 @@ def param_groups(variant: str, freeze: bool) -> list[ParamGroup]:
     if not freeze:
         return [ParamGroup("all", MODULES[variant], 1.0)]
     if variant == "two":
-        names = (
-            "image_queryfeature_mlp",
-            "audio_queryfeature_mlp",
-            "prediction_fc",
-            "image_key_conv1x1",
-            "audio_key_conv1x1",
-            "rnn",
-        )
+        # the policy's own modules, in registration order: query MLPs, prediction_fc, key convs, rnn
+        names = MODULES["two"][MODULES["two"].index("image_queryfeature_mlp"):MODULES["two"].index("rnn") + 1]
         groups = [ParamGroup(n, (n,), 1.0) for n in names]
         groups.append(ParamGroup("net_classifier", ("net_classifier",), 0.1))
         groups.append(ParamGroup("net_imageAudio", ("net_imageAudio",), 0.0))
