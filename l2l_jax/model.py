@@ -26,11 +26,13 @@ from l2l_jax.nn import (
     canonical_scores,
     interp_time,
     key_scores,
+    normal,
     padded_softmax,
     position_dense,
     spread,
     tie_map,
     torch_dense,
+    torch_uniform,
 )
 
 Array = jax.Array
@@ -134,17 +136,9 @@ class PositionDense(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, weights: Array) -> Array:
-        kernel = self.param("kernel", _normal002, (self.in_features, self.features))
-        bias = self.param("bias", _uniform(1.0 / math.sqrt(self.in_features)), (self.features,))
+        kernel = self.param("kernel", normal(0.0, 0.02), (self.in_features, self.features))
+        bias = self.param("bias", torch_uniform(1.0 / math.sqrt(self.in_features)), (self.features,))
         return position_dense(x, kernel, self.precision) + spread(bias, weights)
-
-
-def _normal002(key, shape, dtype=jnp.float32):
-    return 0.02 * jax.random.normal(key, shape, dtype)
-
-
-def _uniform(bound):
-    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 def sample_start(key: Array, mask: Array, length: Array | None = None) -> Array:

@@ -52,11 +52,10 @@ def model_inputs(batch: Batch) -> tuple[jax.Array, ...]:
     return tuple(jnp.asarray(batch[n], jnp.float32) for n in names)
 
 
-def start_positions(batch: Batch, rng: jax.Array, step: jax.Array) -> jax.Array:
+def start_positions(batch: Batch, key: jax.Array) -> jax.Array:
     """The batch's own `start_idx` if it has one, else upstream's uniform draw over valid positions."""
     if "start_idx" in batch:
         return jnp.asarray(batch["start_idx"], jnp.int32)
-    key = jax.random.fold_in(jax.random.wrap_key_data(rng), step)
     return sample_start(key, batch["mask"], batch["length"])
 
 
@@ -81,7 +80,7 @@ def make_train_step(model: nn.Module, recipe: Recipe) -> Callable[[TrainState, B
     train_hard = recipe.variant == "single" and recipe.hard  # single trains hard under --gt_feature_eval
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
-        start = start_positions(batch, state.rng, state.step)
+        start = start_positions(batch, jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
 
         def loss_fn(params):
             out, updates = apply_model(model, {"params": params, "batch_stats": state.batch_stats}, batch, start,
@@ -111,10 +110,7 @@ def make_eval_step(model: nn.Module, *, hard: bool = False) -> Callable[[Mapping
     the start clips unless the batch carries `start_idx`."""
 
     def eval_step(variables: Mapping, batch: Batch, key: jax.Array) -> dict:
-        if "start_idx" in batch:
-            start = jnp.asarray(batch["start_idx"], jnp.int32)
-        else:
-            start = sample_start(key, batch["mask"], batch["length"])
+        start = start_positions(batch, key)
         out = apply_model(model, variables, batch, start, train=False, hard=hard)
         return {**out, "start_idx": start}
 
