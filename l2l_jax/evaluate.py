@@ -412,7 +412,7 @@ def find_checkpoint(path: str | os.PathLike) -> tuple[str, Path, int | None]:
     ``<run>/checkpoints`` or one step's directory, that one). A directory with none of these but ``*.pth``
     files gives the newest by ctime (upstream's rule)."""
     from l2l_jax import checkpoint as ck
-    from l2l_jax.run_checkpoint import CHECKPOINT_DIR, RunCheckpoints, has_run_checkpoints
+    from l2l_jax.run_checkpoint import RunCheckpoints, find_run_checkpoint
 
     p = Path(path).absolute()
     if not p.exists():
@@ -421,12 +421,14 @@ def find_checkpoint(path: str | os.PathLike) -> tuple[str, Path, int | None]:
         return "pth", p, None
     if ck.is_model_dir(p):
         return "model_dir", p, None
-    if has_run_checkpoints(p):
-        return "run", p, RunCheckpoints(p).latest_step()
-    if p.name == CHECKPOINT_DIR and has_run_checkpoints(p.parent):
-        return "run", p.parent, RunCheckpoints(p.parent).latest_step()
-    if p.name.isdigit() and p.parent.name == CHECKPOINT_DIR and has_run_checkpoints(p.parent.parent):
-        return "run", p.parent.parent, int(p.name)
+    run = find_run_checkpoint(p)
+    if run is not None:
+        run_dir, step = run
+        if step is None:
+            ckpts = RunCheckpoints(run_dir)
+            step = ckpts.latest_step()
+            ckpts.close()
+        return "run", run_dir, step
     pths = sorted(p.glob("*.pth"), key=lambda q: q.stat().st_ctime)
     if pths:
         return "pth", pths[-1], None
@@ -438,7 +440,7 @@ def load_model(path: str | os.PathLike, variant: str) -> tuple[dict, dict[str, A
     """(variables, meta, resolved path) for `--pretrained_model` (see `find_checkpoint`); upstream files are
     converted on load and strictly checked."""
     from l2l_jax import checkpoint as ck
-    from l2l_jax.run_checkpoint import RunCheckpoints
+    from l2l_jax.run_checkpoint import read_run_params
 
     kind, p, step = find_checkpoint(path)
     if kind == "pth":
@@ -453,11 +455,7 @@ def load_model(path: str | os.PathLike, variant: str) -> tuple[dict, dict[str, A
         if meta["variant"] != variant:
             raise ValueError(f"{p} holds a {meta['variant']!r} model; --variant is {variant!r}")
         return variables, meta, p
-    ckpts = RunCheckpoints(p)
-    try:
-        variables = jax.tree.map(np.asarray, ckpts.restore_params(step))
-    finally:
-        ckpts.close()
+    variables, step = read_run_params(p, step)  # host numpy: any device count
     kernel = variables["params"]["net_classifier"]["classifier"]["kernel"]
     where = p / "checkpoints" / str(step)
     meta = {"variant": variant, "num_classes": int(kernel.shape[1]), "feature_dim": int(kernel.shape[0]),

@@ -41,7 +41,7 @@ from l2l_jax import cli, parallel
 from l2l_jax.data import BatchLoader, open_split
 from l2l_jax.model import PreviewConfig, build_model, init_variables
 from l2l_jax.recipe import Recipe
-from l2l_jax.run_checkpoint import RunCheckpoints, has_run_checkpoints
+from l2l_jax.run_checkpoint import RunCheckpoints, find_run_checkpoint, read_run_params
 from l2l_jax.steps import TrainState, create_train_state, make_train_step
 
 DESCRIPTION = "Train the Listen-to-Look preview policy (upstream's main.py flags)."
@@ -101,7 +101,8 @@ def _read_upstream(path: Path, variant: str) -> dict:
 
 def read_weights(path: str, variant: str) -> dict:
     """Variables from an upstream ``.pth`` (converted on load, strictly checked), a converted-model directory
-    or a training run directory (its newest checkpoint)."""
+    or a training run directory (its newest checkpoint; or the run's ``checkpoints/``, or one step's directory:
+    that step), whatever device count the run had."""
     p = Path(path)
     if not p.exists():
         raise SystemExit(f"{p.absolute()}: no such file or directory")
@@ -110,8 +111,9 @@ def read_weights(path: str, variant: str) -> dict:
     if model_dirs.is_model_dir(p):
         variables, _ = model_dirs.load_model_dir(p)
         return variables
-    if has_run_checkpoints(p):
-        return RunCheckpoints(p).restore_params()
+    run = find_run_checkpoint(p)
+    if run is not None:
+        return read_run_params(*run)[0]
     raise SystemExit(f"{p.absolute()} is neither an upstream .pth, a converted-model directory nor a run directory "
                      "with checkpoints/")
 

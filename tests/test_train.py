@@ -55,6 +55,54 @@ def test_cli_builds_the_fixture_recipe(variant, run):
         assert got.group_lrs(k) == pytest.approx(run["steps"][k]["lr"], rel=1e-12, abs=0.0)
 
 
+# ---------------------------------------------------------------------------------------------- --pretrained_model
+_SAVE_RUN = """
+import logging, sys
+import jax
+from l2l_jax import cli, parallel
+from l2l_jax.run_checkpoint import RunCheckpoints
+from l2l_jax.steps import create_train_state
+from l2l_jax.train import initial_variables, recipe_from_config
+assert jax.device_count() == int(sys.argv[1]), jax.devices()
+cfg = cli.resolve("train", sys.argv[3:])
+state = create_train_state(initial_variables(cfg, logging.getLogger("save")), recipe_from_config(cfg, 4).optimizer(),
+                           cfg.seed)
+ckpts = RunCheckpoints(sys.argv[2])
+ckpts.save(4, parallel.replicate(state, parallel.make_mesh()), {"epoch": 0, "next_epoch": 1, "final": True})
+ckpts.close()
+"""
+
+
+def test_pretrained_run_directory_loads_on_another_device_count(tmp_path):
+    """A run checkpoint saved on 4 (fake CPU) devices is read by `l2l-train --pretrained_model` (run directory or
+    its checkpoints/) and `l2l-eval --pretrained_model` in this process, which has another device count."""
+    import logging
+
+    import jax
+
+    from l2l_jax import evaluate
+    from l2l_jax.train import initial_variables, read_weights
+
+    n_save = 4 if jax.device_count() != 4 else 2
+    run_dir = tmp_path / "run"
+    small = ["--num_classes", "6", "--episode_length", "3", "--with_lstm_ce_loss"]
+    e = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n_save}", "JAX_PLATFORMS": "cpu",
+         "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", _SAVE_RUN, str(n_save), str(run_dir), *small, "--seed", "7"],
+                          env=e, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    log = logging.getLogger("test_pretrained")
+    want = initial_variables(cli.resolve("train", [*small, "--seed", "7"]), log)  # what the run saved
+
+    assert_trees_equal(read_weights(str(run_dir), "two"), want)
+    for path in (run_dir, run_dir / "checkpoints", run_dir / "checkpoints" / "4"):
+        got = initial_variables(cli.resolve("train", [*small, "--seed", "3", "--pretrained_model", str(path)]), log)
+        assert_trees_equal(got, want)
+        variables, meta, where = evaluate.load_model(path, "two")
+        assert_trees_equal(variables, want)
+        assert (meta["num_classes"], meta["step"], where) == (6, 4, run_dir / "checkpoints" / "4")
+
+
 # ---------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
