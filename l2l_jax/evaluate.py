@@ -40,7 +40,7 @@ from jax.sharding import Mesh
 
 from l2l_jax import baselines as bl
 from l2l_jax import parallel
-from l2l_jax.metrics import SOFTMAX_OF_VARIANT, VideoMetrics, top1_correct, video_map
+from l2l_jax.metrics import SOFTMAX_OF_VARIANT, VideoMetrics, fraction_correct, top1_correct, video_map
 from l2l_jax.model import PreviewConfig, build_model
 from l2l_jax.steps import make_eval_step
 
@@ -312,14 +312,11 @@ def _summarize(videos: dict[str, np.ndarray], cfg: PreviewConfig, variant: str, 
     vm = VideoMetrics(c, variant)
     vm.update(videos["index"], labels, videos["avgpool_logits"], videos["lstm_logits"])
     res = vm.result()
-    # upstream's validate() returns the accuracy as a Python float division (the fixtures record 3/20 as 0.15)
-    for head in ("avgpool", "lstm"):
-        res[f"{head}_acc"] = int(top1_correct(videos[f"{head}_logits"], labels).sum()) / n
     base: dict[str, dict[str, float | None]] = {}
     for name in bl.BASELINES:
         if f"{name}_logits" in videos:
             lg = videos[f"{name}_logits"]
-            base[name] = {"acc": int(top1_correct(lg, labels).sum()) / n,
+            base[name] = {"acc": fraction_correct(top1_correct(lg, labels)),
                           "map": _safe_map(lg, labels, c, softmax)}
     curves: dict[str, list[float | None]] = {}
     for name in ("policy", "uniform"):
@@ -329,7 +326,7 @@ def _summarize(videos: dict[str, np.ndarray], cfg: PreviewConfig, variant: str, 
     consumed = float(np.mean(clips_consumed(videos, cfg, variant))) if hard else None
     gt_map = gt_acc = None
     if variant == "single":  # upstream's meaningless "gt" numbers: the D feature dims as classes (section 5)
-        gt_acc = int(top1_correct(videos["selected_gt_mean"], labels).sum()) / n
+        gt_acc = fraction_correct(top1_correct(videos["selected_gt_mean"], labels))
         gt_map = _safe_map(videos["selected_gt_mean"], labels, videos["selected_gt_mean"].shape[1], "stable") \
             if labels.max() < videos["selected_gt_mean"].shape[1] else None
     return EvalResult(

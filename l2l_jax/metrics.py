@@ -4,8 +4,9 @@ No scikit-learn at run time; `average_precision` equals scikit-learn's ``average
 
 * **Each video counts once.** Results are keyed by dataset index, as upstream's ``NaiveMeter``: a later value
   for the same index replaces the earlier one; rows with index < 0 or ``valid == 0`` (filler rows) are ignored.
-  Accuracy = correct videos / distinct videos, computed in float32 as upstream's torch arithmetic does (the
-  fixtures record e.g. 1/6 as 0.1666666716337204).
+* **Accuracy** = correct videos / videos, one rule everywhere (`fraction_correct`): the Python (float64) division
+  ``n_correct / n`` that upstream's validate() returns (its fixture value 3/20 is 0.15). Upstream's per-case
+  metric fixtures went through torch float32 (1/6 recorded as 0.1666666716337204); they agree to < 1e-7.
 * **mAP** (``aggredate_video_map``): each video's stored logits are averaged (one per video here), videos in
   first-appearance order; scores are a per-row softmax -- two-modality (root): numpy float32 ``exp(x)/sum(exp(x))``
   **without** max subtraction (logits above ~88 overflow; upstream then crashes inside scikit-learn, we raise a
@@ -103,9 +104,13 @@ def top1_correct(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.argmax(np.asarray(logits), axis=1) == np.asarray(labels).reshape(-1)
 
 
-def fraction32(numerator: int, denominator: int) -> float:
-    """``numerator / denominator`` in float32, returned as a Python float (upstream's torch arithmetic)."""
-    return float(np.float32(numerator) / np.float32(denominator))
+def fraction_correct(correct: np.ndarray | Iterable[bool]) -> float:
+    """Accuracy from one flag per video: ``n_correct / n`` as a Python float division (float64), as upstream's
+    validate() returns it. The one place accuracy is computed (policy heads, baselines, validation)."""
+    correct = np.fromiter(correct, bool) if not isinstance(correct, np.ndarray) else correct.reshape(-1)
+    if correct.size == 0:
+        raise ValueError("no videos recorded")
+    return int(np.count_nonzero(correct)) / int(correct.size)
 
 
 class VideoMetrics:
@@ -149,11 +154,8 @@ class VideoMetrics:
         return len(self._label)
 
     def accuracy(self, head: str) -> float:
-        """Correct videos / distinct videos for ``head`` ("avgpool" or "lstm"), float32 arithmetic."""
-        c = self._correct[head]
-        if not c:
-            raise ValueError("no videos recorded")
-        return fraction32(sum(c.values()), len(c))
+        """Correct videos / distinct videos for ``head`` ("avgpool" or "lstm"), `fraction_correct`."""
+        return fraction_correct(self._correct[head].values())
 
     def mean_ap(self, head: str) -> float:
         """Upstream's video mAP for ``head``: stored logits averaged per video, first-appearance order."""

@@ -82,6 +82,21 @@ def test_each_video_counts_once_and_fillers_are_ignored():
     assert m.mean_ap("avgpool") == ref
 
 
+def test_accuracy_is_n_correct_over_n_in_float64():
+    """One rule, as upstream's validate() returns it: a Python division (3/20 is 0.15, not float32's
+    0.15000000596046448), for `VideoMetrics` and `fraction_correct` alike."""
+    eye = np.eye(3, dtype=np.float32)
+    m = M.VideoMetrics(3)
+    logits = eye[[0] * 3 + [1] * 17]
+    m.update(np.arange(20), np.zeros(20, np.int64), logits, logits)
+    assert m.accuracy("avgpool") == 0.15
+    assert m.result()["lstm_acc"] == 0.15
+    assert M.fraction_correct(M.top1_correct(logits, np.zeros(20))) == 0.15
+    assert M.fraction_correct([True, False, False, False, False, False]) == 1 / 6
+    with pytest.raises(ValueError, match="no videos"):
+        M.VideoMetrics(3).accuracy("lstm")
+
+
 def _check(result, ref):
     for key in ("avgpool_acc", "lstm_acc", "avgpool_map", "lstm_map"):
         if key in ref:
