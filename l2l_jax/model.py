@@ -19,7 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from l2l_jax import packing
 from l2l_jax.nn import (
+    PRECISIONS,
     TorchBatchNorm,
     WeightNormLSTMCell,
     attend,
@@ -28,8 +30,6 @@ from l2l_jax.nn import (
     key_scores,
     normal,
     padded_softmax,
-    position_dense,
-    spread,
     tie_map,
     torch_dense,
     torch_uniform,
@@ -114,31 +114,29 @@ class QueryMLP(nn.Module):
 class KeyConv(nn.Module):
     """Conv1x1(D->512) -> BatchNorm2d -> ReLU applied per time position: keys (B, Lb, 512).
 
-    `weights` (B, Lb) select which positions count in the batch statistics (section 4: upstream's span all
-    B*L positions of the batch, padding within L included, but not our bucket padding or filler rows)."""
+    The conv runs on the packed positions only (`l2l_jax.packing`: `pack` (G, N), `inverse` its inverse
+    map); every other position holds zero features, so its conv output is the bias exactly and its key the
+    same vector for all of them. `weights` (B, Lb) select which positions count in the batch statistics
+    (section 4: upstream's span all B*L positions of the batch, padding within L included, but not our bucket
+    padding or filler rows); the zero positions among them enter as one row weighted by their count."""
 
     in_features: int
     precision: str = "highest"
 
     @nn.compact
-    def __call__(self, x: Array, weights: Array, train: bool) -> Array:
-        x = PositionDense(KEY_DIM, self.in_features, self.precision, name="conv")(x, weights)
-        return nn.relu(TorchBatchNorm(KEY_DIM, scale_init_std=0.02, name="bn")(x, weights, train))
-
-
-class PositionDense(nn.Module):
-    """A Dense layer over (B, Lb, D) (upstream's 1x1 conv) whose gradients are bitwise invariant to bucket
-    padding (`l2l_jax.nn.position_dense`, `spread`). Parameters `kernel (D, K)`, `bias (K)` as nn.Dense."""
-
-    features: int
-    in_features: int
-    precision: str = "highest"
-
-    @nn.compact
-    def __call__(self, x: Array, weights: Array) -> Array:
-        kernel = self.param("kernel", normal(0.0, 0.02), (self.in_features, self.features))
-        bias = self.param("bias", torch_uniform(1.0 / math.sqrt(self.in_features)), (self.features,))
-        return position_dense(x, kernel, self.precision) + spread(bias, weights)
+    def __call__(self, x: Array, weights: Array, train: bool, pack: Array, inverse: Array) -> Array:
+        b, lb, _ = x.shape
+        conv = nn.Dense(KEY_DIM, kernel_init=normal(0.0, 0.02),
+                        bias_init=torch_uniform(1.0 / math.sqrt(self.in_features)),
+                        precision=PRECISIONS[self.precision], name="conv")
+        y = conv(packing.gather_packed(x, pack))  # (G, N, K)
+        w = packing.gather_weights(weights, pack)
+        zeros_counted = jnp.sum(weights) - jnp.sum(w)  # exact: integer counts in float32
+        bias = conv.variables["params"]["bias"]
+        bn = TorchBatchNorm(KEY_DIM, scale_init_std=0.02, name="bn")
+        y, fill = bn(y, w, train, implicit=(zeros_counted, bias))
+        keys = packing.unpack(nn.relu(y), nn.relu(fill), pack, inverse)
+        return keys.reshape(b, lb, KEY_DIM)
 
 
 def sample_start(key: Array, mask: Array, length: Array | None = None) -> Array:
@@ -178,6 +176,14 @@ def _inputs(x: Array, mask: Array, length: Array, cfg: PreviewConfig) -> Array:
     return x
 
 
+def _packing(mask: Array, valid: Array, pack: Array | None) -> tuple[Array, Array]:
+    """The batch's pack index (`l2l_jax.packing`; computed here at full capacity when the batch has none)
+    and its inverse map. Positions outside the mask must hold zero features, as upstream's collate writes."""
+    if pack is None:
+        pack = packing.device_pack_index(mask, valid)
+    return pack, packing.inverse_index(pack, mask.size // pack.shape[0])
+
+
 def _scan(body, length: int, train: bool):
     """nn.scan over the E steps of an episode: parameters broadcast; in training the BatchNorm statistics
     are carried (the query BatchNorm updates its running statistics once per step, in step order, section 4)."""
@@ -208,15 +214,17 @@ class PreviewModel(nn.Module):
         self.modality_attention = torch_dense(2, HIDDEN, "modality_attention", p, weight_std=None)
 
     def __call__(self, image: Array, audio: Array, mask: Array, length: Array, start_idx: Array,
-                 valid: Array | None = None, *, train: bool = False, hard: bool = False) -> dict[str, Array]:
+                 valid: Array | None = None, pack: Array | None = None, *, train: bool = False,
+                 hard: bool = False) -> dict[str, Array]:
         cfg = self.cfg
         b, lb, _ = image.shape
         valid = jnp.ones((b,), jnp.float32) if valid is None else valid.astype(jnp.float32)
         inside = jnp.arange(lb)[None, :] < length  # (1, Lb): positions of upstream's batch
         bank_i, bank_a = _inputs(image, mask, length, cfg), _inputs(audio, mask, length, cfg)
+        pack, inverse = _packing(mask, valid, pack)
         key_w = valid[:, None] * inside
-        keys_i = self.image_key_conv1x1(bank_i, key_w, train)
-        keys_a = self.audio_key_conv1x1(bank_a, key_w, train)
+        keys_i = self.image_key_conv1x1(bank_i, key_w, train, pack, inverse)
+        keys_a = self.audio_key_conv1x1(bank_a, key_w, train, pack, inverse)
         ties_i, ties_a = tie_map(jax.lax.stop_gradient(keys_i)), tie_map(jax.lax.stop_gradient(keys_a))
         if cfg.mean_feature_as_start:
             count = jnp.sum(mask, axis=1, keepdims=True)
@@ -285,13 +293,16 @@ class SinglePreviewModel(nn.Module):
         self.rnn = WeightNormLSTMCell(cfg.feature_dim, HIDDEN, p)
 
     def __call__(self, features: Array, mask: Array, length: Array, start_idx: Array,
-                 valid: Array | None = None, *, train: bool = False, hard: bool = False) -> dict[str, Array]:
+                 valid: Array | None = None, pack: Array | None = None, *, train: bool = False,
+                 hard: bool = False) -> dict[str, Array]:
         cfg = self.cfg
         b, lb, d = features.shape
         valid = jnp.ones((b,), jnp.float32) if valid is None else valid.astype(jnp.float32)
         inside = jnp.arange(lb)[None, :] < length
         bank = _inputs(features, mask, length, cfg)
-        keys = self.key_conv1x1(features, valid[:, None] * inside, train)  # keys from RAW features (quirk 18)
+        pack, inverse = _packing(mask, valid, pack)
+        # keys from RAW features (quirk 18)
+        keys = self.key_conv1x1(features, valid[:, None] * inside, train, pack, inverse)
         ties = tie_map(jax.lax.stop_gradient(keys))
         if cfg.mean_feature_as_start:
             x = jnp.sum(features, axis=1) / jnp.sum(mask, axis=1, keepdims=True)

@@ -7,7 +7,7 @@
   trained parameters; W = g * v / ||v|| row-wise, no epsilon).
 - `interp_time`: `F.interpolate(mode="linear", align_corners=False)` along time, computed in float32 as
   torch's CPU kernel does, for a batch length that is a traced value.
-- Bucket invariance: `tree_sum`, `position_sum`, `spread`, `padded_softmax`, `attend` and `position_dense`
+- Bucket invariance: `tree_sum`, `position_sum`, `spread`, `padded_softmax`, `attend` and `key_scores`
   compute sums over the time axis (and over rows) so that appending zero positions (bucket padding) or
   zero-weight rows (filler rows) changes no bit of any value or gradient. XLA's own reductions and dot
   products round differently for different axis lengths, so plain `jnp.sum`/`einsum` would not do.
@@ -61,6 +61,10 @@ class TorchBatchNorm(nn.Module):
 
     `weights` (shape `x.shape[:-1]`, 0 or 1) select the entries that count in the batch statistics
     (n = sum of weights); the others are normalised with the same statistics but never influence them.
+    `implicit` = (count, row) adds `count` more entries equal to `row` (K,) to the statistics without
+    materialising them (the key conv's zero positions, `l2l_jax.packing`); then the call returns
+    (normalised x, normalised row). Without `implicit` the sums are `position_sum` trees (invariant to
+    filler rows); with it, x is a packed array whose shape does not depend on the bucket, and plain sums do.
     """
 
     features: int
@@ -69,7 +73,8 @@ class TorchBatchNorm(nn.Module):
     eps: float = 1e-5
 
     @nn.compact
-    def __call__(self, x: Array, weights: Array, train: bool) -> Array:
+    def __call__(self, x: Array, weights: Array, train: bool,
+                 implicit: tuple[Array, Array] | None = None) -> Array | tuple[Array, Array]:
         scale_init = normal(1.0, self.scale_init_std) if self.scale_init_std else nn.initializers.ones
         scale = self.param("scale", scale_init, (self.features,))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
@@ -77,12 +82,21 @@ class TorchBatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((self.features,), jnp.float32))
         count = self.variable("batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32))
         lead = x.ndim - 1
-        if train:  # statistics and their gradients by position_sum/spread: bucket and filler invariant
-            w = weights.astype(x.dtype)
+        w = weights.astype(x.dtype)
+        if train:
             counted = (w > 0)[..., None]
-            n = position_sum(w, lead)
-            mean = position_sum(x, lead, counted) / n
-            var = position_sum(jnp.square(x - spread(mean, w)), lead, counted) / n
+            if implicit is None:  # by position_sum/spread: bucket and filler invariant
+                n = position_sum(w, lead)
+                mean = position_sum(x, lead, counted) / n
+                var = position_sum(jnp.square(x - spread(mean, w)), lead, counted) / n
+            else:
+                extra, row = implicit
+                axes = tuple(range(lead))
+                zero = jnp.zeros((), x.dtype)
+                n = jnp.sum(w) + extra
+                mean = (jnp.sum(jnp.where(counted, x, zero), axis=axes) + extra * row) / n
+                dev = jnp.where(counted, jnp.square(x - mean), zero)
+                var = (jnp.sum(dev, axis=axes) + extra * jnp.square(row - mean)) / n
             if not self.is_initializing():
                 ra_mean.value = (1.0 - self.momentum) * ra_mean.value + self.momentum * mean
                 unbiased = var * (n / (n - 1.0))
@@ -91,7 +105,8 @@ class TorchBatchNorm(nn.Module):
         else:
             mean, var = ra_mean.value, ra_var.value
         inv = jax.lax.rsqrt(var + self.eps)
-        w = weights.astype(x.dtype)
+        if implicit is not None:
+            return (x - mean) * (inv * scale) + bias, (implicit[1] - mean) * (inv * scale) + bias
         return (x - spread(mean, w)) * spread(inv * scale, w) + spread(bias, w)
 
 
@@ -170,8 +185,6 @@ def interp_time(x: Array, length: Array, subsample: int) -> Array:
 #   multiply that produces a summand with the tree's first add into one FMA, and whether it can depends on
 #   whether the axis needed padding (a padded summand is a select, not a multiply);
 # - gradients of broadcasts (whose transposes are sums) go through the same trees via custom VJPs.
-
-KERNEL_GRAD_CHUNK = 256  # positions per partial product in `position_dense`'s kernel gradient
 
 
 @jax.custom_jvp
@@ -348,31 +361,3 @@ def _attend_bwd(precision, res, g):
 
 
 attend.defvjp(_attend_fwd, _attend_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def position_dense(x: Array, kernel: Array, precision: str = "highest") -> Array:
-    """x (B, Lb, D) @ kernel (D, K), per position. The kernel gradient sums x^T g over all B*Lb positions:
-    it is computed as partial products over chunks of `KERNEL_GRAD_CHUNK` positions (all rows), summed by a
-    tree over the chunks, so that bucket padding (zero chunks) changes no bit."""
-    return jnp.dot(x, kernel, precision=PRECISIONS[precision])
-
-
-def _position_dense_fwd(x, kernel, precision):
-    return position_dense(x, kernel, precision), (x, kernel)
-
-
-def _position_dense_bwd(precision, res, g):
-    x, kernel = res
-    p = PRECISIONS[precision]
-    b, lb, d = x.shape
-    c = KERNEL_GRAD_CHUNK
-    n = -(-lb // c)
-    pad = [(0, 0), (0, n * c - lb), (0, 0)]
-    xc = jnp.pad(x, pad).reshape(b, n, c, d)
-    gc = jnp.pad(g, pad).reshape(b, n, c, g.shape[-1])
-    partial = jnp.einsum("bncd,bnck->ndk", xc, gc, precision=p)
-    return jnp.dot(g, kernel.T, precision=p), tree_sum(partial, axis=0)
-
-
-position_dense.defvjp(_position_dense_fwd, _position_dense_bwd)

@@ -78,6 +78,9 @@ PRESETS: dict[str, SynthConfig] = {
     "default": SynthConfig(),
     "tiny": SynthConfig(num_classes=6, num_groups=2, num_scenes=4, num_train=64, num_val=24, len_median=16.0,
                         len_sigma=0.8, len_max=260, dtype="float32"),
+    # ActivityNet-sized: 200 classes, T ~ LogNormal(median 120, sigma 0.5) in [10, 700] (the benchmarks' data)
+    "activitynet": SynthConfig(num_classes=200, num_groups=20, num_scenes=40, num_train=2048, num_val=1024,
+                               len_median=120.0, len_sigma=0.5, len_min=10, len_max=700),
 }
 
 
