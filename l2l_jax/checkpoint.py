@@ -15,8 +15,10 @@ flags, JSON-able ones only) when the ``.pth`` has them; ``source`` is the absolu
 
 `save_model_dir` writes everything into a temporary sibling
 directory and renames it into place, so a reader never sees a half-written model; it replaces an existing
-directory only when asked and only if that directory is itself a model directory. `load_model_dir` returns numpy
-arrays, bit for bit what was saved. Training runs (optimizer state, CheckpointManager) are not this format.
+directory only when asked and only if that directory is itself a model directory. It is a one-process writer:
+in a multi-process run the calling process alone writes it (orbax's barriers are confined to that process).
+`load_model_dir` returns numpy arrays, bit for bit what was saved. Training runs (optimizer state,
+CheckpointManager) are not this format.
 """
 
 from __future__ import annotations
@@ -100,8 +102,13 @@ def save_model_dir(path: str | os.PathLike, variables: Mapping[str, Any], meta: 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        with ocp.PyTreeCheckpointer() as ckptr:
-            ckptr.save(tmp / VARIABLES_DIR, _to_numpy(dict(variables)))
+        # this process only: orbax's default checkpointer would wait at barriers for every process of the run
+        me = jax.process_index()
+        solo = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
+                                                  barrier_sync_key_prefix=f"model_dir_{uuid.uuid4().hex[:8]}")
+        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=solo),
+                              multiprocessing_options=solo) as ckptr:
+            ckptr.save(tmp / VARIABLES_DIR, args=ocp.args.PyTreeSave(_to_numpy(dict(variables))))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
         if path.exists():
             old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")

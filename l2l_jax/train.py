@@ -476,18 +476,14 @@ def train(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
         # ---- the end: a converted-model directory of the final weights and the curves
         summary = {"epochs": cfg.epochs, "step": int(parallel.to_host(state.step)), "validation": last_val,
                    "run_dir": str(run_dir)}
-        if jax.process_count() > 1:  # orbax's model-directory writer needs every process; the run is the model
-            log.debug(f"Final model: the newest checkpoint in {ckpts.directory}")
-        if main_proc and jax.process_count() == 1:
-            variables = parallel.to_host(state.variables)
+        variables = parallel.to_host(state.variables)  # every process (a collective if not replicated)
+        if main_proc:  # process 0 alone writes the model directory (save_model_dir is a one-process writer)
             meta = {"variant": variant, "num_classes": cfg.num_classes, "feature_dim": width,
                     "source": str(run_dir), "epoch": cfg.epochs - 1}
             model_dirs.save_model_dir(run_dir / "model_final", variables, meta, overwrite=True)
             png = plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
             if png is not None:
                 log.debug(f"Training curves: {png}")
-        elif main_proc:
-            plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
         ckpts.close()
         return summary
     finally:

@@ -262,7 +262,11 @@ def test_one_vs_four_devices_and_two_processes(env):
     for p, o in zip(procs, outs, strict=True):
         assert p.returncode == 0, o[-4000:]
     assert "2 process(es)" in (two / "run.log").read_text()
-    # the 2-process run writes no model_final/ (see train.py) and its checkpoint holds 2-device arrays: compare
+    # process 0 writes model_final/: the 1-process run's parameters up to reduction order, and exactly its own
+    # newest checkpoint (2-device arrays, read back on this process's device)
+    assert (two / "model_final" / "meta.json").is_file()
+    assert_trees_equal(model_final(one), model_final(two), rtol=2e-5, atol=2e-6)
+    assert_trees_equal(model_final(two), final_params(two))
     # the epoch's losses and accuracies, which after step 1 depend on the updated parameters
     (r1,), (r2,) = epoch_records(one), epoch_records(two)
     assert r1.keys() == r2.keys()
