@@ -87,22 +87,26 @@ def run_ours(batches, cfg: PreviewConfig, variables) -> dict:
     step = jax.jit(make_train_step(model, rec), donate_argnums=(0,), out_shardings=(rep, rep))
     dev = [parallel.shard_batch(b, mesh) for b, _ in batches]
     compiled, compile_s = {}, 0.0
+
+    def signature(d):
+        return tuple((k, v.shape) for k, v in sorted(d.items()))
+
     for d in dev:
-        sig = d["image"].shape
+        sig = signature(d)
         if sig not in compiled:
             t0 = time.perf_counter()
             compiled[sig] = step.lower(state, d).compile()
             compile_s += time.perf_counter() - t0
     # one untimed step per executable (first-run allocation), then the timed loop
     for sig, exe in compiled.items():
-        d = next(x for x in dev if x["image"].shape == sig)
+        d = next(x for x in dev if signature(x) == sig)
         state, m = exe(state, d)
     jax.block_until_ready(state)
     t0 = time.perf_counter()
     losses = []
     for b, _ in batches:
         d = parallel.shard_batch(b, mesh)
-        state, m = compiled[d["image"].shape](state, d)
+        state, m = compiled[signature(d)](state, d)
         losses.append(m["loss"])
     jax.block_until_ready(state)
     secs = time.perf_counter() - t0

@@ -98,9 +98,27 @@ def process_slice(global_batch: int, mesh: Mesh | None = None) -> slice:
     return slice(start, start + n)
 
 
+def with_pack_index(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
+    """The batch with its pack index (`l2l_jax.packing`): one group per local device, so each device packs
+    its own rows. One process: the capacity fits the batch's clips; several: the full rows-by-Lb capacity,
+    since every process must agree on the shape without talking."""
+    from l2l_jax import packing
+
+    batch = dict(batch)
+    if "mask" not in batch or "pack" in batch:
+        return batch
+    mask = np.asarray(batch["mask"])
+    groups = mesh.devices.size // jax.process_count()
+    slots = None if jax.process_count() == 1 else mask.size // groups
+    batch["pack"] = packing.pack_index(mask, batch.get("valid"), groups, slots)
+    return batch
+
+
 def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
     """A host-local batch (this process's rows, numpy) -> global arrays: arrays with a batch axis on
-    `P('data')`, 0-d values (``length``) replicated."""
+    `P('data')`, 0-d values (``length``) replicated. A batch with a mask gets its pack index first
+    (`with_pack_index`)."""
+    batch = with_pack_index(batch, mesh)
     out = {}
     dsh, rep = data_sharding(mesh), replicated(mesh)
     for key, value in batch.items():
@@ -165,4 +183,5 @@ __all__ = [
     "replicated",
     "shard_batch",
     "to_host",
+    "with_pack_index",
 ]

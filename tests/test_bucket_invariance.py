@@ -5,7 +5,8 @@ bucket length Lb > L (zero positions, mask 0, `length` stays L) with filler rows
 valid 0; `l2l_jax.data.buckets`). Compared with `np.array_equal` (bitwise): every eval-mode output, every
 train-mode output, the loss and both cross entropies, the gradient of every parameter (through
 `l2l_jax.steps.apply_model` and the recipe's loss) and every updated BatchNorm statistic; real rows only where
-a tensor has a row axis. Both variants, `feature_interpolate` with subsample 1 and 2.
+a tensor has a row axis. Both variants, `feature_interpolate` with subsample 1 and 2, each batch with the
+pack index that training and evaluation give it (`l2l_jax.packing`: its shape depends on the clips only).
 
 What it takes (l2l_jax/nn.py, "bucket invariance"): XLA's CPU reductions and dot products round differently
 for different axis lengths (the softmax normaliser over Lb, the score sum over the key axis, the BatchNorm
@@ -29,7 +30,7 @@ import numpy as np
 import pytest
 from fixture_inputs import clip_features, eval_collate, manifest_state_dict
 
-from l2l_jax import torch_names
+from l2l_jax import packing, torch_names
 from l2l_jax.data.buckets import fill_rows, pad_to_length
 from l2l_jax.model import PreviewConfig, build_model
 from l2l_jax.recipe import Recipe
@@ -95,6 +96,9 @@ def test_padding_and_fillers_change_no_bit(variant, subsample, mean_start, bucke
     B, L = batch["mask"].shape
     padded = fill_rows(pad_to_length(batch, bucket), B + fillers)
     assert padded["mask"].shape == (B + fillers, bucket) and int(padded["length"]) == L
+    for b in (batch, padded):  # the pack index the loops add (`parallel.with_pack_index`), one device
+        b["pack"] = packing.pack_index(b["mask"], b["valid"])
+    assert batch["pack"].shape == padded["pack"].shape
     fn = make_fn(variant, subsample, mean_start)
     ref, got = jax.device_get(fn(variables, batch)), jax.device_get(fn(variables, padded))
     ref_leaves, got_leaves = leaves(ref), leaves(got)
