@@ -84,7 +84,8 @@ def run_ours(batches, cfg: PreviewConfig, variables) -> dict:
     model = build_model(cfg, "two")
     state = parallel.replicate(create_train_state(variables, rec.optimizer(), seed=0), mesh)
     rep = parallel.replicated(mesh)
-    step = jax.jit(make_train_step(model, rec), donate_argnums=(0,), out_shardings=(rep, rep))
+    step = jax.jit(make_train_step(model, rec), donate_argnums=(0,), out_shardings=(rep, rep),
+                   compiler_options=parallel.compiler_options())
     dev = [parallel.shard_batch(b, mesh) for b, _ in batches]
     compiled, compile_s = {}, 0.0
 

@@ -200,7 +200,8 @@ def evaluate(model: Any, variables: Mapping, loader: Iterable[Mapping[str, np.nd
     dev_vars = parallel.replicate({"params": variables["params"], "batch_stats": variables["batch_stats"]}, mesh)
     key = jax.random.key(seed) if key is None else key
     key = jax.device_put(key, parallel.replicated(mesh))
-    jitted = jax.jit(make_eval_fn(model, cfg, variant, hard=hard, with_baselines=with_baselines))
+    jitted = jax.jit(make_eval_fn(model, cfg, variant, hard=hard, with_baselines=with_baselines),
+                     compiler_options=parallel.compiler_options())
     compiled: dict[tuple, Any] = {}
     compile_s = 0.0
     host: list[dict[str, np.ndarray]] = []

@@ -241,6 +241,14 @@ class Recipe:
             labels[m] = FROZEN
         return labels
 
+    def constant_modules(self) -> frozenset[str]:
+        """Modules whose parameters never change: `FROZEN` ones and those in a group with lr factor 0 (the
+        frozen fusion net). The train step stops their gradients, which saves computing them; the only
+        difference is inside the lr-0 group's momentum buffer (weight decay only), which never moves a
+        parameter."""
+        zero = {g.name for g in self.groups() if g.lr_factor == 0.0}
+        return frozenset(m for m, lab in self.module_labels().items() if lab == FROZEN or lab in zero)
+
     def param_labels(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The label pytree for ``optax.multi_transform``: every leaf labelled by its top-level module."""
         labels = self.module_labels()

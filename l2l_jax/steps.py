@@ -78,11 +78,13 @@ def make_train_step(model: nn.Module, recipe: Recipe) -> Callable[[TrainState, B
     are per-batch sums over valid rows (`avgpool_correct`, `lstm_correct`, `count`) and the losses."""
     tx = recipe.optimizer()
     train_hard = recipe.variant == "single" and recipe.hard  # single trains hard under --gt_feature_eval
+    constant = recipe.constant_modules()  # no gradient computed for parameters that never change
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         start = start_positions(batch, jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
 
         def loss_fn(params):
+            params = {m: jax.lax.stop_gradient(p) if m in constant else p for m, p in params.items()}
             out, updates = apply_model(model, {"params": params, "batch_stats": state.batch_stats}, batch, start,
                                        train=True, hard=train_hard)
             loss, aux = recipe.loss(out, batch["label"], batch["valid"])

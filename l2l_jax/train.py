@@ -374,7 +374,7 @@ def train(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
         rep = parallel.replicated(mesh)
         epoch_step = jax.jit(make_epoch_step(make_train_step(model, recipe)), donate_argnums=(0, 1),
-                             out_shardings=(rep, rep, rep))
+                             out_shardings=(rep, rep, rep), compiler_options=parallel.compiler_options())
         it = loader.iterator(num_epochs=cfg.epochs - cfg.start_epoch, start_epoch=cfg.start_epoch)
         if data_state is not None:
             it.set_state(data_state)
