@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from l2l_jax import packing
 from l2l_jax.model import Classifier, ImageAudioNet, PreviewConfig
 from l2l_jax.steps import model_inputs
 
@@ -73,8 +74,16 @@ def baseline_logits(params: Mapping, batch: Mapping, cfg: PreviewConfig, variant
     cls_vars = {"params": params["net_classifier"]}
     if variant == "two":
         image, audio = model_inputs(batch)
-        # fuse every position once; gathering fused rows equals fusing gathered clips (the net is per clip)
-        clip_feats = ImageAudioNet(p).apply({"params": params["net_imageAudio"]}, image, audio)
+        # fuse every packed clip once (`l2l_jax.packing`; the zero positions are masked out of every mean);
+        # gathering fused rows equals fusing gathered clips (the net is per clip)
+        pack = batch.get("pack")
+        if pack is None:
+            pack = packing.device_pack_index(mask, batch.get("valid", jnp.ones(mask.shape[:1], jnp.float32)))
+        fused = ImageAudioNet(p).apply({"params": params["net_imageAudio"]}, packing.gather_packed(image, pack),
+                                       packing.gather_packed(audio, pack))
+        src = packing.inverse_index(pack, mask.size // pack.shape[0])
+        clip_feats = packing.take_slots(fused, jnp.zeros((fused.shape[-1],), fused.dtype), src)
+        clip_feats = clip_feats.reshape(*mask.shape, fused.shape[-1])
     else:
         (clip_feats,) = model_inputs(batch)
 

@@ -22,12 +22,11 @@ import jax.numpy as jnp
 from l2l_jax import packing
 from l2l_jax.nn import (
     PRECISIONS,
+    TIE_WINDOW,
     TorchBatchNorm,
     WeightNormLSTMCell,
-    attend,
     canonical_scores,
     interp_time,
-    key_scores,
     normal,
     padded_softmax,
     tie_map,
@@ -114,8 +113,8 @@ class QueryMLP(nn.Module):
 class KeyConv(nn.Module):
     """Conv1x1(D->512) -> BatchNorm2d -> ReLU applied per time position: keys (B, Lb, 512).
 
-    The conv runs on the packed positions only (`l2l_jax.packing`: `pack` (G, N), `inverse` its inverse
-    map); every other position holds zero features, so its conv output is the bias exactly and its key the
+    The conv runs on the packed positions only (`l2l_jax.packing`: `pack` (G, N), `layout` the batch's
+    index maps); every other position holds zero features, so its conv output is the bias exactly and its key the
     same vector for all of them. `weights` (B, Lb) select which positions count in the batch statistics
     (section 4: upstream's span all B*L positions of the batch, padding within L included, but not our bucket
     padding or filler rows); the zero positions among them enter as one row weighted by their count."""
@@ -124,8 +123,10 @@ class KeyConv(nn.Module):
     precision: str = "highest"
 
     @nn.compact
-    def __call__(self, x: Array, weights: Array, train: bool, pack: Array, inverse: Array) -> Array:
-        b, lb, _ = x.shape
+    def __call__(self, x: Array, weights: Array, train: bool, pack: Array,
+                 layout: packing.Layout) -> tuple[Array, Array]:
+        """Returns the keys in the chunk layout (G, C, CHUNK, K) and, for `tie_map`, the keys of every row's
+        first TIE_WINDOW positions (B, W, K) (no gradient)."""
         conv = nn.Dense(KEY_DIM, kernel_init=normal(0.0, 0.02),
                         bias_init=torch_uniform(1.0 / math.sqrt(self.in_features)),
                         precision=PRECISIONS[self.precision], name="conv")
@@ -135,8 +136,10 @@ class KeyConv(nn.Module):
         bias = conv.variables["params"]["bias"]
         bn = TorchBatchNorm(KEY_DIM, scale_init_std=0.02, name="bn")
         y, fill = bn(y, w, train, implicit=(zeros_counted, bias))
-        keys = packing.unpack(nn.relu(y), nn.relu(fill), pack, inverse)
-        return keys.reshape(b, lb, KEY_DIM)
+        rows, fill = nn.relu(y), nn.relu(fill)
+        head = packing.head(jax.lax.stop_gradient(rows), jax.lax.stop_gradient(fill), layout,
+                            min(TIE_WINDOW, x.shape[1]))
+        return packing.to_chunks(rows, fill, layout), head
 
 
 def sample_start(key: Array, mask: Array, length: Array | None = None) -> Array:
@@ -147,14 +150,16 @@ def sample_start(key: Array, mask: Array, length: Array | None = None) -> Array:
     return jnp.argmax(r, axis=1).astype(jnp.int32)
 
 
-def attention_scores(query: Array, keys: Array, mask: Array, inside: Array, ties: Array) -> Array:
+def attention_scores(query: Array, keys: Array, mask: Array, inside: Array, ties: Array,
+                     layout: packing.Layout) -> Array:
     """Masked scaled scores (B, Lb). The dot products are fixed-shape matrix-vector products per chunk of
-    positions (`key_scores`), so a position's score does not depend on the bucket length Lb; `ties`
+    positions (`packing.chunk_scores`, keys in the chunk layout), so a position's score does not depend on
+    the bucket length Lb; `ties`
     (`tie_map(keys)`, once per batch) maps the first positions to their first bitwise-identical key row, so
     identical rows get identical scores and ties resolve to the first copy (section 4).
     Upstream's mask: s*m + (1-m)*(-1e35); positions beyond L (bucket padding) get -inf, so they keep
     probability exactly 0 even in a fully masked row (which is then uniform over the L positions)."""
-    s = canonical_scores(key_scores(query, keys), ties) / jnp.float32(SCORE_SCALE)
+    s = canonical_scores(packing.chunk_scores(query, keys, layout), ties) / jnp.float32(SCORE_SCALE)
     s = s * mask + (1.0 - mask) * jnp.float32(MASKED_SCORE)
     return jnp.where(inside, s, -jnp.inf)
 
@@ -176,12 +181,15 @@ def _inputs(x: Array, mask: Array, length: Array, cfg: PreviewConfig) -> Array:
     return x
 
 
-def _packing(mask: Array, valid: Array, pack: Array | None) -> tuple[Array, Array]:
-    """The batch's pack index (`l2l_jax.packing`; computed here at full capacity when the batch has none)
-    and its inverse map. Positions outside the mask must hold zero features, as upstream's collate writes."""
+def _packing(mask: Array, valid: Array, pack: Array | None, chunks: Array | None) -> tuple[Array, packing.Layout]:
+    """The batch's pack index and its `packing.Layout` (both indices computed here at full capacity when
+    the batch has none). Positions outside the mask must hold zero features, as upstream's collate writes."""
+    b, lb = mask.shape
     if pack is None:
         pack = packing.device_pack_index(mask, valid)
-    return pack, packing.inverse_index(pack, mask.size // pack.shape[0])
+    if chunks is None:
+        chunks = packing.device_chunk_index(valid, lb, pack.shape[0])
+    return pack, packing.make_layout(pack, chunks, b, lb)
 
 
 def _scan(body, length: int, train: bool):
@@ -214,18 +222,20 @@ class PreviewModel(nn.Module):
         self.modality_attention = torch_dense(2, HIDDEN, "modality_attention", p, weight_std=None)
 
     def __call__(self, image: Array, audio: Array, mask: Array, length: Array, start_idx: Array,
-                 valid: Array | None = None, pack: Array | None = None, *, train: bool = False,
-                 hard: bool = False) -> dict[str, Array]:
+                 valid: Array | None = None, pack: Array | None = None, chunks: Array | None = None, *,
+                 train: bool = False, hard: bool = False) -> dict[str, Array]:
         cfg = self.cfg
         b, lb, _ = image.shape
         valid = jnp.ones((b,), jnp.float32) if valid is None else valid.astype(jnp.float32)
         inside = jnp.arange(lb)[None, :] < length  # (1, Lb): positions of upstream's batch
         bank_i, bank_a = _inputs(image, mask, length, cfg), _inputs(audio, mask, length, cfg)
-        pack, inverse = _packing(mask, valid, pack)
+        pack, layout = _packing(mask, valid, pack, chunks)
         key_w = valid[:, None] * inside
-        keys_i = self.image_key_conv1x1(bank_i, key_w, train, pack, inverse)
-        keys_a = self.audio_key_conv1x1(bank_a, key_w, train, pack, inverse)
-        ties_i, ties_a = tie_map(jax.lax.stop_gradient(keys_i)), tie_map(jax.lax.stop_gradient(keys_a))
+        keys_i, head_i = self.image_key_conv1x1(bank_i, key_w, train, pack, layout)
+        keys_a, head_a = self.audio_key_conv1x1(bank_a, key_w, train, pack, layout)
+        ties_i, ties_a = tie_map(head_i), tie_map(head_a)
+        chunks_i = None if hard else packing.dense_to_chunks(bank_i, layout)
+        chunks_a = None if hard else packing.dense_to_chunks(bank_a, layout)
         if cfg.mean_feature_as_start:
             count = jnp.sum(mask, axis=1, keepdims=True)
             x_i, x_a = jnp.sum(bank_i, axis=1) / count, jnp.sum(bank_a, axis=1) / count
@@ -251,8 +261,8 @@ class PreviewModel(nn.Module):
             q_i = mdl.image_queryfeature_mlp(h, valid, train)
             q_a = mdl.audio_queryfeature_mlp(h, valid, train)
             logits = mdl.prediction_fc(h)
-            p_i = padded_softmax(attention_scores(q_i, keys_i, m_i, inside, ties_i))
-            p_a = padded_softmax(attention_scores(q_a, keys_a, m_a, inside, ties_a))
+            p_i = padded_softmax(attention_scores(q_i, keys_i, m_i, inside, ties_i, layout))
+            p_a = padded_softmax(attention_scores(q_a, keys_a, m_a, inside, ties_a, layout))
             i_idx = jnp.argmax(p_i, axis=-1).astype(jnp.int32)  # argmax of probabilities (quirk 7)
             a_idx = jnp.argmax(p_a, axis=-1).astype(jnp.int32)
             w = jax.nn.softmax(mdl.modality_attention(h), axis=-1)
@@ -260,8 +270,11 @@ class PreviewModel(nn.Module):
                 j = a_idx if cfg.hard_audio_index else i_idx
                 nx_i, nx_a = pick(bank_i, i_idx), pick(bank_a, j)
             else:
-                nx_i = w[:, :1] * attend(p_i, bank_i, cfg.precision) + w[:, 1:] * attend(p_a, bank_i, cfg.precision)
-                nx_a = w[:, :1] * attend(p_i, bank_a, cfg.precision) + w[:, 1:] * attend(p_a, bank_a, cfg.precision)
+                probs = jnp.stack([p_i, p_a], axis=-1)  # one pass over each bank serves both queries
+                att_i = packing.chunk_attend(probs, chunks_i, layout)
+                att_a = packing.chunk_attend(probs, chunks_a, layout)
+                nx_i = w[:, :1] * att_i[:, 0] + w[:, 1:] * att_i[:, 1]
+                nx_a = w[:, :1] * att_a[:, 0] + w[:, 1:] * att_a[:, 1]
             out = (fused, logits, i_idx, a_idx, w)
             return (h, c, nx_i, nx_a, m_i, m_a, i_idx, a_idx), out
 
@@ -293,17 +306,18 @@ class SinglePreviewModel(nn.Module):
         self.rnn = WeightNormLSTMCell(cfg.feature_dim, HIDDEN, p)
 
     def __call__(self, features: Array, mask: Array, length: Array, start_idx: Array,
-                 valid: Array | None = None, pack: Array | None = None, *, train: bool = False,
-                 hard: bool = False) -> dict[str, Array]:
+                 valid: Array | None = None, pack: Array | None = None, chunks: Array | None = None, *,
+                 train: bool = False, hard: bool = False) -> dict[str, Array]:
         cfg = self.cfg
         b, lb, d = features.shape
         valid = jnp.ones((b,), jnp.float32) if valid is None else valid.astype(jnp.float32)
         inside = jnp.arange(lb)[None, :] < length
         bank = _inputs(features, mask, length, cfg)
-        pack, inverse = _packing(mask, valid, pack)
+        pack, layout = _packing(mask, valid, pack, chunks)
         # keys from RAW features (quirk 18)
-        keys = self.key_conv1x1(features, valid[:, None] * inside, train, pack, inverse)
-        ties = tie_map(jax.lax.stop_gradient(keys))
+        keys, head = self.key_conv1x1(features, valid[:, None] * inside, train, pack, layout)
+        ties = tie_map(head)
+        bank_chunks = packing.dense_to_chunks(bank, layout)
         if cfg.mean_feature_as_start:
             x = jnp.sum(features, axis=1) / jnp.sum(mask, axis=1, keepdims=True)
         else:
@@ -323,9 +337,9 @@ class SinglePreviewModel(nn.Module):
             h, c = mdl.rnn(x, h, c, w_ih, w_hh)
             q = mdl.queryfeature_mlp(h, valid, train)
             logits = mdl.prediction_fc(h)
-            p = padded_softmax(attention_scores(q, keys, m, inside, ties))
+            p = padded_softmax(attention_scores(q, keys, m, inside, ties, layout))
             j = jnp.argmax(p, axis=-1).astype(jnp.int32)
-            soft = attend(p, bank, cfg.precision)
+            soft = packing.chunk_attend(p[..., None], bank_chunks, layout)[:, 0]
             chosen = pick(features, j)  # upstream's "gt" rows: the raw features again (quirk 19)
             nx = pick(bank, j) if hard else soft  # hard input for the next step only (quirk 20)
             active = jnp.logical_not(done)

@@ -7,7 +7,7 @@
   trained parameters; W = g * v / ||v|| row-wise, no epsilon).
 - `interp_time`: `F.interpolate(mode="linear", align_corners=False)` along time, computed in float32 as
   torch's CPU kernel does, for a batch length that is a traced value.
-- Bucket invariance: `tree_sum`, `position_sum`, `spread`, `padded_softmax`, `attend` and `key_scores`
+- Bucket invariance: `tree_sum`, `position_sum`, `spread` and `padded_softmax` (with `l2l_jax.packing`)
   compute sums over the time axis (and over rows) so that appending zero positions (bucket padding) or
   zero-weight rows (filler rows) changes no bit of any value or gradient. XLA's own reductions and dot
   products round differently for different axis lengths, so plain `jnp.sum`/`einsum` would not do.
@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import flax.linen as nn
@@ -237,8 +236,8 @@ def position_sum(x: Array, lead: int, where: Array | None = None) -> Array:
 @jax.custom_vjp
 def spread(v: Array, weights: Array) -> Array:
     """v (F,) broadcast to `weights.shape + (F,)`. Its gradient sums the cotangent over the positions with
-    weight > 0 (over (B, Lb): `chunked_vecmat` per row, then a tree over rows; else `position_sum`): exact
-    wherever the cotangent is zero at the others (bucket padding and filler rows never reach the loss)."""
+    weight > 0 by `position_sum`: exact wherever the cotangent is zero at the others (filler rows never reach
+    the loss)."""
     return jnp.broadcast_to(v, weights.shape + v.shape)
 
 
@@ -247,11 +246,7 @@ def _spread_fwd(v, weights):
 
 
 def _spread_bwd(weights, g):
-    where = (weights > 0)[..., None]
-    if weights.ndim == 2:  # (B, Lb): fixed-shape products per chunk of positions (~15x faster than a tree)
-        g = jnp.where(where, g, jnp.zeros((), g.dtype))
-        return tree_sum(chunked_vecmat(jnp.ones(weights.shape, g.dtype), g), axis=0), jnp.zeros_like(weights)
-    return position_sum(g, weights.ndim, where), jnp.zeros_like(weights)
+    return position_sum(g, weights.ndim, (weights > 0)[..., None]), jnp.zeros_like(weights)
 
 
 spread.defvjp(_spread_fwd, _spread_bwd)
@@ -277,35 +272,7 @@ def _padded_softmax_bwd(p, g):
 padded_softmax.defvjp(_padded_softmax_fwd, _padded_softmax_bwd)
 
 
-SCORE_CHUNK = 32  # positions per fixed-shape matrix-vector product in `chunked_matvec` / `chunked_vecmat`
 TIE_WINDOW = 10  # upstream's collate fills positions len..9 with copies of earlier rows: the only exact ties
-
-
-def _chunked(x: Array) -> Array:
-    """(B, Lb, ...) -> (B, n, SCORE_CHUNK, ...), the position axis zero-padded to a multiple of the chunk."""
-    b, lb = x.shape[:2]
-    n = -(-lb // SCORE_CHUNK)
-    pad = [(0, 0), (0, n * SCORE_CHUNK - lb)] + [(0, 0)] * (x.ndim - 2)
-    return jnp.pad(x, pad).reshape(b, n, SCORE_CHUNK, *x.shape[2:])
-
-
-def chunked_matvec(m: Array, v: Array) -> Array:
-    """<v[b], m[b, l]> -> (B, Lb) as a dot_general batched over (row, chunk of SCORE_CHUNK positions): the
-    kernel's shape (SCORE_CHUNK, F) does not depend on Lb, so a position's value is bitwise independent of the
-    bucket length, at matmul speed (an elementwise product plus a tree sum is ~5x slower)."""
-    b, lb, f = m.shape
-    mc = _chunked(m)
-    vb = jnp.broadcast_to(v[:, None, :], (b, mc.shape[1], f))
-    out = jax.lax.dot_general(mc, vb, (((3,), (2,)), ((0, 1), (0, 1))), precision=jax.lax.Precision.HIGHEST)
-    return out.reshape(b, -1)[:, :lb]
-
-
-def chunked_vecmat(w: Array, m: Array) -> Array:
-    """sum_l w[b, l] m[b, l, :] -> (B, F): a fixed-shape product per chunk of SCORE_CHUNK positions, the
-    chunks summed by `tree_sum` (appended zero positions/chunks change no bit)."""
-    out = jax.lax.dot_general(_chunked(w), _chunked(m), (((2,), (2,)), ((0, 1), (0, 1))),
-                              precision=jax.lax.Precision.HIGHEST)
-    return tree_sum(out, axis=1)
 
 
 def tie_map(rows: Array) -> Array:
@@ -323,41 +290,3 @@ def canonical_scores(s: Array, ties: Array) -> Array:
     """Scores (B, Lb) whose first positions are replaced by those of their first identical copy (`tie_map`)."""
     w = ties.shape[1]
     return jnp.concatenate([jnp.take_along_axis(s[:, :w], ties, axis=1), s[:, w:]], axis=1)
-
-
-@jax.custom_vjp
-def key_scores(query: Array, keys: Array) -> Array:
-    """<query[b], keys[b, l]> -> (B, Lb) by `chunked_matvec` (no dependence on Lb; exact ties need
-    `canonical_scores`). The query gradient is a `chunked_vecmat`, bucket invariant as well."""
-    return chunked_matvec(keys, query)
-
-
-def _key_scores_fwd(query, keys):
-    return key_scores(query, keys), (query, keys)
-
-
-def _key_scores_bwd(res, g):
-    query, keys = res
-    return chunked_vecmat(g, keys), g[:, :, None] * query[:, None, :]
-
-
-key_scores.defvjp(_key_scores_fwd, _key_scores_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def attend(probs: Array, bank: Array, precision: str = "highest") -> Array:
-    """sum_l p[b,l] bank[b,l,:] -> (B, F). Its gradient w.r.t. the probabilities, <g[b], bank[b,l]>, is a
-    `chunked_matvec` (a plain dot product there rounds differently for different Lb)."""
-    return jnp.einsum("bl,blf->bf", probs, bank, precision=PRECISIONS[precision])
-
-
-def _attend_fwd(probs, bank, precision):
-    return attend(probs, bank, precision), (probs, bank)
-
-
-def _attend_bwd(precision, res, g):
-    probs, bank = res
-    return chunked_matvec(bank, g), probs[:, :, None] * g[:, None, :]
-
-
-attend.defvjp(_attend_fwd, _attend_bwd)

@@ -100,8 +100,8 @@ def process_slice(global_batch: int, mesh: Mesh | None = None) -> slice:
 
 
 def with_pack_index(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
-    """The batch with its pack index (`l2l_jax.packing`): one group per local device, so each device packs
-    its own rows. One process: the capacity fits the batch's clips; several: the full rows-by-Lb capacity,
+    """The batch with its pack and chunk indices (`l2l_jax.packing`): one group per local device, so each
+    device packs its own rows. One process: the capacity fits the batch's clips; several: the full rows-by-Lb capacity,
     since every process must agree on the shape without talking."""
     from l2l_jax import packing
 
@@ -112,6 +112,8 @@ def with_pack_index(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
     groups = mesh.devices.size // jax.process_count()
     slots = None if jax.process_count() == 1 else mask.size // groups
     batch["pack"] = packing.pack_index(mask, batch.get("valid"), groups, slots)
+    chunk_slots = None if jax.process_count() == 1 else -(-mask.shape[1] // packing.CHUNK) * mask.shape[0] // groups
+    batch["chunks"] = packing.chunk_index(mask, batch.get("valid"), groups, chunk_slots)
     return batch
 
 

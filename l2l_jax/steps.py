@@ -67,7 +67,8 @@ def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def apply_model(model: nn.Module, variables: Mapping, batch: Batch, start_idx: jax.Array, *, train: bool,
                 hard: bool):
     """The model on a batch; in training also returns the updated BatchNorm statistics."""
-    args = (*model_inputs(batch), batch["mask"], batch["length"], start_idx, batch["valid"], batch.get("pack"))
+    args = (*model_inputs(batch), batch["mask"], batch["length"], start_idx, batch["valid"], batch.get("pack"),
+            batch.get("chunks"))
     if train:
         return model.apply(variables, *args, train=True, hard=hard, mutable=["batch_stats"])
     return model.apply(variables, *args, train=False, hard=hard)

@@ -1,4 +1,5 @@
-"""The packed key conv (`l2l_jax.packing`): the pack index, its gather/unpack pair, the BatchNorm statistics
+"""The packed layouts (`l2l_jax.packing`): the pack and chunk indices, `relayout`, the chunked scores and
+attention against dense products, the BatchNorm statistics
 with the zero positions as one weighted row, and the model's outputs and gradients with a tight host-built
 index equal to those with the full-capacity index computed inside the model."""
 
@@ -26,6 +27,15 @@ def test_capacity_fits_with_at_most_a_quarter_spare_and_few_shapes():
     assert len(np.unique(caps[(counts >= 4000) & (counts <= 16000)])) <= 10
 
 
+def test_chunk_index_covers_each_valid_rows_positions_up_to_its_last_mask():
+    mask = np.zeros((4, 70), np.float32)
+    mask[0, :70] = mask[1, :10] = mask[2, :33] = 1
+    chunks = packing.chunk_index(mask, np.array([1, 1, 1, 0], np.float32), groups=2)  # 3 chunks a row
+    assert chunks.shape == (2, packing.MIN_CHUNKS)
+    np.testing.assert_array_equal(chunks[0, :5], [0, 1, 2, 3, -1])  # row 0: 3 chunks, row 1: 1
+    np.testing.assert_array_equal(chunks[1, :3], [0, 1, -1])  # row 2: 2 chunks; row 3 is a filler
+
+
 def test_pack_index_lists_masked_positions_of_valid_rows_per_group():
     mask = np.zeros((4, 6), np.float32)
     mask[0, :5] = mask[1, :2] = mask[2, :6] = mask[3, :3] = 1
@@ -41,15 +51,16 @@ def test_pack_index_lists_masked_positions_of_valid_rows_per_group():
         packing.pack_index(mask, valid, groups=3)
 
 
-def test_unpack_round_trip_and_its_gradients_match_a_plain_scatter():
+def test_relayout_round_trip_and_its_gradients_match_a_plain_scatter():
     rng = np.random.default_rng(0)
     mask = (rng.uniform(size=(4, 9)) < 0.6).astype(np.float32)
     pack = jnp.asarray(packing.pack_index(mask, groups=2))
     x = jnp.asarray(rng.standard_normal((4, 9, 3)), jnp.float32)
     rows = packing.gather_packed(x, pack)
     inverse = packing.inverse_index(pack, 18)
+    dest = jnp.where(pack >= 0, pack, 18)
     fill = jnp.asarray([0.5, -1.0, 2.0], jnp.float32)
-    dense = packing.unpack(rows, fill, pack, inverse).reshape(4, 9, 3)
+    dense = packing.relayout(rows, fill, inverse, dest).reshape(4, 9, 3)
     want = np.where(mask[..., None] > 0, np.asarray(x), np.asarray(fill))
     np.testing.assert_array_equal(np.asarray(dense), want)
     g = jnp.asarray(rng.standard_normal((4, 9, 3)), jnp.float32)
@@ -58,10 +69,53 @@ def test_unpack_round_trip_and_its_gradients_match_a_plain_scatter():
         table = jnp.concatenate([r, jnp.broadcast_to(f, (2, 1, 3))], axis=1)
         return jnp.take_along_axis(table, inverse[..., None], axis=1).reshape(4, 9, 3)
 
-    ours = jax.grad(lambda r, f: jnp.sum(packing.unpack(r, f, pack, inverse).reshape(4, 9, 3) * g), (0, 1))
+    ours = jax.grad(lambda r, f: jnp.sum(packing.relayout(r, f, inverse, dest).reshape(4, 9, 3) * g), (0, 1))
     ref = jax.grad(lambda r, f: jnp.sum(reference(r, f) * g), (0, 1))
     for a, b in zip(ours(rows, fill), ref(rows, fill), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_chunk_scores_and_attend_equal_dense_products_with_their_gradients(groups):
+    rng = np.random.default_rng(3)
+    b, lb, k = 4, 70, 8
+    mask = np.zeros((b, lb), np.float32)
+    for r, n in enumerate([70, 10, 33, 41]):
+        mask[r, :n] = 1
+    valid = np.ones(b, np.float32)
+    pack = jnp.asarray(packing.pack_index(mask, valid, groups))
+    chunks = jnp.asarray(packing.chunk_index(mask, valid, groups))
+    layout = packing.make_layout(pack, chunks, b, lb)
+    keys = jnp.asarray(rng.standard_normal((b, lb, k)), jnp.float32) * mask[..., None]
+    bank = jnp.asarray(rng.standard_normal((b, lb, k)), jnp.float32) * mask[..., None]
+    q = jnp.asarray(rng.standard_normal((b, k)), jnp.float32)
+    probs = jax.nn.softmax(jnp.asarray(rng.standard_normal((b, lb, 2)), jnp.float32), axis=1) * mask[..., None]
+    rows = packing.gather_packed(keys, pack)
+    fill = jnp.zeros((k,), jnp.float32)
+
+    def ours(rows, q, probs):
+        s = packing.chunk_scores(q, packing.to_chunks(rows, fill, layout), layout)
+        a = packing.chunk_attend(probs, packing.dense_to_chunks(bank, layout), layout)
+        return s, a
+
+    def dense(keys, q, probs):
+        return jnp.einsum("blk,bk->bl", keys, q) * mask, jnp.einsum("blj,blf->bjf", probs, bank)
+
+    got, want = ours(rows, q, probs), dense(keys, q, probs)
+    for a, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(w), rtol=1e-5, atol=1e-5)
+    gs, ga = jnp.asarray(rng.standard_normal((b, lb))), jnp.asarray(rng.standard_normal((b, 2, k)))
+
+    def loss(fn, first):
+        return lambda x, q, p: jnp.sum(fn(x, q, p)[0] * gs * mask) + jnp.sum(fn(x, q, p)[1] * ga)
+
+    g_ours = jax.grad(loss(ours, rows), (0, 1, 2))(rows, q, probs)
+    g_dense = jax.grad(loss(dense, keys), (0, 1, 2))(keys, q, probs)
+    np.testing.assert_allclose(np.asarray(g_ours[0]), np.asarray(packing.gather_packed(g_dense[0], pack)),
+                               rtol=1e-5, atol=1e-5)
+    for a, w in zip(g_ours[1:], g_dense[1:], strict=True):
+        np.testing.assert_allclose(np.asarray(a) * (1 if a.ndim == 2 else mask[..., None]),
+                                   np.asarray(w) * (1 if w.ndim == 2 else mask[..., None]), rtol=1e-5, atol=1e-5)
 
 
 def test_batchnorm_implicit_rows_equal_materialised_rows():
@@ -109,7 +163,8 @@ def test_tight_pack_index_gives_the_full_capacity_results(groups):
         ev = apply_model(model, variables, batch, batch["start_idx"], train=False, hard=False)
         return {"loss": loss, "train": out, "eval": ev, "grads": grads, "stats": upd}
 
-    tight = dict(batch, pack=packing.pack_index(mask, batch["valid"], groups))
+    tight = dict(batch, pack=packing.pack_index(mask, batch["valid"], groups),
+                 chunks=packing.chunk_index(mask, batch["valid"], groups))
     assert tight["pack"].size < b * L
     want, got = jax.device_get(run(batch)), jax.device_get(run(tight))
     for (path, w), g in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree.leaves(got), strict=True):
