@@ -251,29 +251,6 @@ def chunk_attend(probs: Array, bank: Array, layout: Layout) -> Array:
     j = probs.shape[-1]
     p = relayout(_grouped(probs, layout.groups), jnp.zeros((j,), probs.dtype), layout.chunk_dense,
                  layout.dense_chunk).reshape(layout.groups, -1, CHUNK, j)
-    part = _chunk_products(p, bank)
+    part = jnp.einsum("gclj,gclf->gcjf", p, bank, precision=hi)
     out = jnp.einsum("grc,gcjf->grjf", layout.owner, part, precision=hi)
     return out.reshape(layout.groups * layout.rows, j, bank.shape[-1])
-
-
-@jax.custom_vjp
-def _chunk_products(p: Array, bank: Array) -> Array:
-    """(G, C, CHUNK, J) x (G, C, CHUNK, F) -> (G, C, J, F). The probabilities' gradient is computed as J
-    matrix-vector products per chunk, (CHUNK, F) x (F,), the layout XLA:CPU runs fastest (about 1.7x the
-    batched (J, F) x (F, CHUNK) product autodiff would emit)."""
-    return jnp.einsum("gclj,gclf->gcjf", p, bank, precision=jax.lax.Precision.HIGHEST)
-
-
-def _chunk_products_fwd(p, bank):
-    return _chunk_products(p, bank), (p, bank)
-
-
-def _chunk_products_bwd(res, g):
-    p, bank = res
-    hi = jax.lax.Precision.HIGHEST
-    d_p = jnp.stack([jnp.einsum("gclf,gcf->gcl", bank, g[:, :, j], precision=hi) for j in range(g.shape[2])],
-                    axis=-1)
-    return d_p, jnp.einsum("gclj,gcjf->gclf", p, g, precision=hi)
-
-
-_chunk_products.defvjp(_chunk_products_fwd, _chunk_products_bwd)
