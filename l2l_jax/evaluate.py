@@ -180,6 +180,11 @@ def make_eval_loader(source: Any, *, batch_size: int, sort_by_length: bool, seed
 # ----------------------------------------------------------------------------------------------------------
 # The evaluator
 # ----------------------------------------------------------------------------------------------------------
+#: Compiled eval executables per (model type, config, variant, mode, baselines, devices), then per batch
+#: signature, shared by every `evaluate` call of the process (training validates after every epoch).
+_EXECUTABLES: dict[tuple, dict[tuple, Any]] = {}
+
+
 def evaluate(model: Any, variables: Mapping, loader: Iterable[Mapping[str, np.ndarray]], *, hard: bool = False,
              seed: int = 0, key: jax.Array | None = None, mesh: Mesh | None = None, progress: bool = True,
              variant: str | None = None, num_classes: int | None = None, cfg: PreviewConfig | None = None,
@@ -200,9 +205,10 @@ def evaluate(model: Any, variables: Mapping, loader: Iterable[Mapping[str, np.nd
     dev_vars = parallel.replicate({"params": variables["params"], "batch_stats": variables["batch_stats"]}, mesh)
     key = jax.random.key(seed) if key is None else key
     key = jax.device_put(key, parallel.replicated(mesh))
+    fn_key = (type(model).__name__, cfg, variant, hard, with_baselines, tuple(mesh.devices.flat))
     jitted = jax.jit(make_eval_fn(model, cfg, variant, hard=hard, with_baselines=with_baselines),
                      compiler_options=parallel.compiler_options())
-    compiled: dict[tuple, Any] = {}
+    compiled = _EXECUTABLES.setdefault(fn_key, {})  # kept across calls: validation after every epoch
     compile_s = 0.0
     host: list[dict[str, np.ndarray]] = []
     pending: tuple[dict, dict] | None = None
