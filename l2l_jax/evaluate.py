@@ -235,6 +235,8 @@ def evaluate(model: Any, variables: Mapping, loader: Iterable[Mapping[str, np.nd
         sig = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(dev.items()))
         exe = compiled.get(sig)
         if exe is None:
+            if pending is not None:  # finish the batch in flight first, so compiling never hides its run time
+                jax.block_until_ready(pending[0])
             tc = time.perf_counter()
             exe = compiled[sig] = jitted.lower(dev_vars, dev, key).compile()
             compile_s += time.perf_counter() - tc
