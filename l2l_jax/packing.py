@@ -47,27 +47,35 @@ def capacity(count: int, minimum: int = MIN_CAPACITY) -> int:
     return m << e
 
 
+def _live(mask: np.ndarray, valid: np.ndarray | None, groups: int) -> np.ndarray:
+    """(B, Lb) bool: mask > 0 in rows with valid > 0; checks that the rows split into `groups`."""
+    mask = np.asarray(mask)
+    if mask.shape[0] % groups:
+        raise ValueError(f"a batch of {mask.shape[0]} rows does not split into {groups} pack groups")
+    live = mask > 0
+    if valid is not None:
+        live &= (np.asarray(valid) > 0)[:, None]
+    return live
+
+
+def _padded(lists: list[np.ndarray], slots: int | None, minimum: int, what: str) -> np.ndarray:
+    """One row per group: the group's ids, then -1 up to `slots` (default: `capacity` of the longest)."""
+    most = max(len(x) for x in lists)
+    n = capacity(most, minimum) if slots is None else int(slots)
+    if most > n:
+        raise ValueError(f"{most} {what} do not fit in {n} slots")
+    out = np.full((len(lists), n), -1, np.int32)
+    for g, x in enumerate(lists):
+        out[g, : len(x)] = x
+    return out
+
+
 def pack_index(mask: np.ndarray, valid: np.ndarray | None = None, groups: int = 1,
                slots: int | None = None) -> np.ndarray:
     """(G, N) int32 pack index of a host batch: per group of B/G consecutive rows, the flat positions of
     mask > 0 in rows with valid > 0, padded with -1. `slots` (N) defaults to `capacity` of the largest group."""
-    mask = np.asarray(mask)
-    b, lb = mask.shape
-    if b % groups:
-        raise ValueError(f"a batch of {b} rows does not split into {groups} pack groups")
-    live = mask > 0
-    if valid is not None:
-        live &= (np.asarray(valid) > 0)[:, None]
-    live = live.reshape(groups, -1)
-    counts = live.sum(axis=1)
-    n = capacity(int(counts.max())) if slots is None else int(slots)
-    if counts.max() > n:
-        raise ValueError(f"{int(counts.max())} packed clips do not fit in {n} slots")
-    out = np.full((groups, n), -1, np.int32)
-    for g in range(groups):
-        pos = np.flatnonzero(live[g])
-        out[g, : len(pos)] = pos
-    return out
+    live = _live(mask, valid, groups).reshape(groups, -1)
+    return _padded([np.flatnonzero(g) for g in live], slots, MIN_CAPACITY, "packed clips")
 
 
 def chunk_index(mask: np.ndarray, valid: np.ndarray | None = None, groups: int = 1,
@@ -75,26 +83,14 @@ def chunk_index(mask: np.ndarray, valid: np.ndarray | None = None, groups: int =
     """(G, C) int32 chunk index of a host batch: per group of B/G rows, the flat ids ``row_in_group * n + j``
     (n = ceil(Lb / CHUNK)) of the CHUNK-position chunks that hold a packed position (up to each valid row's
     last mask > 0), row by row, padded with -1. `slots` (C) defaults to `capacity` of the largest group."""
-    mask = np.asarray(mask)
-    b, lb = mask.shape
-    if b % groups:
-        raise ValueError(f"a batch of {b} rows does not split into {groups} pack groups")
-    live = mask > 0
-    if valid is not None:
-        live &= (np.asarray(valid) > 0)[:, None]
+    live = _live(mask, valid, groups)
+    b, lb = live.shape
     ends = np.where(live.any(axis=1), lb - np.argmax(live[:, ::-1], axis=1), 0)
     per_row = -(-ends // CHUNK)
     n, rows = -(-lb // CHUNK), b // groups
     ids = [np.concatenate([r * n + np.arange(per_row[g * rows + r]) for r in range(rows)]).astype(np.int32)
            for g in range(groups)]
-    most = max(len(x) for x in ids)
-    c = capacity(most, MIN_CHUNKS) if slots is None else int(slots)
-    if most > c:
-        raise ValueError(f"{most} chunks do not fit in {c} slots")
-    out = np.full((groups, c), -1, np.int32)
-    for g, x in enumerate(ids):
-        out[g, : len(x)] = x
-    return out
+    return _padded(ids, slots, MIN_CHUNKS, "chunks")
 
 
 def device_pack_index(mask: Array, valid: Array) -> Array:
