@@ -175,9 +175,13 @@ def drop(mask: Array, idx: Array) -> Array:
 
 
 def _inputs(x: Array, mask: Array, length: Array, cfg: PreviewConfig) -> Array:
-    """The feature "bank" the policy attends over: interp_time(x[:, ::s], L) * M, or x itself (section 4)."""
-    if cfg.feature_interpolate:
+    """The feature "bank" the policy attends over: interp_time(x[:, ::s], L) * M, or x itself (section 4).
+    With s = 1 the interpolation is exactly the identity (scale 1, weights 1 and 0: quirk 28), so the bank
+    is x * M without the two gathers."""
+    if cfg.feature_interpolate and cfg.subsample_factor > 1:
         return interp_time(x, length, cfg.subsample_factor) * mask[..., None]
+    if cfg.feature_interpolate:
+        return x * mask[..., None]
     return x
 
 

@@ -150,3 +150,14 @@ def test_train_mode_matches_torch_reference(case):
             np.testing.assert_array_equal(new_stats[key], torch_stats[key], err_msg=key)
         else:
             assert rel_err(new_stats[key], torch_stats[key]) <= 1e-5, key
+
+
+def test_interpolation_with_subsample_1_is_exactly_the_masked_features():
+    """The model skips `interp_time` when s = 1 (model._inputs); that shortcut must change no bit."""
+    from l2l_jax.nn import interp_time
+
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((3, 40, 16)), jnp.float32)
+    for length in (10, 37, 40):
+        got = np.asarray(interp_time(x, jnp.int32(length), 1))[:, :length]
+        np.testing.assert_array_equal(got, np.asarray(x)[:, :length])
