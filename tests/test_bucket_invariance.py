@@ -8,13 +8,11 @@ train-mode output, the loss and both cross entropies, the gradient of every para
 a tensor has a row axis. Both variants, `feature_interpolate` with subsample 1 and 2, each batch with the
 pack index that training and evaluation give it (`l2l_jax.packing`: its shape depends on the clips only).
 
-What it takes (l2l_jax/nn.py, "bucket invariance"): XLA's CPU reductions and dot products round differently
-for different axis lengths (the softmax normaliser over Lb, the score sum over the key axis, the BatchNorm
-sums over B*Lb, the transposes of broadcasts in the backward pass, the 1x1 conv's kernel gradient over B*Lb),
-and LLVM contracts a multiply into the following add (FMA) depending on how the program is fused. So every
-sum over positions or rows is a fixed halving tree over the axis padded to a power of two, fed through an
-exact `where` that blocks the FMA contraction, and the gradients of broadcasts, of the attention products
-and of the key conv go through the same trees by custom VJPs.
+What it takes (docs/DESIGN.md): every product over positions runs on the packed layouts of
+`l2l_jax.packing`, whose shapes depend on the clips only (the key conv, its kernel gradient and BatchNorm
+sums, the attention scores and attended features); the sums left over Lb or rows (softmax normaliser, query
+BatchNorm) are fixed halving trees fed through an exact `where` that blocks LLVM's FMA contraction; custom
+VJPs route the gradients of broadcasts, the softmax and the layout changes the same way.
 
 Limit, observed and not tested here: the per-row results of XLA's dense layers (and their kernel gradients,
 which sum over rows) can depend on the number of rows: 4 real rows + 2 fillers match 4 rows bitwise, 4 + 3
