@@ -113,8 +113,8 @@ class QueryMLP(nn.Module):
 class KeyConv(nn.Module):
     """Conv1x1(D->512) -> BatchNorm2d -> ReLU applied per time position: keys (B, Lb, 512).
 
-    The conv runs on the packed positions only (`l2l_jax.packing`: `pack` (G, N), `layout` the batch's
-    index maps); every other position holds zero features, so its conv output is the bias exactly and its key the
+    The conv runs on the packed positions only (`l2l_jax.packing`: `layout.pack` (G, N) and the batch's
+    other index maps); every other position holds zero features, so its conv output is the bias exactly and its key the
     same vector for all of them. `weights` (B, Lb) select which positions count in the batch statistics
     (section 4: upstream's span all B*L positions of the batch, padding within L included, but not our bucket
     padding or filler rows); the zero positions among them enter as one row weighted by their count."""
@@ -123,15 +123,14 @@ class KeyConv(nn.Module):
     precision: str = "highest"
 
     @nn.compact
-    def __call__(self, x: Array, weights: Array, train: bool, pack: Array,
-                 layout: packing.Layout) -> tuple[Array, Array]:
+    def __call__(self, x: Array, weights: Array, train: bool, layout: packing.Layout) -> tuple[Array, Array]:
         """Returns the keys in the chunk layout (G, C, CHUNK, K) and, for `tie_map`, the keys of every row's
         first TIE_WINDOW positions (B, W, K) (no gradient)."""
         conv = nn.Dense(KEY_DIM, kernel_init=normal(0.0, 0.02),
                         bias_init=torch_uniform(1.0 / math.sqrt(self.in_features)),
                         precision=PRECISIONS[self.precision], name="conv")
-        y = conv(packing.gather_packed(x, pack))  # (G, N, K)
-        w = packing.gather_weights(weights, pack)
+        y = conv(packing.gather_packed(x, layout.pack))  # (G, N, K)
+        w = packing.gather_packed(weights, layout.pack)
         zeros_counted = jnp.sum(weights) - jnp.sum(w)  # exact: integer counts in float32
         bias = conv.variables["params"]["bias"]
         bn = TorchBatchNorm(KEY_DIM, scale_init_std=0.02, name="bn")
@@ -185,15 +184,15 @@ def _inputs(x: Array, mask: Array, length: Array, cfg: PreviewConfig) -> Array:
     return x
 
 
-def _packing(mask: Array, valid: Array, pack: Array | None, chunks: Array | None) -> tuple[Array, packing.Layout]:
-    """The batch's pack index and its `packing.Layout` (both indices computed here at full capacity when
-    the batch has none). Positions outside the mask must hold zero features, as upstream's collate writes."""
+def _packing(mask: Array, valid: Array, pack: Array | None, chunks: Array | None) -> packing.Layout:
+    """The batch's `packing.Layout` (its pack and chunk indices computed here at full capacity when the
+    batch has none). Positions outside the mask must hold zero features, as upstream's collate writes."""
     b, lb = mask.shape
     if pack is None:
         pack = packing.device_pack_index(mask, valid)
     if chunks is None:
         chunks = packing.device_chunk_index(valid, lb, pack.shape[0])
-    return pack, packing.make_layout(pack, chunks, b, lb)
+    return packing.make_layout(pack, chunks, b, lb)
 
 
 def _scan(body, length: int, train: bool):
@@ -233,10 +232,10 @@ class PreviewModel(nn.Module):
         valid = jnp.ones((b,), jnp.float32) if valid is None else valid.astype(jnp.float32)
         inside = jnp.arange(lb)[None, :] < length  # (1, Lb): positions of upstream's batch
         bank_i, bank_a = _inputs(image, mask, length, cfg), _inputs(audio, mask, length, cfg)
-        pack, layout = _packing(mask, valid, pack, chunks)
+        layout = _packing(mask, valid, pack, chunks)
         key_w = valid[:, None] * inside
-        keys_i, head_i = self.image_key_conv1x1(bank_i, key_w, train, pack, layout)
-        keys_a, head_a = self.audio_key_conv1x1(bank_a, key_w, train, pack, layout)
+        keys_i, head_i = self.image_key_conv1x1(bank_i, key_w, train, layout)
+        keys_a, head_a = self.audio_key_conv1x1(bank_a, key_w, train, layout)
         ties_i, ties_a = tie_map(head_i), tie_map(head_a)
         chunks_i = None if hard else packing.dense_to_chunks(bank_i, layout)
         chunks_a = None if hard else packing.dense_to_chunks(bank_a, layout)
@@ -317,9 +316,9 @@ class SinglePreviewModel(nn.Module):
         valid = jnp.ones((b,), jnp.float32) if valid is None else valid.astype(jnp.float32)
         inside = jnp.arange(lb)[None, :] < length
         bank = _inputs(features, mask, length, cfg)
-        pack, layout = _packing(mask, valid, pack, chunks)
+        layout = _packing(mask, valid, pack, chunks)
         # keys from RAW features (quirk 18)
-        keys, head = self.key_conv1x1(features, valid[:, None] * inside, train, pack, layout)
+        keys, head = self.key_conv1x1(features, valid[:, None] * inside, train, layout)
         ties = tie_map(head)
         bank_chunks = packing.dense_to_chunks(bank, layout)
         if cfg.mean_feature_as_start:

@@ -115,17 +115,11 @@ def _grouped(x: Array, groups: int) -> Array:
 
 
 def gather_packed(x: Array, pack: Array) -> Array:
-    """x (B, Lb, F) -> (G, N, F): the packed positions' rows, zero in unused slots. (No gradient is defined
-    for x beyond jax's own: the features are data.)"""
+    """x (B, Lb, ...) -> (G, N, ...): the packed positions' entries, zero in unused slots. (No gradient is
+    defined for x beyond jax's own: features are data, weights are constants.)"""
     g = _grouped(x, pack.shape[0])
-    rows = jnp.take_along_axis(g, jnp.maximum(pack, 0)[..., None], axis=1)
-    return jnp.where((pack >= 0)[..., None], rows, jnp.zeros((), x.dtype))
-
-
-def gather_weights(w: Array, pack: Array) -> Array:
-    """w (B, Lb) -> (G, N): the packed positions' weights, zero in unused slots."""
-    g = _grouped(w, pack.shape[0])
-    return jnp.where(pack >= 0, jnp.take_along_axis(g, jnp.maximum(pack, 0), axis=1), jnp.zeros((), w.dtype))
+    src = jnp.where(pack >= 0, pack, g.shape[1])
+    return take_slots(g, jnp.zeros(x.shape[2:], x.dtype), src)
 
 
 def inverse_index(pack: Array, positions: int) -> Array:
@@ -178,6 +172,7 @@ class Layout(NamedTuple):
     groups: int
     rows: int
     length: int  # Lb
+    pack: Array  # (G, N): pack slot -> dense position, -1 if unused
     inverse: Array  # (G, P): dense position -> pack slot, N if not packed
     chunk_src: Array  # (G, S): chunk position -> pack slot, N if none
     pack_dest: Array  # (G, N): pack slot -> chunk position, S if unused
@@ -204,7 +199,7 @@ def make_layout(pack: Array, chunks: Array, batch: int, length: int) -> Layout:
     pack_dest = jnp.take_along_axis(jnp.pad(dense_chunk, ((0, 0), (0, 1)), constant_values=s),
                                     jnp.where(pack >= 0, pack, p), axis=1)
     owner = ((row[:, None, :] == jnp.arange(rows)[None, :, None]) & live[:, None, :]).astype(jnp.float32)
-    return Layout(groups, rows, length, inverse, chunk_src, pack_dest, chunk_dense, dense_chunk, owner)
+    return Layout(groups, rows, length, pack, inverse, chunk_src, pack_dest, chunk_dense, dense_chunk, owner)
 
 
 def to_chunks(rows: Array, fill: Array, layout: Layout) -> Array:

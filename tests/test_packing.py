@@ -106,11 +106,11 @@ def test_chunk_scores_and_attend_equal_dense_products_with_their_gradients(group
         np.testing.assert_allclose(np.asarray(a), np.asarray(w), rtol=1e-5, atol=1e-5)
     gs, ga = jnp.asarray(rng.standard_normal((b, lb))), jnp.asarray(rng.standard_normal((b, 2, k)))
 
-    def loss(fn, first):
+    def loss(fn):
         return lambda x, q, p: jnp.sum(fn(x, q, p)[0] * gs * mask) + jnp.sum(fn(x, q, p)[1] * ga)
 
-    g_ours = jax.grad(loss(ours, rows), (0, 1, 2))(rows, q, probs)
-    g_dense = jax.grad(loss(dense, keys), (0, 1, 2))(keys, q, probs)
+    g_ours = jax.grad(loss(ours), (0, 1, 2))(rows, q, probs)
+    g_dense = jax.grad(loss(dense), (0, 1, 2))(keys, q, probs)
     np.testing.assert_allclose(np.asarray(g_ours[0]), np.asarray(packing.gather_packed(g_dense[0], pack)),
                                rtol=1e-5, atol=1e-5)
     for a, w in zip(g_ours[1:], g_dense[1:], strict=True):
