@@ -72,20 +72,14 @@ def baseline_logits(params: Mapping, batch: Mapping, cfg: PreviewConfig, variant
     lb = mask.shape[1]
     classify = Classifier(c, cfg.feature_dim, p)
     cls_vars = {"params": params["net_classifier"]}
+    layout = packing.batch_layout(mask, batch.get("valid", jnp.ones(mask.shape[:1], jnp.float32)),
+                                  batch.get("chunks"))
+    feats = [packing.as_chunks(x, layout) for x in model_inputs(batch)]
     if variant == "two":
-        image, audio = model_inputs(batch)
-        # fuse every packed clip once (`l2l_jax.packing`; the zero positions are masked out of every mean);
+        # fuse every chunk position once (`l2l_jax.packing`; positions with mask 0 are never averaged);
         # gathering fused rows equals fusing gathered clips (the net is per clip)
-        pack = batch.get("pack")
-        if pack is None:
-            pack = packing.device_pack_index(mask, batch.get("valid", jnp.ones(mask.shape[:1], jnp.float32)))
-        fused = ImageAudioNet(p).apply({"params": params["net_imageAudio"]}, packing.gather_packed(image, pack),
-                                       packing.gather_packed(audio, pack))
-        src = packing.inverse_index(pack, mask.size // pack.shape[0])
-        clip_feats = packing.take_slots(fused, jnp.zeros((fused.shape[-1],), fused.dtype), src)
-        clip_feats = clip_feats.reshape(*mask.shape, fused.shape[-1])
-    else:
-        (clip_feats,) = model_inputs(batch)
+        feats = [ImageAudioNet(p).apply({"params": params["net_imageAudio"]}, *feats)]
+    clip_feats = packing.to_dense(feats[0], layout)  # (B, Lb, F)
 
     def head(x):
         return classify.apply(cls_vars, x)

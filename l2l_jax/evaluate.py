@@ -157,12 +157,13 @@ def sort_by_length_ok(cfg: PreviewConfig, variant: str) -> bool:
 
 def make_eval_loader(source: Any, *, batch_size: int, sort_by_length: bool, seed: int = 0,
                      buckets: Sequence[int] | None = None, subsample: int = 1, num_threads: int = 2,
-                     prefetch: int = 4) -> Any:
+                     prefetch: int = 4, chunk_groups: int | None = None) -> Any:
     """An evaluation `BatchLoader` over `source`; with `sort_by_length` videos are visited longest first
     (stable), so each batch is padded little and the filler rows completing the last batch (valid = 0) fall
     in the shortest bucket. Sorting may gather videos all shorter than 10 clips in one batch, which upstream's
     collate cannot batch (quirk 4); since such results do not depend on the batch, that batch is given
-    L = 10, exactly as if a longer video shared it."""
+    L = 10, exactly as if a longer video shared it. Batches come in the chunk layout of `chunk_groups`
+    (default: one group per local device, as `evaluate` shards them)."""
     from l2l_jax.data import DEFAULT_BUCKETS, BatchLoader
 
     class _Loader(BatchLoader):
@@ -171,7 +172,8 @@ def make_eval_loader(source: Any, *, batch_size: int, sort_by_length: bool, seed
 
     loader = _Loader(source, batch_size=batch_size, train=False, seed=seed,
                      buckets=DEFAULT_BUCKETS if buckets is None else buckets, subsample=subsample,
-                     pad_short_batches=sort_by_length, num_threads=num_threads, prefetch=max(prefetch, num_threads))
+                     pad_short_batches=sort_by_length, num_threads=num_threads, prefetch=max(prefetch, num_threads),
+                     chunk_groups=jax.local_device_count() if chunk_groups is None else chunk_groups)
     lengths = np.asarray(loader.lengths)
     loader._eval_order = (np.argsort(-lengths, kind="stable") if sort_by_length else np.arange(len(lengths)))
     return loader

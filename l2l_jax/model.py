@@ -8,6 +8,10 @@ Both policies take a batch padded to a bucket length Lb >= L, where L (`length`)
 collate gave the batch: positions >= L never influence any number (BatchNorm statistics, interpolation,
 softmax), so padding a batch to a longer bucket changes nothing. Rows with `valid == 0` (filler rows) are
 left out of BatchNorm statistics.
+
+Precondition (what upstream's collate produces, UPSTREAM.md section 2): the mask is 0 or 1, and features
+are zero wherever it is 0. The policy then works on each row's positions up to its last mask > 0 only
+(`l2l_jax.packing`), and needs no multiply by the mask.
 """
 
 from __future__ import annotations
@@ -111,34 +115,34 @@ class QueryMLP(nn.Module):
 
 
 class KeyConv(nn.Module):
-    """Conv1x1(D->512) -> BatchNorm2d -> ReLU applied per time position: keys (B, Lb, 512).
+    """Conv1x1(D->512) -> BatchNorm2d -> ReLU applied per time position: the keys, in the chunk layout.
 
-    The conv runs on the packed positions only (`l2l_jax.packing`: `layout.pack` (G, N) and the batch's
-    other index maps); every other position holds zero features, so its conv output is the bias exactly and its key the
-    same vector for all of them. `weights` (B, Lb) select which positions count in the batch statistics
-    (section 4: upstream's span all B*L positions of the batch, padding within L included, but not our bucket
-    padding or filler rows); the zero positions among them enter as one row weighted by their count."""
+    The conv runs on the chunk positions only (`l2l_jax.packing`); every other position holds zero
+    features, so its conv output is the bias exactly and its key the same vector for all of them. `weights`
+    (B, Lb) select which positions count in the batch statistics (section 4: upstream's span all B*L
+    positions of the batch, padding within L included, but not our bucket padding or filler rows); the
+    counted positions outside the chunks enter as one row weighted by their count."""
 
     in_features: int
     precision: str = "highest"
 
     @nn.compact
     def __call__(self, x: Array, weights: Array, train: bool, layout: packing.Layout) -> tuple[Array, Array]:
-        """Returns the keys in the chunk layout (G, C, CHUNK, K) and, for `tie_map`, the keys of every row's
-        first TIE_WINDOW positions (B, W, K) (no gradient)."""
+        """x: features in the chunk layout (G, S, D). Returns the keys (G, S, K) and, for `tie_map`, the
+        keys of every row's first TIE_WINDOW positions (B, W, K) (no gradient)."""
         conv = nn.Dense(KEY_DIM, kernel_init=normal(0.0, 0.02),
                         bias_init=torch_uniform(1.0 / math.sqrt(self.in_features)),
                         precision=PRECISIONS[self.precision], name="conv")
-        y = conv(packing.gather_packed(x, layout.pack))  # (G, N, K)
-        w = packing.gather_packed(weights, layout.pack)
-        zeros_counted = jnp.sum(weights) - jnp.sum(w)  # exact: integer counts in float32
+        y = conv(x)  # (G, S, K)
+        w = packing.to_chunks(weights, layout)
+        outside = jnp.sum(weights) - jnp.sum(w)  # exact: integer counts in float32
         bias = conv.variables["params"]["bias"]
         bn = TorchBatchNorm(KEY_DIM, scale_init_std=0.02, name="bn")
-        y, fill = bn(y, w, train, implicit=(zeros_counted, bias))
-        rows, fill = nn.relu(y), nn.relu(fill)
-        head = packing.head(jax.lax.stop_gradient(rows), jax.lax.stop_gradient(fill), layout,
-                            min(TIE_WINDOW, x.shape[1]))
-        return packing.to_chunks(rows, fill, layout), head
+        y, fill = bn(y, w, train, implicit=(outside, bias))
+        keys, fill = nn.relu(y), nn.relu(fill)
+        head = packing.head(jax.lax.stop_gradient(keys), jax.lax.stop_gradient(fill), layout,
+                            min(TIE_WINDOW, layout.length))
+        return keys, head
 
 
 def sample_start(key: Array, mask: Array, length: Array | None = None) -> Array:
@@ -163,36 +167,20 @@ def attention_scores(query: Array, keys: Array, mask: Array, inside: Array, ties
     return jnp.where(inside, s, -jnp.inf)
 
 
-def pick(bank: Array, idx: Array) -> Array:
-    """bank[b, idx[b]] -> (B, F)."""
-    return jnp.take_along_axis(bank, idx[:, None, None], axis=1)[:, 0]
-
-
 def drop(mask: Array, idx: Array) -> Array:
     """The mask with position idx[b] of each row set to 0 (the no-repeat bookkeeping)."""
     return mask * (1.0 - jax.nn.one_hot(idx, mask.shape[1], dtype=mask.dtype))
 
 
-def _inputs(x: Array, mask: Array, length: Array, cfg: PreviewConfig) -> Array:
-    """The feature "bank" the policy attends over: interp_time(x[:, ::s], L) * M, or x itself (section 4).
-    With s = 1 the interpolation is exactly the identity (scale 1, weights 1 and 0: quirk 28), so the bank
-    is x * M without the two gathers."""
+def _bank(x: Array, mask: Array, length: Array, cfg: PreviewConfig, layout: packing.Layout) -> Array:
+    """The feature "bank" the policy attends over, in the chunk layout: interp_time(x[:, ::s], L) * M, or x
+    itself (section 4). With s = 1 the interpolation is exactly the identity (scale 1, weights 1 and 0:
+    quirk 28), and x * M is x itself for upstream's batches (M is 0 or 1, and x is zero where M is 0: the
+    module docstring's precondition), so the bank is x."""
     if cfg.feature_interpolate and cfg.subsample_factor > 1:
-        return interp_time(x, length, cfg.subsample_factor) * mask[..., None]
-    if cfg.feature_interpolate:
-        return x * mask[..., None]
+        dense = interp_time(packing.to_dense(x, layout), length, cfg.subsample_factor) * mask[..., None]
+        return packing.to_chunks(dense, layout)
     return x
-
-
-def _packing(mask: Array, valid: Array, pack: Array | None, chunks: Array | None) -> packing.Layout:
-    """The batch's `packing.Layout` (its pack and chunk indices computed here at full capacity when the
-    batch has none). Positions outside the mask must hold zero features, as upstream's collate writes."""
-    b, lb = mask.shape
-    if pack is None:
-        pack = packing.device_pack_index(mask, valid)
-    if chunks is None:
-        chunks = packing.device_chunk_index(valid, lb, pack.shape[0])
-    return packing.make_layout(pack, chunks, b, lb)
 
 
 def _scan(body, length: int, train: bool):
@@ -225,25 +213,25 @@ class PreviewModel(nn.Module):
         self.modality_attention = torch_dense(2, HIDDEN, "modality_attention", p, weight_std=None)
 
     def __call__(self, image: Array, audio: Array, mask: Array, length: Array, start_idx: Array,
-                 valid: Array | None = None, pack: Array | None = None, chunks: Array | None = None, *,
+                 valid: Array | None = None, chunks: Array | None = None, *,
                  train: bool = False, hard: bool = False) -> dict[str, Array]:
+        """image, audio: dense (B, Lb, 512), or already in the chunk layout of `chunks` (G, S, 512)."""
         cfg = self.cfg
-        b, lb, _ = image.shape
+        b, lb = mask.shape
         valid = jnp.ones((b,), jnp.float32) if valid is None else valid.astype(jnp.float32)
         inside = jnp.arange(lb)[None, :] < length  # (1, Lb): positions of upstream's batch
-        bank_i, bank_a = _inputs(image, mask, length, cfg), _inputs(audio, mask, length, cfg)
-        layout = _packing(mask, valid, pack, chunks)
+        layout = packing.batch_layout(mask, valid, chunks)
+        image, audio = packing.as_chunks(image, layout), packing.as_chunks(audio, layout)
+        bank_i, bank_a = _bank(image, mask, length, cfg, layout), _bank(audio, mask, length, cfg, layout)
         key_w = valid[:, None] * inside
         keys_i, head_i = self.image_key_conv1x1(bank_i, key_w, train, layout)
         keys_a, head_a = self.audio_key_conv1x1(bank_a, key_w, train, layout)
         ties_i, ties_a = tie_map(head_i), tie_map(head_a)
-        chunks_i = None if hard else packing.dense_to_chunks(bank_i, layout)
-        chunks_a = None if hard else packing.dense_to_chunks(bank_a, layout)
         if cfg.mean_feature_as_start:
             count = jnp.sum(mask, axis=1, keepdims=True)
-            x_i, x_a = jnp.sum(bank_i, axis=1) / count, jnp.sum(bank_a, axis=1) / count
+            x_i, x_a = packing.row_sums(bank_i, layout) / count, packing.row_sums(bank_a, layout) / count
         else:  # raw features, not banks (quirk 18)
-            x_i, x_a = pick(image, start_idx), pick(audio, start_idx)
+            x_i, x_a = packing.pick(image, layout, start_idx), packing.pick(audio, layout, start_idx)
         w_ih, w_hh = self.rnn.weights()
         zeros = jnp.zeros((b, HIDDEN), jnp.float32)
         start_idx = start_idx.astype(jnp.int32)
@@ -271,11 +259,11 @@ class PreviewModel(nn.Module):
             w = jax.nn.softmax(mdl.modality_attention(h), axis=-1)
             if hard:  # quirk 10: both banks indexed with the image index by default
                 j = a_idx if cfg.hard_audio_index else i_idx
-                nx_i, nx_a = pick(bank_i, i_idx), pick(bank_a, j)
+                nx_i, nx_a = packing.pick(bank_i, layout, i_idx), packing.pick(bank_a, layout, j)
             else:
                 probs = jnp.stack([p_i, p_a], axis=-1)  # one pass over each bank serves both queries
-                att_i = packing.chunk_attend(probs, chunks_i, layout)
-                att_a = packing.chunk_attend(probs, chunks_a, layout)
+                att_i = packing.chunk_attend(probs, bank_i, layout)
+                att_a = packing.chunk_attend(probs, bank_a, layout)
                 nx_i = w[:, :1] * att_i[:, 0] + w[:, 1:] * att_i[:, 1]
                 nx_a = w[:, :1] * att_a[:, 0] + w[:, 1:] * att_a[:, 1]
             out = (fused, logits, i_idx, a_idx, w)
@@ -309,22 +297,23 @@ class SinglePreviewModel(nn.Module):
         self.rnn = WeightNormLSTMCell(cfg.feature_dim, HIDDEN, p)
 
     def __call__(self, features: Array, mask: Array, length: Array, start_idx: Array,
-                 valid: Array | None = None, pack: Array | None = None, chunks: Array | None = None, *,
+                 valid: Array | None = None, chunks: Array | None = None, *,
                  train: bool = False, hard: bool = False) -> dict[str, Array]:
+        """features: dense (B, Lb, D), or already in the chunk layout of `chunks` (G, S, D)."""
         cfg = self.cfg
-        b, lb, d = features.shape
+        b, lb = mask.shape
         valid = jnp.ones((b,), jnp.float32) if valid is None else valid.astype(jnp.float32)
         inside = jnp.arange(lb)[None, :] < length
-        bank = _inputs(features, mask, length, cfg)
-        layout = _packing(mask, valid, pack, chunks)
+        layout = packing.batch_layout(mask, valid, chunks)
+        features = packing.as_chunks(features, layout)
+        bank = _bank(features, mask, length, cfg, layout)
         # keys from RAW features (quirk 18)
         keys, head = self.key_conv1x1(features, valid[:, None] * inside, train, layout)
         ties = tie_map(head)
-        bank_chunks = packing.dense_to_chunks(bank, layout)
         if cfg.mean_feature_as_start:
-            x = jnp.sum(features, axis=1) / jnp.sum(mask, axis=1, keepdims=True)
+            x = packing.row_sums(features, layout) / jnp.sum(mask, axis=1, keepdims=True)
         else:
-            x = pick(features, start_idx)
+            x = packing.pick(features, layout, start_idx)
         w_ih, w_hh = self.rnn.weights()
         zeros = jnp.zeros((b, HIDDEN), jnp.float32)
         start_idx = start_idx.astype(jnp.int32)
@@ -342,9 +331,9 @@ class SinglePreviewModel(nn.Module):
             logits = mdl.prediction_fc(h)
             p = padded_softmax(attention_scores(q, keys, m, inside, ties, layout))
             j = jnp.argmax(p, axis=-1).astype(jnp.int32)
-            soft = packing.chunk_attend(p[..., None], bank_chunks, layout)[:, 0]
-            chosen = pick(features, j)  # upstream's "gt" rows: the raw features again (quirk 19)
-            nx = pick(bank, j) if hard else soft  # hard input for the next step only (quirk 20)
+            soft = packing.chunk_attend(p[..., None], bank, layout)[:, 0]
+            chosen = packing.pick(features, layout, j)  # upstream's "gt" rows: the raw features again (quirk 19)
+            nx = packing.pick(bank, layout, j) if hard else soft  # hard input for the next step only (quirk 20)
             active = jnp.logical_not(done)
             # upstream breaks once the mask of the whole batch is empty, after this step's stores
             done = jnp.logical_or(done, jnp.sum(m * valid[:, None]) == 0)

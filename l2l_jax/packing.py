@@ -1,26 +1,24 @@
-"""The packed layout of a batch's clip positions: the key convolution runs on real clips only.
+"""The chunk layout of a batch's clip positions: the policy works on real clips only.
 
 Upstream's collate pads every video of a batch to the batch length L with zero rows (UPSTREAM.md section 2),
 and training draws L from U{200..500}, so for ActivityNet-length videos most of a batch's (B, L) positions
 are zeros. Those positions never matter except through the key BatchNorm's statistics, where each counts as
-a clip whose conv output is exactly the conv bias. So the 1x1 key conv (the largest matmul of a step) runs
-on the *packed* positions only -- those with mask > 0 in rows with valid > 0 -- and the zero positions enter
-the statistics as one row weighted by their count (`l2l_jax.nn.TorchBatchNorm`'s `implicit`).
+a clip whose conv output is exactly the conv bias (`l2l_jax.nn.TorchBatchNorm`'s `implicit` row).
 
-A pack index is (G, N) int32: for each of G row groups (one per device, so every device packs its own rows and
-the gather needs no communication) the flat positions ``row_in_group * Lb + t`` of its packed clips, then
--1 for the unused slots. N, the capacity, comes from the number of packed clips alone (`capacity`), never
-from the bucket length, so padding a batch to a longer bucket changes no shape and no number.
+So the policy works on *chunks*: each valid row's positions up to its last one with mask > 0, cut into
+chunks of CHUNK positions. A chunk index is (G, C) int32: for each of G row groups (one per device, so every
+device lays out its own rows and nothing crosses devices) the flat ids ``row_in_group * n + j``
+(n = ceil(Lb / CHUNK)) of its chunks, row by row, then -1 for unused slots. C, the capacity, comes from the
+number of chunks alone (`capacity`), never from the bucket length, so padding a batch to a longer bucket
+changes no shape and no number. Features in the chunk layout are (G, C, CHUNK, F); a row's chunks hold its
+first positions in order, so building the layout on the host is one contiguous copy per video
+(`chunk_features`). The key conv, its BatchNorm, the scores and the attended features all run on chunks;
+everything of width Lb only (scores, probabilities, masks) stays dense, and `relayout` moves it between
+layouts (a gather whose backward pass is a gather too).
 
-The attention works on a second packed layout, *chunks*: each row's positions up to its last packed one, in
-chunks of CHUNK positions (`chunk_index`, (G, C) flat chunk ids). Scores and attended features are computed
-chunk by chunk with fixed-shape products (`chunk_scores`, `chunk_attend`), and everything of width Lb only
-(scores, probabilities, masks) stays dense. Moving between layouts is `relayout`, a gather whose backward
-pass is a gather too.
-
-Host side (numpy): `capacity`, `pack_index`, `chunk_index`. Device side (inside jit): `gather_packed`,
-`make_layout`, `to_chunks`, `chunk_scores`, `chunk_attend`, and `device_pack_index`/`device_chunk_index`
-(the fallback when a batch carries no index: full capacity, as costly as dense).
+Host side (numpy): `capacity`, `chunk_index`, `chunk_features`. Device side (inside jit): `make_layout`,
+`to_chunks`, `to_dense`, `pick`, `row_sums`, `head`, `chunk_scores`, `chunk_attend`, and
+`device_chunk_index` (the fallback when a batch carries no index: every chunk of every row, no saving).
 """
 
 from __future__ import annotations
@@ -33,12 +31,11 @@ import numpy as np
 
 Array = jax.Array
 
-MIN_CAPACITY = 64
 CHUNK = 32  # positions per chunk of the attention layout
 MIN_CHUNKS = 8
 
 
-def capacity(count: int, minimum: int = MIN_CAPACITY) -> int:
+def capacity(count: int, minimum: int = MIN_CHUNKS) -> int:
     """The slots for `count` packed clips: the smallest m * 2**e >= count with m in {4, 5, 6, 7} (at most 25%
     spare, a handful of distinct shapes, so few compilations), at least `minimum`."""
     count = max(int(count), minimum)
@@ -70,14 +67,6 @@ def _padded(lists: list[np.ndarray], slots: int | None, minimum: int, what: str)
     return out
 
 
-def pack_index(mask: np.ndarray, valid: np.ndarray | None = None, groups: int = 1,
-               slots: int | None = None) -> np.ndarray:
-    """(G, N) int32 pack index of a host batch: per group of B/G consecutive rows, the flat positions of
-    mask > 0 in rows with valid > 0, padded with -1. `slots` (N) defaults to `capacity` of the largest group."""
-    live = _live(mask, valid, groups).reshape(groups, -1)
-    return _padded([np.flatnonzero(g) for g in live], slots, MIN_CAPACITY, "packed clips")
-
-
 def chunk_index(mask: np.ndarray, valid: np.ndarray | None = None, groups: int = 1,
                 slots: int | None = None) -> np.ndarray:
     """(G, C) int32 chunk index of a host batch: per group of B/G rows, the flat ids ``row_in_group * n + j``
@@ -93,11 +82,36 @@ def chunk_index(mask: np.ndarray, valid: np.ndarray | None = None, groups: int =
     return _padded(ids, slots, MIN_CHUNKS, "chunks")
 
 
-def device_pack_index(mask: Array, valid: Array) -> Array:
-    """The pack index computed inside jit, one group, capacity B * Lb (no saving; for direct model calls)."""
-    live = ((mask > 0) & (valid[:, None] > 0)).reshape(-1)
-    (pos,) = jnp.nonzero(live, size=live.shape[0], fill_value=-1)
-    return pos.astype(jnp.int32)[None, :]
+def row_spans(chunks: np.ndarray, batch: int, length: int) -> np.ndarray:
+    """(B, 3) int64 (group, start, stop) of each row's positions in the chunk layout of `chunks` (host):
+    its chunks are consecutive and hold its first positions in order; (g, 0, 0) for a row without chunks."""
+    groups = chunks.shape[0]
+    rows, per_row = batch // groups, -(-length // CHUNK)
+    spans = np.zeros((batch, 3), np.int64)
+    spans[:, 0] = np.arange(batch) // rows
+    for g in range(groups):
+        ids = chunks[g][chunks[g] >= 0]
+        if not len(ids):
+            continue  # a group of filler rows
+        row = g * rows + ids // per_row
+        first = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+        count = np.diff(np.r_[first, len(ids)])
+        spans[row[first], 1] = first * CHUNK
+        spans[row[first], 2] = (first + count) * CHUNK
+    return spans
+
+
+def chunk_features(x: np.ndarray, chunks: np.ndarray) -> np.ndarray:
+    """Dense host features (B, Lb, F) -> the chunk layout (G, S, F) of `chunks` (`chunk_index`): one
+    contiguous copy per row (zeros past Lb and in unused slots). The device computes the same with
+    `to_chunks`; the batch loader writes this layout directly (`BatchLoader(chunk_groups=...)`)."""
+    x = np.asarray(x)
+    b, lb, f = x.shape
+    out = np.zeros((chunks.shape[0], chunks.shape[1] * CHUNK, f), x.dtype)
+    for r, (g, a, z) in enumerate(row_spans(chunks, b, lb)):
+        n = min(z - a, lb)
+        out[g, a: a + n] = x[r, :n]
+    return out
 
 
 def device_chunk_index(valid: Array, lb: int, groups: int) -> Array:
@@ -114,23 +128,6 @@ def _grouped(x: Array, groups: int) -> Array:
     return x.reshape(groups, -1, *x.shape[2:])
 
 
-def gather_packed(x: Array, pack: Array) -> Array:
-    """x (B, Lb, ...) -> (G, N, ...): the packed positions' entries, zero in unused slots. (No gradient is
-    defined for x beyond jax's own: features are data, weights are constants.)"""
-    g = _grouped(x, pack.shape[0])
-    src = jnp.where(pack >= 0, pack, g.shape[1])
-    return take_slots(g, jnp.zeros(x.shape[2:], x.dtype), src)
-
-
-def inverse_index(pack: Array, positions: int) -> Array:
-    """(G, B/G * Lb) int32: the slot of each position, N for positions not packed."""
-    groups, n = pack.shape
-    slot = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), pack.shape)
-    target = jnp.where(pack >= 0, pack, positions)  # out of range: dropped
-    inv = jnp.full((groups, positions), n, jnp.int32)
-    return inv.at[jnp.arange(groups)[:, None], target].set(slot, mode="drop")
-
-
 @jax.custom_vjp
 def relayout(values: Array, fill: Array, src: Array, dest: Array) -> Array:
     """values (G, M, ...) -> (G, S, ...): ``out[g, s] = values[g, src[g, s]]``, and `fill` (shape ``...``)
@@ -142,11 +139,12 @@ def relayout(values: Array, fill: Array, src: Array, dest: Array) -> Array:
 
 
 def take_slots(values: Array, fill: Array, src: Array) -> Array:
-    """The forward of `relayout` (for values that need no gradient)."""
-    g, m = values.shape[:2]
-    tail = values.shape[2:]
-    table = jnp.concatenate([values, jnp.broadcast_to(fill, (g, 1, *tail)).astype(values.dtype)], axis=1)
-    return jnp.take_along_axis(table, src.reshape(*src.shape, *(1,) * len(tail)), axis=1)
+    """The forward of `relayout` (for values that need no gradient). A clamped gather and a select: no copy
+    of `values` with the fill appended (XLA:CPU materialises such a table)."""
+    m = values.shape[1]
+    idx = src.reshape(*src.shape, *(1,) * (values.ndim - 2))
+    out = jnp.take_along_axis(values, jnp.minimum(idx, m - 1), axis=1, mode="promise_in_bounds")
+    return jnp.where(idx < m, out, jnp.asarray(fill, values.dtype))
 
 
 def _relayout_fwd(values, fill, src, dest):
@@ -167,26 +165,21 @@ relayout.defvjp(_relayout_fwd, _relayout_bwd)
 
 class Layout(NamedTuple):
     """The index maps of one batch (built once per batch by `make_layout`; G groups, R = B/G rows each,
-    P = R * Lb dense positions, N pack slots, C chunks of CHUNK positions, S = C * CHUNK chunk positions)."""
+    P = R * Lb dense positions, C chunks of CHUNK positions, S = C * CHUNK chunk positions)."""
 
     groups: int
     rows: int
     length: int  # Lb
-    pack: Array  # (G, N): pack slot -> dense position, -1 if unused
-    inverse: Array  # (G, P): dense position -> pack slot, N if not packed
-    chunk_src: Array  # (G, S): chunk position -> pack slot, N if none
-    pack_dest: Array  # (G, N): pack slot -> chunk position, S if unused
     chunk_dense: Array  # (G, S): chunk position -> dense position, P if none
     dense_chunk: Array  # (G, P): dense position -> chunk position, S if outside every chunk
     owner: Array  # (G, R, C) float32: one-hot, the row of each chunk (0 for unused chunks)
 
 
-def make_layout(pack: Array, chunks: Array, batch: int, length: int) -> Layout:
-    """The `Layout` of a batch of `batch` rows and bucket length `length` from its pack and chunk indices."""
-    groups, n = pack.shape
+def make_layout(chunks: Array, batch: int, length: int) -> Layout:
+    """The `Layout` of a batch of `batch` rows and bucket length `length` from its chunk index."""
+    groups = chunks.shape[0]
     rows, p, s = batch // groups, (batch // groups) * length, chunks.shape[1] * CHUNK
     per_row = -(-length // CHUNK)
-    inverse = inverse_index(pack, p)
     live = chunks >= 0
     row = jnp.where(live, chunks // per_row, 0)
     t = jnp.where(live, chunks % per_row, 0)[..., None] * CHUNK + jnp.arange(CHUNK, dtype=jnp.int32)
@@ -195,40 +188,75 @@ def make_layout(pack: Array, chunks: Array, batch: int, length: int) -> Layout:
     g_idx = jnp.arange(groups)[:, None]
     dense_chunk = jnp.full((groups, p), s, jnp.int32).at[g_idx, chunk_dense].set(
         jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (groups, s)), mode="drop")
-    chunk_src = jnp.take_along_axis(jnp.pad(inverse, ((0, 0), (0, 1)), constant_values=n), chunk_dense, axis=1)
-    pack_dest = jnp.take_along_axis(jnp.pad(dense_chunk, ((0, 0), (0, 1)), constant_values=s),
-                                    jnp.where(pack >= 0, pack, p), axis=1)
     owner = ((row[:, None, :] == jnp.arange(rows)[None, :, None]) & live[:, None, :]).astype(jnp.float32)
-    return Layout(groups, rows, length, pack, inverse, chunk_src, pack_dest, chunk_dense, dense_chunk, owner)
+    # computed once: without the barrier XLA fuses this index arithmetic into every consumer, per element
+    chunk_dense, dense_chunk, owner = jax.lax.optimization_barrier((chunk_dense, dense_chunk, owner))
+    return Layout(groups, rows, length, chunk_dense, dense_chunk, owner)
 
 
-def to_chunks(rows: Array, fill: Array, layout: Layout) -> Array:
-    """Packed rows (G, N, K) (+ `fill` elsewhere) -> the chunk layout (G, C, CHUNK, K), differentiably."""
-    out = relayout(rows, fill, layout.chunk_src, layout.pack_dest)
-    return out.reshape(layout.groups, -1, CHUNK, rows.shape[-1])
+def batch_layout(mask: Array, valid: Array, chunks: Array | None) -> Layout:
+    """The `Layout` of a batch from its chunk index, or, when it has none, from one computed here (every
+    chunk of every valid row: correct, but no saving)."""
+    b, lb = mask.shape
+    if chunks is None:
+        chunks = device_chunk_index(valid, lb, 1)
+    return make_layout(chunks, b, lb)
+
+
+def as_chunks(x: Array, layout: Layout) -> Array:
+    """Features as float32 in the chunk layout (G, S, F): dense (B, Lb, F) features are laid out here;
+    features that arrive laid out (`chunk_features`, in `parallel.shard_batch`) pass through. (When
+    B == G, one row per group, and S == Lb, the two layouts hold the same numbers, so the shape test is
+    safe.) Positions outside the mask must hold zero features, as upstream's collate writes."""
+    if x.shape[:2] == (layout.groups * layout.rows, layout.length):
+        x = to_chunks(x, layout)
+    return x.astype(jnp.float32)
+
+
+def to_chunks(x: Array, layout: Layout) -> Array:
+    """Dense data (B, Lb, ...) (no gradient) -> the chunk layout (G, S, ...), zero at positions past Lb."""
+    return take_slots(_grouped(x, layout.groups), jnp.zeros((), x.dtype), layout.chunk_dense)
+
+
+def to_dense(x: Array, layout: Layout) -> Array:
+    """Chunk-layout data (G, S, ...) (no gradient) -> dense (B, Lb, ...), zero outside every chunk."""
+    out = take_slots(x, jnp.zeros((), x.dtype), layout.dense_chunk)
+    return out.reshape(layout.groups * layout.rows, layout.length, *x.shape[2:])
+
+
+def pick(x: Array, layout: Layout, idx: Array) -> Array:
+    """Chunk-layout data (G, S, F) at position idx[b] of each row b -> (B, F) (zero outside the chunks)."""
+    idx = idx.astype(jnp.int32).reshape(layout.groups, layout.rows)
+    dense = idx + jnp.arange(layout.rows, dtype=jnp.int32) * layout.length
+    src = jnp.take_along_axis(layout.dense_chunk, dense, axis=1)
+    return take_slots(x, jnp.zeros((), x.dtype), src).reshape(-1, x.shape[-1])
+
+
+def row_sums(x: Array, layout: Layout) -> Array:
+    """Sum over each row's positions of chunk-layout data (G, S, F) -> (B, F): per chunk, then per row by
+    an exact one-hot product whose shape does not depend on Lb."""
+    part = jnp.sum(x.reshape(layout.groups, -1, CHUNK, x.shape[-1]), axis=2)
+    out = jnp.einsum("grc,gcf->grf", layout.owner, part, precision=jax.lax.Precision.HIGHEST)
+    return out.reshape(-1, x.shape[-1])
 
 
 def head(rows: Array, fill: Array, layout: Layout, width: int) -> Array:
-    """The first `width` positions of every row, (B, width, K), from packed rows (no gradient)."""
-    src = layout.inverse.reshape(layout.groups, layout.rows, layout.length)[:, :, :width]
+    """The first `width` positions of every row, (B, width, K), from chunk-layout rows (G, S, K); `fill`
+    where a position is in no chunk (no gradient)."""
+    src = layout.dense_chunk.reshape(layout.groups, layout.rows, layout.length)[:, :, :width]
     out = take_slots(rows, fill, src.reshape(layout.groups, -1))
     return out.reshape(layout.groups * layout.rows, width, rows.shape[-1])
 
 
-def dense_to_chunks(x: Array, layout: Layout) -> Array:
-    """A dense (B, Lb, F) array of data (zero outside the chunks; no gradient) -> (G, C, CHUNK, F)."""
-    g = _grouped(x, layout.groups)
-    out = take_slots(g, jnp.zeros((), x.dtype), layout.chunk_dense)
-    return out.reshape(layout.groups, -1, CHUNK, x.shape[-1])
-
-
 def chunk_scores(query: Array, keys: Array, layout: Layout) -> Array:
-    """<query[b], key at (b, t)> -> (B, Lb), computed on the chunks only (0 at positions outside them, which
-    are masked). Every chunk is a fixed-shape (CHUNK, K) matrix-vector product, so a position's score does
-    not depend on Lb; the rows' queries are copied to their chunks by an exact one-hot product."""
+    """<query[b], key at (b, t)> -> (B, Lb) for keys in the chunk layout (G, S, K), computed on the chunks
+    only (0 at positions outside them, which are masked). Every chunk is a fixed-shape (CHUNK, K)
+    matrix-vector product, so a position's score does not depend on Lb; the rows' queries are copied to
+    their chunks by an exact one-hot product."""
     hi = jax.lax.Precision.HIGHEST
     q = query.reshape(layout.groups, layout.rows, -1)
     q_c = jnp.einsum("grc,grk->gck", layout.owner, q, precision=hi)
+    keys = keys.reshape(layout.groups, -1, CHUNK, keys.shape[-1])
     s = jnp.einsum("gclk,gck->gcl", keys, q_c, precision=hi).reshape(layout.groups, -1)
     dense = relayout(s, jnp.zeros((), s.dtype), layout.dense_chunk, layout.chunk_dense)
     return dense.reshape(layout.groups * layout.rows, layout.length)
@@ -236,12 +264,13 @@ def chunk_scores(query: Array, keys: Array, layout: Layout) -> Array:
 
 def chunk_attend(probs: Array, bank: Array, layout: Layout) -> Array:
     """sum_t probs[b, t, j] bank[b, t, :] -> (B, J, F) for probs (B, Lb, J) that are 0 outside the chunks
-    and a bank in the chunk layout (G, C, CHUNK, F): fixed-shape products per chunk, summed per row by an
+    and a bank in the chunk layout (G, S, F): fixed-shape products per chunk, summed per row by an
     exact one-hot product whose shape does not depend on Lb."""
     hi = jax.lax.Precision.HIGHEST
     j = probs.shape[-1]
     p = relayout(_grouped(probs, layout.groups), jnp.zeros((j,), probs.dtype), layout.chunk_dense,
                  layout.dense_chunk).reshape(layout.groups, -1, CHUNK, j)
+    bank = bank.reshape(layout.groups, -1, CHUNK, bank.shape[-1])
     part = jnp.einsum("gclj,gclf->gcjf", p, bank, precision=hi)
     out = jnp.einsum("grc,gcjf->grjf", layout.owner, part, precision=hi)
     return out.reshape(layout.groups * layout.rows, j, bank.shape[-1])

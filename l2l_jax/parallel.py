@@ -99,29 +99,40 @@ def process_slice(global_batch: int, mesh: Mesh | None = None) -> slice:
     return slice(start, start + n)
 
 
-def with_pack_index(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
-    """The batch with its pack and chunk indices (`l2l_jax.packing`): one group per local device, so each
-    device packs its own rows. One process: the capacity fits the batch's clips; several: the full rows-by-Lb capacity,
-    since every process must agree on the shape without talking."""
+FEATURE_KEYS = ("image", "audio", "features")
+
+
+def with_layout(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
+    """The batch with its chunk index and its features in the chunk layout (`l2l_jax.packing`): one group
+    per local device, so each device lays out its own rows. One process: the capacity fits the batch's
+    chunks; several: every chunk of every row, since every process must agree on the shape without
+    talking. A batch that already has a chunk index is returned as it is."""
     from l2l_jax import packing
 
     batch = dict(batch)
-    if "mask" not in batch or "pack" in batch:
+    if "mask" not in batch:
+        return batch
+    groups = mesh.devices.size // jax.process_count()
+    if "chunks" in batch:  # laid out by the loader (`BatchLoader(chunk_groups=...)`)
+        if np.shape(batch["chunks"])[0] != groups:
+            raise ValueError(f"the batch is laid out in {np.shape(batch['chunks'])[0]} chunk groups, but this "
+                             f"process feeds {groups} devices: make the loader with chunk_groups={groups}")
         return batch
     mask = np.asarray(batch["mask"])
-    groups = mesh.devices.size // jax.process_count()
-    slots = None if jax.process_count() == 1 else mask.size // groups
-    batch["pack"] = packing.pack_index(mask, batch.get("valid"), groups, slots)
-    chunk_slots = None if jax.process_count() == 1 else -(-mask.shape[1] // packing.CHUNK) * mask.shape[0] // groups
-    batch["chunks"] = packing.chunk_index(mask, batch.get("valid"), groups, chunk_slots)
+    slots = None if jax.process_count() == 1 else -(-mask.shape[1] // packing.CHUNK) * mask.shape[0] // groups
+    chunks = packing.chunk_index(mask, batch.get("valid"), groups, slots)
+    batch["chunks"] = chunks
+    for key in FEATURE_KEYS:
+        if key in batch:
+            batch[key] = packing.chunk_features(batch[key], chunks)
     return batch
 
 
 def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
     """A host-local batch (this process's rows, numpy) -> global arrays: arrays with a batch axis on
-    `P('data')`, 0-d values (``length``) replicated. A batch with a mask gets its pack index first
-    (`with_pack_index`)."""
-    batch = with_pack_index(batch, mesh)
+    `P('data')`, 0-d values (``length``) replicated. A batch with a mask is laid out in chunks first
+    (`with_layout`)."""
+    batch = with_layout(batch, mesh)
     out = {}
     dsh, rep = data_sharding(mesh), replicated(mesh)
     for key, value in batch.items():
@@ -205,5 +216,5 @@ __all__ = [
     "replicated",
     "shard_batch",
     "to_host",
-    "with_pack_index",
+    "with_layout",
 ]

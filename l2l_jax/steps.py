@@ -47,9 +47,10 @@ def create_train_state(variables: Mapping, tx: optax.GradientTransformation, see
 
 
 def model_inputs(batch: Batch) -> tuple[jax.Array, ...]:
-    """The feature arrays of a batch in the model's argument order, as float32 (packed data may be float16)."""
+    """The feature arrays of a batch in the model's argument order: dense (B, Lb, F) or in the chunk layout
+    (G, S, F) (`parallel.shard_batch`), float32 or float16 (the model converts after laying them out)."""
     names = ("image", "audio") if "image" in batch else ("features",)
-    return tuple(jnp.asarray(batch[n], jnp.float32) for n in names)
+    return tuple(jnp.asarray(batch[n]) for n in names)
 
 
 def start_positions(batch: Batch, key: jax.Array) -> jax.Array:
@@ -67,8 +68,7 @@ def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def apply_model(model: nn.Module, variables: Mapping, batch: Batch, start_idx: jax.Array, *, train: bool,
                 hard: bool):
     """The model on a batch; in training also returns the updated BatchNorm statistics."""
-    args = (*model_inputs(batch), batch["mask"], batch["length"], start_idx, batch["valid"], batch.get("pack"),
-            batch.get("chunks"))
+    args = (*model_inputs(batch), batch["mask"], batch["length"], start_idx, batch["valid"], batch.get("chunks"))
     if train:
         return model.apply(variables, *args, train=True, hard=hard, mutable=["batch_stats"])
     return model.apply(variables, *args, train=False, hard=hard)

@@ -82,11 +82,12 @@ def recipe_from_config(cfg: Mapping[str, Any], iters_per_epoch: int) -> Recipe:
 
 
 def make_loader(cfg: Mapping[str, Any], source, *, train: bool) -> BatchLoader:
-    """The batch loader of a split with the flags' batch size, seed, buckets and subsampling."""
+    """The batch loader of a split with the flags' batch size, seed, buckets and subsampling; batches in the
+    chunk layout of the local devices (`l2l_jax.packing`)."""
     sub = cfg["subsample_factor"] if cfg.get("feature_subsample") else 1
     threads = max(1, min(int(cfg["decode_threads"]), 16))
     return BatchLoader(source, batch_size=cfg["batch_size"], train=train, seed=cfg["seed"], buckets=cfg["buckets"],
-                       subsample=sub, num_threads=threads, prefetch=threads)
+                       subsample=sub, num_threads=threads, prefetch=threads, chunk_groups=jax.local_device_count())
 
 
 # ------------------------------------------------------------------------------------------------ weights

@@ -94,10 +94,9 @@ def test_padding_and_fillers_change_no_bit(variant, subsample, mean_start, bucke
     B, L = batch["mask"].shape
     padded = fill_rows(pad_to_length(batch, bucket), B + fillers)
     assert padded["mask"].shape == (B + fillers, bucket) and int(padded["length"]) == L
-    for b in (batch, padded):  # the pack index the loops add (`parallel.with_pack_index`), one device
-        b["pack"] = packing.pack_index(b["mask"], b["valid"])
+    for b in (batch, padded):  # the chunk index the loops add (`parallel.with_layout`), one device
         b["chunks"] = packing.chunk_index(b["mask"], b["valid"])
-    assert batch["pack"].shape == padded["pack"].shape and batch["chunks"].shape == padded["chunks"].shape
+    assert batch["chunks"].shape == padded["chunks"].shape
     fn = make_fn(variant, subsample, mean_start)
     ref, got = jax.device_get(fn(variables, batch)), jax.device_get(fn(variables, padded))
     ref_leaves, got_leaves = leaves(ref), leaves(got)

@@ -1,7 +1,8 @@
-"""The packed layouts (`l2l_jax.packing`): the pack and chunk indices, `relayout`, the chunked scores and
-attention against dense products, the BatchNorm statistics
-with the zero positions as one weighted row, and the model's outputs and gradients with a tight host-built
-index equal to those with the full-capacity index computed inside the model."""
+"""The chunk layout (`l2l_jax.packing`): the chunk index, host and device layouts of features, `relayout`,
+the chunked scores and attention against dense products, the BatchNorm statistics with the zero positions
+as one weighted row, and the model's outputs and gradients with a tight host-built layout (features laid
+out on the host, as `parallel.shard_batch` does) equal to those with the full-capacity index computed inside
+the model."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from l2l_jax.steps import apply_model
 def test_capacity_fits_with_at_most_a_quarter_spare_and_few_shapes():
     counts = np.arange(1, 40000)
     caps = np.array([packing.capacity(int(c)) for c in counts])
-    assert np.all(caps >= counts) and np.all(caps >= packing.MIN_CAPACITY)
-    big = counts >= packing.MIN_CAPACITY
+    assert np.all(caps >= counts) and np.all(caps >= packing.MIN_CHUNKS)
+    big = counts >= packing.MIN_CHUNKS
     assert np.all(caps[big] <= 1.25 * counts[big] + 1)
     assert len(np.unique(caps[(counts >= 4000) & (counts <= 16000)])) <= 10
 
@@ -36,42 +37,52 @@ def test_chunk_index_covers_each_valid_rows_positions_up_to_its_last_mask():
     np.testing.assert_array_equal(chunks[1, :3], [0, 1, -1])  # row 2: 2 chunks; row 3 is a filler
 
 
-def test_pack_index_lists_masked_positions_of_valid_rows_per_group():
-    mask = np.zeros((4, 6), np.float32)
-    mask[0, :5] = mask[1, :2] = mask[2, :6] = mask[3, :3] = 1
-    valid = np.array([1, 1, 1, 0], np.float32)  # row 3 is a filler
-    pack = packing.pack_index(mask, valid, groups=2)
-    assert pack.shape == (2, packing.MIN_CAPACITY)
-    np.testing.assert_array_equal(pack[0, :8], [0, 1, 2, 3, 4, 6, 7, -1])  # rows 0, 1: flat row*6 + t
-    np.testing.assert_array_equal(pack[1, :7], [0, 1, 2, 3, 4, 5, -1])  # row 2 only; the filler is left out
-    assert np.all(pack[:, 8:] == -1)
-    with pytest.raises(ValueError, match="do not fit"):
-        packing.pack_index(mask, valid, groups=1, slots=4)
-    with pytest.raises(ValueError, match="does not split"):
-        packing.pack_index(mask, valid, groups=3)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_host_chunk_features_equal_the_device_layout_and_round_trip(groups):
+    rng = np.random.default_rng(0)
+    b, lb = 4, 70
+    mask = np.zeros((b, lb), np.float32)
+    for r, n in enumerate([70, 10, 0, 0]):
+        mask[r, :n] = 1
+    valid = np.array([1, 1, 0, 0], np.float32)  # rows 2, 3 are fillers (with 2 groups, the whole second)
+    x = (rng.standard_normal((b, lb, 3)) * mask[..., None]).astype(np.float16)
+    chunks = packing.chunk_index(mask, valid, groups)
+    layout = packing.make_layout(jnp.asarray(chunks), b, lb)
+    host = packing.chunk_features(x, chunks)
+    assert host.shape == (groups, chunks.shape[1] * packing.CHUNK, 3) and host.dtype == np.float16
+    np.testing.assert_array_equal(host, np.asarray(packing.to_chunks(jnp.asarray(x), layout)))
+    np.testing.assert_array_equal(np.asarray(packing.to_dense(jnp.asarray(host), layout)), x)
+    idx = jnp.asarray([69, 40, 3, 0], jnp.int32)  # 40 lies past row 1's chunks: zero, as its dense value
+    np.testing.assert_array_equal(np.asarray(packing.pick(jnp.asarray(host), layout, idx)), x[np.arange(b), idx])
+    np.testing.assert_allclose(np.asarray(packing.row_sums(jnp.asarray(host, jnp.float32), layout)),
+                               x.astype(np.float32).sum(axis=1), rtol=1e-5, atol=1e-5)
+    laid_out = packing.as_chunks(jnp.asarray(host), layout)
+    assert laid_out.dtype == jnp.float32 and laid_out.shape == host.shape
 
 
 def test_relayout_round_trip_and_its_gradients_match_a_plain_scatter():
     rng = np.random.default_rng(0)
     mask = (rng.uniform(size=(4, 9)) < 0.6).astype(np.float32)
-    pack = jnp.asarray(packing.pack_index(mask, groups=2))
+    mask[:, 0] = 1
+    layout = packing.make_layout(jnp.asarray(packing.chunk_index(mask, groups=2)), 4, 9)
     x = jnp.asarray(rng.standard_normal((4, 9, 3)), jnp.float32)
-    rows = packing.gather_packed(x, pack)
-    inverse = packing.inverse_index(pack, 18)
-    dest = jnp.where(pack >= 0, pack, 18)
+    rows = packing.to_chunks(x, layout)  # (2, S, 3): every position of each row, then unused slots
     fill = jnp.asarray([0.5, -1.0, 2.0], jnp.float32)
-    dense = packing.relayout(rows, fill, inverse, dest).reshape(4, 9, 3)
-    want = np.where(mask[..., None] > 0, np.asarray(x), np.asarray(fill))
-    np.testing.assert_array_equal(np.asarray(dense), want)
-    g = jnp.asarray(rng.standard_normal((4, 9, 3)), jnp.float32)
+    dense = packing.relayout(rows, fill, layout.dense_chunk, layout.chunk_dense).reshape(4, 9, 3)
+    np.testing.assert_array_equal(np.asarray(dense), np.asarray(x))
+    g = jnp.asarray(rng.standard_normal(rows.shape), jnp.float32)
 
-    def reference(r, f):  # the same map by jnp indexing, whose gradient is jax's scatter-add
-        table = jnp.concatenate([r, jnp.broadcast_to(f, (2, 1, 3))], axis=1)
-        return jnp.take_along_axis(table, inverse[..., None], axis=1).reshape(4, 9, 3)
+    def reference(d, f):  # dense -> chunks by jnp indexing, whose gradient is jax's scatter-add
+        table = jnp.concatenate([d.reshape(2, 18, 3), jnp.broadcast_to(f, (2, 1, 3))], axis=1)
+        return jnp.take_along_axis(table, layout.chunk_dense[..., None], axis=1)
 
-    ours = jax.grad(lambda r, f: jnp.sum(packing.relayout(r, f, inverse, dest).reshape(4, 9, 3) * g), (0, 1))
-    ref = jax.grad(lambda r, f: jnp.sum(reference(r, f) * g), (0, 1))
-    for a, b in zip(ours(rows, fill), ref(rows, fill), strict=True):
+    def ours(d, f):
+        return packing.relayout(d.reshape(2, 18, 3), f, layout.chunk_dense, layout.dense_chunk)
+
+    np.testing.assert_array_equal(np.asarray(ours(x, fill)), np.asarray(reference(x, fill)))
+    got = jax.grad(lambda d, f: jnp.sum(ours(d, f) * g), (0, 1))(x, fill)
+    want = jax.grad(lambda d, f: jnp.sum(reference(d, f) * g), (0, 1))(x, fill)
+    for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
 
 
@@ -83,19 +94,17 @@ def test_chunk_scores_and_attend_equal_dense_products_with_their_gradients(group
     for r, n in enumerate([70, 10, 33, 41]):
         mask[r, :n] = 1
     valid = np.ones(b, np.float32)
-    pack = jnp.asarray(packing.pack_index(mask, valid, groups))
     chunks = jnp.asarray(packing.chunk_index(mask, valid, groups))
-    layout = packing.make_layout(pack, chunks, b, lb)
+    layout = packing.make_layout(chunks, b, lb)
     keys = jnp.asarray(rng.standard_normal((b, lb, k)), jnp.float32) * mask[..., None]
     bank = jnp.asarray(rng.standard_normal((b, lb, k)), jnp.float32) * mask[..., None]
     q = jnp.asarray(rng.standard_normal((b, k)), jnp.float32)
     probs = jax.nn.softmax(jnp.asarray(rng.standard_normal((b, lb, 2)), jnp.float32), axis=1) * mask[..., None]
-    rows = packing.gather_packed(keys, pack)
-    fill = jnp.zeros((k,), jnp.float32)
+    rows = packing.to_chunks(keys, layout)
 
     def ours(rows, q, probs):
-        s = packing.chunk_scores(q, packing.to_chunks(rows, fill, layout), layout)
-        a = packing.chunk_attend(probs, packing.dense_to_chunks(bank, layout), layout)
+        s = packing.chunk_scores(q, rows, layout)
+        a = packing.chunk_attend(probs, packing.to_chunks(bank, layout), layout)
         return s, a
 
     def dense(keys, q, probs):
@@ -111,7 +120,7 @@ def test_chunk_scores_and_attend_equal_dense_products_with_their_gradients(group
 
     g_ours = jax.grad(loss(ours), (0, 1, 2))(rows, q, probs)
     g_dense = jax.grad(loss(dense), (0, 1, 2))(keys, q, probs)
-    np.testing.assert_allclose(np.asarray(g_ours[0]), np.asarray(packing.gather_packed(g_dense[0], pack)),
+    np.testing.assert_allclose(np.asarray(g_ours[0]), np.asarray(packing.to_chunks(g_dense[0], layout)),
                                rtol=1e-5, atol=1e-5)
     for a, w in zip(g_ours[1:], g_dense[1:], strict=True):
         np.testing.assert_allclose(np.asarray(a) * (1 if a.ndim == 2 else mask[..., None]),
@@ -137,9 +146,10 @@ def test_batchnorm_implicit_rows_equal_materialised_rows():
 
 
 @pytest.mark.parametrize("groups", [1, 2])
-def test_tight_pack_index_gives_the_full_capacity_results(groups):
-    """Outputs, loss, every gradient and BatchNorm statistic: host index (tight, 1 or 2 groups) vs the
-    index the model builds itself (one group, B * Lb slots)."""
+def test_tight_host_layout_gives_the_full_capacity_results(groups):
+    """Outputs, loss, every gradient and BatchNorm statistic: features laid out on the host with a tight
+    chunk index (1 or 2 groups) vs dense features and the index the model builds itself (one group, every
+    chunk of every row)."""
     lengths = [37, 4, 12, 25]
     videos = [(clip_features(900 + j, n), clip_features(950 + j, n)) for j, n in enumerate(lengths)]
     arrays, mask = eval_collate(videos)
@@ -163,9 +173,10 @@ def test_tight_pack_index_gives_the_full_capacity_results(groups):
         ev = apply_model(model, variables, batch, batch["start_idx"], train=False, hard=False)
         return {"loss": loss, "train": out, "eval": ev, "grads": grads, "stats": upd}
 
-    tight = dict(batch, pack=packing.pack_index(mask, batch["valid"], groups),
-                 chunks=packing.chunk_index(mask, batch["valid"], groups))
-    assert tight["pack"].size < b * L
+    chunks = packing.chunk_index(mask, batch["valid"], groups)
+    tight = dict(batch, chunks=chunks, image=packing.chunk_features(batch["image"], chunks),
+                 audio=packing.chunk_features(batch["audio"], chunks))
+    assert tight["image"].shape[:2] == (groups, chunks.shape[1] * packing.CHUNK)
     want, got = jax.device_get(run(batch)), jax.device_get(run(tight))
     for (path, w), g in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree.leaves(got), strict=True):
         if np.issubdtype(np.asarray(w).dtype, np.integer):

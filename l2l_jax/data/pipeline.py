@@ -23,6 +23,8 @@ from collections.abc import Iterator, Sequence
 import grain
 import numpy as np
 
+from l2l_jax import packing
+
 from .buckets import DEFAULT_BUCKETS, OVERFLOW_STEP, bucket_length
 from .collate import MIN_CLIPS, TRAIN_WINDOW, BatchPlan, mask_for, plan_seeded
 from .source import FeatureSource
@@ -87,6 +89,9 @@ class BatchLoader:
     rows. `subsample` keeps every s-th clip (upstream's --feature_subsample with --subsample_factor).
     With `reuse_buffers` the feature arrays of a batch live in recycled memory, reused only once nothing
     references them (keeping a batch, a view of it or a zero-copy device array keeps it intact).
+    With `chunk_groups` = G the features come in the chunk layout (G, S, F) of the batch's chunk index
+    (`l2l_jax.packing`; one group per local device), which the batch carries as ``chunks``: the policy's
+    own layout, written directly, with no dense (B, Lb, F) copy. Without it they are dense (B, Lb, F).
     """
 
     def __init__(self, source: FeatureSource, *, batch_size: int, train: bool, seed: int = 0,
@@ -94,7 +99,7 @@ class BatchLoader:
                  window: tuple[int, int] = TRAIN_WINDOW, min_clips: int = MIN_CLIPS, subsample: int = 1,
                  shuffle: bool | None = None, fill_last: bool = True, pad_short_batches: bool = False,
                  num_threads: int = 2, prefetch: int = 2, process_index: int | None = None,
-                 process_count: int | None = None, reuse_buffers: bool = True):
+                 process_count: int | None = None, reuse_buffers: bool = True, chunk_groups: int | None = None):
         if process_index is None or process_count is None:
             import jax
 
@@ -110,6 +115,10 @@ class BatchLoader:
             raise ValueError("multi-process loading needs fill_last=True (one shape per global batch)")
         if len(source) == 0:
             raise ValueError("empty split")
+        if chunk_groups is not None and (batch_size // process_count) % chunk_groups:
+            raise ValueError(f"{batch_size // process_count} rows per process do not split into "
+                             f"{chunk_groups} chunk groups (one per local device)")
+        self.chunk_groups = chunk_groups
         self.source = source
         self.batch_size = batch_size
         self.train = train
@@ -187,31 +196,53 @@ class BatchLoader:
         L = plan.L
         out_len = bucket_length(L, self.buckets, self.overflow_step)
         src, sub = self.source, self.subsample
-        shape = (len(lpos), out_len, src.width)
+        lengths = self.lengths[lpos]
+        mask = mask_for(lengths, L, out_len, self.min_clips)
+        chunks = None
+        if self.chunk_groups:
+            groups = self.chunk_groups
+            slots = None if self.process_count == 1 else -(-out_len // packing.CHUNK) * len(lpos) // groups
+            chunks = packing.chunk_index(mask, lvalid, groups, slots)
+            spans = packing.row_spans(chunks, len(lpos), out_len)
+            shape = (groups, chunks.shape[1] * packing.CHUNK, src.width)
+        else:
+            shape = (len(lpos), out_len, src.width)
         taken = [self.pool.take(shape, src.dtype) if self.pool else (np.zeros(shape, src.dtype), False)
                  for _ in src.keys]
         outs = [o for o, _ in taken]
         stale = any(r for _, r in taken)
-        lengths = self.lengths[lpos]
+        if chunks is not None:  # each row's span of the chunk layout; filler rows have none
+            rows_out = [[o[g, a:z] for o in outs] if z > a else None for g, a, z in spans]
+            if stale:  # a recycled buffer: clear every group's unused slots
+                for g in range(groups):
+                    for o in outs:
+                        o[g, spans[spans[:, 0] == g, 2].max(initial=0):] = 0
+        else:
+            rows_out = [[o[r] for o in outs] for r in range(len(lpos))]
         first_real: dict[int, int] = {}
         for r, i in enumerate(lpos):
             i = int(i)
+            dests = rows_out[r]
+            if dests is None:
+                continue
             if not lvalid[r] and i in first_real:  # filler: copy the row already read
-                for o in outs:
-                    o[r] = o[first_real[i]]
+                for d, d0 in zip(dests, rows_out[first_real[i]], strict=True):
+                    d[:] = d0
                 continue
             s = int(lplan.starts[r])
             n = min(int(lengths[r]), L)
-            src.read_into(i, s * sub, (s + n - 1) * sub + 1, sub, [o[r, :n] for o in outs])
+            src.read_into(i, s * sub, (s + n - 1) * sub + 1, sub, [d[:n] for d in dests])
             for p in range(int(lengths[r]), self.min_clips):
-                for o in outs:
-                    o[r, p] = o[r, lplan.fill_src[r, p]]
+                for d in dests:
+                    d[p] = d[lplan.fill_src[r, p]]
             if stale:  # a recycled buffer: clear what this row did not write
-                for o in outs:
-                    o[r, max(n, self.min_clips) :] = 0
+                for d in dests:
+                    d[max(n, self.min_clips) :] = 0
             first_real.setdefault(i, r)
         batch_d = dict(zip(src.keys, outs, strict=True))
-        batch_d["mask"] = mask_for(lengths, L, out_len, self.min_clips)
+        batch_d["mask"] = mask
+        if chunks is not None:
+            batch_d["chunks"] = chunks
         batch_d["label"] = src.labels[lpos].astype(np.int32)
         batch_d["index"] = np.where(lvalid, src.ids[lpos], -1).astype(np.int32)
         batch_d["valid"] = lvalid.astype(np.float32)
