@@ -229,3 +229,25 @@ def test_buffer_reuse_never_touches_live_batches(root):
             assert_batches_equal(h, c)
         else:
             np.testing.assert_array_equal(h, c["image"][1:])
+
+
+@pytest.mark.parametrize("variant,groups", [("two", 1), ("two", 2), ("single", 4)])
+def test_chunk_groups_write_the_chunk_layout_of_the_dense_batch(root, variant, groups):
+    """`chunk_groups`: the features come in the chunk layout (`packing.chunk_features` of the dense batch),
+    with the batch's chunk index; recycled buffers (several epochs, last batch with filler rows) hold
+    nothing stale."""
+    from l2l_jax import packing
+
+    src = source(root, variant)
+    dense_ld, chunk_ld = loader(src), loader(src, chunk_groups=groups)
+    for epoch in range(3):
+        for b in range(dense_ld.batches_per_epoch):
+            dense, got = dense_ld.make_batch(epoch, b), chunk_ld.make_batch(epoch, b)
+            chunks = packing.chunk_index(dense["mask"], dense["valid"], groups)
+            want = {**dense, "chunks": chunks}
+            for k in src.keys:
+                want[k] = packing.chunk_features(dense[k], chunks)
+            assert_batches_equal(got, want)
+    assert chunk_ld.pool.reused > 0
+    with pytest.raises(ValueError, match="chunk groups"):
+        loader(src, chunk_groups=3)
