@@ -63,7 +63,7 @@ class TorchBatchNorm(nn.Module):
     `implicit` = (count, row) adds `count` more entries equal to `row` (K,) to the statistics without
     materialising them (the key conv's zero positions, `l2l_jax.packing`); then the call returns
     (normalised x, normalised row). Without `implicit` the sums are `position_sum` trees (invariant to
-    filler rows); with it, x is a packed array whose shape does not depend on the bucket, and plain sums do.
+    filler rows); with it, x is in the chunk layout, whose shape does not depend on the bucket, and plain sums do.
     """
 
     features: int

@@ -36,7 +36,7 @@ MIN_CHUNKS = 8
 
 
 def capacity(count: int, minimum: int = MIN_CHUNKS) -> int:
-    """The slots for `count` packed clips: the smallest m * 2**e >= count with m in {4, 5, 6, 7} (at most 25%
+    """The slots for `count` chunks: the smallest m * 2**e >= count with m in {4, 5, 6, 7} (at most 25%
     spare, a handful of distinct shapes, so few compilations), at least `minimum`."""
     count = max(int(count), minimum)
     e = max(count.bit_length() - 3, 0)
@@ -70,7 +70,7 @@ def _padded(lists: list[np.ndarray], slots: int | None, minimum: int, what: str)
 def chunk_index(mask: np.ndarray, valid: np.ndarray | None = None, groups: int = 1,
                 slots: int | None = None) -> np.ndarray:
     """(G, C) int32 chunk index of a host batch: per group of B/G rows, the flat ids ``row_in_group * n + j``
-    (n = ceil(Lb / CHUNK)) of the CHUNK-position chunks that hold a packed position (up to each valid row's
+    (n = ceil(Lb / CHUNK)) of the CHUNK-position chunks that hold a position with mask > 0 (up to each valid row's
     last mask > 0), row by row, padded with -1. `slots` (C) defaults to `capacity` of the largest group."""
     live = _live(mask, valid, groups)
     b, lb = live.shape

@@ -6,9 +6,9 @@ valid 0; `l2l_jax.data.buckets`). Compared with `np.array_equal` (bitwise): ever
 train-mode output, the loss and both cross entropies, the gradient of every parameter (through
 `l2l_jax.steps.apply_model` and the recipe's loss) and every updated BatchNorm statistic; real rows only where
 a tensor has a row axis. Both variants, `feature_interpolate` with subsample 1 and 2, each batch with the
-pack index that training and evaluation give it (`l2l_jax.packing`: its shape depends on the clips only).
+chunk index that training and evaluation give it (`l2l_jax.packing`: its shape depends on the clips only).
 
-What it takes (docs/DESIGN.md): every product over positions runs on the packed layouts of
+What it takes (docs/DESIGN.md): every product over positions runs on the chunk layout of
 `l2l_jax.packing`, whose shapes depend on the clips only (the key conv, its kernel gradient and BatchNorm
 sums, the attention scores and attended features); the sums left over Lb or rows (softmax normaliser, query
 BatchNorm) are fixed halving trees fed through an exact `where` that blocks LLVM's FMA contraction; custom
