@@ -232,7 +232,9 @@ class PreviewModel(nn.Module):
             x_i, x_a = packing.row_sums(bank_i, layout) / count, packing.row_sums(bank_a, layout) / count
         else:  # raw features, not banks (quirk 18)
             x_i, x_a = packing.pick(image, layout, start_idx), packing.pick(audio, layout, start_idx)
-        w_ih, w_hh = self.rnn.weights()
+        # the scan reads the banks 2-D, as the key convs do: XLA:CPU then converts float16 features once
+        flat_i, flat_a = bank_i.reshape(-1, FEATURE_DIM), bank_a.reshape(-1, FEATURE_DIM)
+        w_rnn = self.rnn.weights()
         zeros = jnp.zeros((b, HIDDEN), jnp.float32)
         start_idx = start_idx.astype(jnp.int32)
         carry = (zeros, zeros, x_i, x_a, mask, mask, start_idx, start_idx)
@@ -248,7 +250,7 @@ class PreviewModel(nn.Module):
             if cfg.with_replacement:  # no repeats; at t = 0 both masks lose the start (quirks 8, 9)
                 m_i, m_a = drop(m_i, i_prev), drop(m_a, a_prev)
             fused = mdl.net_imageAudio(x_i, x_a)  # f_t fuses the step's INPUT features (quirk 11)
-            h, c = mdl.rnn(fused, h, c, w_ih, w_hh)
+            h, c = mdl.rnn(fused, h, c, w_rnn)
             q_i = mdl.image_queryfeature_mlp(h, valid, train)
             q_a = mdl.audio_queryfeature_mlp(h, valid, train)
             logits = mdl.prediction_fc(h)
@@ -262,8 +264,8 @@ class PreviewModel(nn.Module):
                 nx_i, nx_a = packing.pick(bank_i, layout, i_idx), packing.pick(bank_a, layout, j)
             else:
                 probs = jnp.stack([p_i, p_a], axis=-1)  # one pass over each bank serves both queries
-                att_i = packing.chunk_attend(probs, bank_i, layout)
-                att_a = packing.chunk_attend(probs, bank_a, layout)
+                att_i = packing.chunk_attend(probs, flat_i, layout)
+                att_a = packing.chunk_attend(probs, flat_a, layout)
                 nx_i = w[:, :1] * att_i[:, 0] + w[:, 1:] * att_i[:, 1]
                 nx_a = w[:, :1] * att_a[:, 0] + w[:, 1:] * att_a[:, 1]
             out = (fused, logits, i_idx, a_idx, w)
@@ -314,7 +316,7 @@ class SinglePreviewModel(nn.Module):
             x = packing.row_sums(features, layout) / jnp.sum(mask, axis=1, keepdims=True)
         else:
             x = packing.pick(features, layout, start_idx)
-        w_ih, w_hh = self.rnn.weights()
+        w_rnn = self.rnn.weights()
         zeros = jnp.zeros((b, HIDDEN), jnp.float32)
         start_idx = start_idx.astype(jnp.int32)
         carry = (zeros, zeros, x, mask, start_idx, jnp.array(False))
@@ -326,7 +328,7 @@ class SinglePreviewModel(nn.Module):
             h, c, x, m, j_prev, done = carry
             if cfg.with_replacement:
                 m = drop(m, j_prev)
-            h, c = mdl.rnn(x, h, c, w_ih, w_hh)
+            h, c = mdl.rnn(x, h, c, w_rnn)
             q = mdl.queryfeature_mlp(h, valid, train)
             logits = mdl.prediction_fc(h)
             p = padded_softmax(attention_scores(q, keys, m, inside, ties, layout))
