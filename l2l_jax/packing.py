@@ -10,7 +10,7 @@ chunks of CHUNK positions. A chunk index is (G, C) int32: for each of G row grou
 device lays out its own rows and nothing crosses devices) the flat ids ``row_in_group * n + j``
 (n = ceil(Lb / CHUNK)) of its chunks, row by row, then -1 for unused slots. C, the capacity, comes from the
 number of chunks alone (`capacity`), never from the bucket length, so padding a batch to a longer bucket
-changes no shape and no number. Features in the chunk layout are (G, C, CHUNK, F); a row's chunks hold its
+changes no shape and no number. Features in the chunk layout are (G, S, F), S = C * CHUNK; a row's chunks hold its
 first positions in order, so building the layout on the host is one contiguous copy per video
 (`chunk_features`). The key conv, its BatchNorm, the scores and the attended features all run on chunks;
 everything of width Lb only (scores, probabilities, masks) stays dense, and `relayout` moves it between
