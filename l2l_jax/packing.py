@@ -48,30 +48,20 @@ def _live(mask: np.ndarray, valid: np.ndarray | None, groups: int) -> np.ndarray
     """(B, Lb) bool: mask > 0 in rows with valid > 0; checks that the rows split into `groups`."""
     mask = np.asarray(mask)
     if mask.shape[0] % groups:
-        raise ValueError(f"a batch of {mask.shape[0]} rows does not split into {groups} pack groups")
+        raise ValueError(f"a batch of {mask.shape[0]} rows does not split into {groups} chunk groups")
     live = mask > 0
     if valid is not None:
         live &= (np.asarray(valid) > 0)[:, None]
     return live
 
 
-def _padded(lists: list[np.ndarray], slots: int | None, minimum: int, what: str) -> np.ndarray:
-    """One row per group: the group's ids, then -1 up to `slots` (default: `capacity` of the longest)."""
-    most = max(len(x) for x in lists)
-    n = capacity(most, minimum) if slots is None else int(slots)
-    if most > n:
-        raise ValueError(f"{most} {what} do not fit in {n} slots")
-    out = np.full((len(lists), n), -1, np.int32)
-    for g, x in enumerate(lists):
-        out[g, : len(x)] = x
-    return out
-
-
-def chunk_index(mask: np.ndarray, valid: np.ndarray | None = None, groups: int = 1,
-                slots: int | None = None) -> np.ndarray:
+def chunk_index(mask: np.ndarray, valid: np.ndarray | None = None, groups: int = 1, *,
+                full: bool = False) -> np.ndarray:
     """(G, C) int32 chunk index of a host batch: per group of B/G rows, the flat ids ``row_in_group * n + j``
-    (n = ceil(Lb / CHUNK)) of the CHUNK-position chunks that hold a position with mask > 0 (up to each valid row's
-    last mask > 0), row by row, padded with -1. `slots` (C) defaults to `capacity` of the largest group."""
+    (n = ceil(Lb / CHUNK)) of the CHUNK-position chunks that hold a position with mask > 0 (up to each valid
+    row's last mask > 0), row by row, padded with -1. C is `capacity` of the largest group, or with `full`
+    every chunk of every row, B/G * n: the shape all processes of a multi-process run agree on without
+    talking."""
     live = _live(mask, valid, groups)
     b, lb = live.shape
     ends = np.where(live.any(axis=1), lb - np.argmax(live[:, ::-1], axis=1), 0)
@@ -79,7 +69,11 @@ def chunk_index(mask: np.ndarray, valid: np.ndarray | None = None, groups: int =
     n, rows = -(-lb // CHUNK), b // groups
     ids = [np.concatenate([r * n + np.arange(per_row[g * rows + r]) for r in range(rows)]).astype(np.int32)
            for g in range(groups)]
-    return _padded(ids, slots, MIN_CHUNKS, "chunks")
+    slots = max(rows * n, MIN_CHUNKS) if full else capacity(max(len(x) for x in ids))
+    out = np.full((groups, slots), -1, np.int32)
+    for g, x in enumerate(ids):
+        out[g, : len(x)] = x
+    return out
 
 
 def row_spans(chunks: np.ndarray, batch: int, length: int) -> np.ndarray:

@@ -99,15 +99,13 @@ def process_slice(global_batch: int, mesh: Mesh | None = None) -> slice:
     return slice(start, start + n)
 
 
-FEATURE_KEYS = ("image", "audio", "features")
-
-
 def with_layout(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
     """The batch with its chunk index and its features in the chunk layout (`l2l_jax.packing`): one group
     per local device, so each device lays out its own rows. One process: the capacity fits the batch's
     chunks; several: every chunk of every row, since every process must agree on the shape without
     talking. A batch that already has a chunk index is returned as it is."""
     from l2l_jax import packing
+    from l2l_jax.data.index import MODALITY_KEYS
 
     batch = dict(batch)
     if "mask" not in batch:
@@ -118,11 +116,9 @@ def with_layout(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
             raise ValueError(f"the batch is laid out in {np.shape(batch['chunks'])[0]} chunk groups, but this "
                              f"process feeds {groups} devices: make the loader with chunk_groups={groups}")
         return batch
-    mask = np.asarray(batch["mask"])
-    slots = None if jax.process_count() == 1 else -(-mask.shape[1] // packing.CHUNK) * mask.shape[0] // groups
-    chunks = packing.chunk_index(mask, batch.get("valid"), groups, slots)
+    chunks = packing.chunk_index(batch["mask"], batch.get("valid"), groups, full=jax.process_count() > 1)
     batch["chunks"] = chunks
-    for key in FEATURE_KEYS:
+    for key in {k for keys in MODALITY_KEYS.values() for k in keys}:
         if key in batch:
             batch[key] = packing.chunk_features(batch[key], chunks)
     return batch

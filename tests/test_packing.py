@@ -35,6 +35,8 @@ def test_chunk_index_covers_each_valid_rows_positions_up_to_its_last_mask():
     assert chunks.shape == (2, packing.MIN_CHUNKS)
     np.testing.assert_array_equal(chunks[0, :5], [0, 1, 2, 3, -1])  # row 0: 3 chunks, row 1: 1
     np.testing.assert_array_equal(chunks[1, :3], [0, 1, -1])  # row 2: 2 chunks; row 3 is a filler
+    full = packing.chunk_index(mask, np.array([1, 1, 1, 0], np.float32), groups=2, full=True)
+    np.testing.assert_array_equal(full[:, :packing.MIN_CHUNKS], chunks)  # 2 rows x 3 chunks, at least 8
 
 
 @pytest.mark.parametrize("groups", [1, 2])

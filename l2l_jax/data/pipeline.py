@@ -201,8 +201,7 @@ class BatchLoader:
         chunks = None
         if self.chunk_groups:
             groups = self.chunk_groups
-            slots = None if self.process_count == 1 else -(-out_len // packing.CHUNK) * len(lpos) // groups
-            chunks = packing.chunk_index(mask, lvalid, groups, slots)
+            chunks = packing.chunk_index(mask, lvalid, groups, full=self.process_count > 1)
             spans = packing.row_spans(chunks, len(lpos), out_len)
             shape = (groups, chunks.shape[1] * packing.CHUNK, src.width)
         else:
