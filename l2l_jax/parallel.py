@@ -92,13 +92,6 @@ def local_batch_size(global_batch: int, mesh: Mesh | None = None) -> int:
     return global_batch // jax.process_count()
 
 
-def process_slice(global_batch: int, mesh: Mesh | None = None) -> slice:
-    """This process's rows of a global batch (what it passes to `shard_batch`)."""
-    n = local_batch_size(global_batch, mesh)
-    start = jax.process_index() * n
-    return slice(start, start + n)
-
-
 def with_layout(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
     """The batch with its chunk index and its features in the chunk layout (`l2l_jax.packing`): one group
     per local device, so each device lays out its own rows. One process: the capacity fits the batch's
@@ -139,13 +132,6 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
             global_shape = (value.shape[0] * jax.process_count(), *value.shape[1:])
             out[key] = jax.make_array_from_process_local_data(dsh, value, global_shape)
     return out
-
-
-def global_slice(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
-    """A full global batch held by every process (numpy) -> global arrays, each process giving its rows."""
-    first = next(v for v in batch.values() if np.ndim(v) > 0)
-    rows = process_slice(np.shape(first)[0], mesh)
-    return shard_batch({k: (v if np.ndim(v) == 0 else np.asarray(v)[rows]) for k, v in batch.items()}, mesh)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -202,12 +188,10 @@ __all__ = [
     "DATA",
     "compiler_options",
     "data_sharding",
-    "global_slice",
     "init_distributed",
     "is_main_process",
     "local_batch_size",
     "make_mesh",
-    "process_slice",
     "replicate",
     "replicated",
     "shard_batch",

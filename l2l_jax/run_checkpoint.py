@@ -42,9 +42,6 @@ class RunCheckpoints:
         """The step of the newest complete checkpoint, or None."""
         return self.manager.latest_step()
 
-    def all_steps(self) -> list[int]:
-        return list(self.manager.all_steps())
-
     def save(self, step: int, state: Any, progress: Mapping[str, Any]) -> None:
         """Write checkpoint `step` (blocking until it is complete and renamed into place)."""
         self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),

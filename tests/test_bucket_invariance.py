@@ -26,10 +26,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from batch_helpers import fill_rows, pad_to_length
 from fixture_inputs import clip_features, eval_collate, manifest_state_dict
 
 from l2l_jax import packing, torch_names
-from l2l_jax.data.buckets import fill_rows, pad_to_length
 from l2l_jax.model import PreviewConfig, build_model
 from l2l_jax.recipe import Recipe
 from l2l_jax.steps import apply_model

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from batch_helpers import collate, fill_rows, pad_to_bucket, pad_to_length
 
-from l2l_jax.data.buckets import DEFAULT_BUCKETS, bucket_length, fill_rows, pad_to_bucket, pad_to_length
-from l2l_jax.data.collate import ReplayRandInt, collate
+from l2l_jax.data.buckets import DEFAULT_BUCKETS, bucket_length
+from l2l_jax.data.collate import ReplayRandInt
 
 
 def test_bucket_length():

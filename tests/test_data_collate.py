@@ -6,13 +6,12 @@ import random
 
 import numpy as np
 import pytest
+from batch_helpers import assemble, collate
 from fixture_inputs import array_sha256, clip_features, eval_collate, read_json
 
 from l2l_jax.data.collate import (
     ReplayRandInt,
     ShortBatchError,
-    assemble,
-    collate,
     mask_for,
     plan_seeded,
     plan_upstream,

@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from batch_helpers import collate, fill_rows, pad_to_length
 from fixture_inputs import clip_features
 
-from l2l_jax.data import BatchLoader, ShortBatchError, bucket_length, fill_rows, open_split, pad_to_length
-from l2l_jax.data.collate import ReplayRandInt, collate
+from l2l_jax.data import BatchLoader, ShortBatchError, bucket_length, open_split
+from l2l_jax.data.collate import ReplayRandInt
 from l2l_jax.data.index import write_index
 
 LENGTHS = [3, 5, 8, 12, 20, 33, 47, 64, 90, 130, 180, 210, 260, 320, 400, 520, 17, 9, 41, 75, 300, 14]

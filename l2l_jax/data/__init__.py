@@ -1,14 +1,13 @@
 """Input pipeline: upstream's dataset pickles (read safely), validation, upstream's collate, length buckets,
 the grain loader, packed splits and the embedded synthetic dataset (issue 3)."""
 
-from .buckets import DEFAULT_BUCKETS, bucket_length, fill_rows, pad_to_bucket, pad_to_length
+from .buckets import DEFAULT_BUCKETS, bucket_length
 from .collate import (
     MIN_CLIPS,
     TRAIN_WINDOW,
     BatchPlan,
     ReplayRandInt,
     ShortBatchError,
-    collate,
     mask_for,
     plan_seeded,
     plan_upstream,
@@ -30,7 +29,6 @@ from .validate import Problem, ScanResult, check_split, scan
 __all__ = [
     "DEFAULT_BUCKETS", "MIN_CLIPS", "TRAIN_WINDOW", "BatchLoader", "BatchPlan", "DatasetError", "FeatureSource",
     "FileSource", "PackedSource", "Problem", "ReplayRandInt", "ScanResult", "ShortBatchError", "UnsafePickleError",
-    "VideoIndex", "bucket_length", "check_split", "collate", "default_pack_dir", "fill_rows", "load_index",
-    "mask_for", "modality_paths", "open_split", "pad_to_bucket", "pad_to_length", "plan_seeded", "plan_upstream",
-    "remap_root", "safe_load_pickle", "scan", "write_index",
+    "VideoIndex", "bucket_length", "check_split", "default_pack_dir", "load_index", "mask_for", "modality_paths",
+    "open_split", "plan_seeded", "plan_upstream", "remap_root", "safe_load_pickle", "scan", "write_index",
 ]

@@ -1,4 +1,5 @@
-"""Upstream's train/eval collate (UPSTREAM.md section 2), split into a plan (the random draws) and assembly.
+"""Upstream's train/eval collate (UPSTREAM.md section 2) as a plan (the random draws) and a mask; the loader
+(`pipeline`) assembles the arrays from them, and tests/batch_helpers.py holds the whole collate written plainly.
 
 Steps, per batch: L = randint(200, 500) capped at the longest video (training) or the longest video (eval);
 longer videos are cropped to a window [s, s+L) shared by the modalities; shorter ones zero-padded; videos
@@ -16,8 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from .index import MODALITY_KEYS, Variant
 
 MIN_CLIPS = 10  # E_c: hard-coded in upstream's collates, independent of --episode_length (quirk 2)
 TRAIN_WINDOW = (200, 500)  # training L ~ randint(200, 500), capped at the longest video (quirk 3)
@@ -118,55 +117,6 @@ def mask_for(lengths: np.ndarray, L: int, out_len: int | None = None, min_clips:
     out_len = L if out_len is None else out_len
     valid = np.minimum(np.maximum(lengths, min_clips), L)
     return (np.arange(out_len)[None, :] < valid[:, None]).astype(np.float32)
-
-
-def place_row(outs: Sequence[np.ndarray], row: int, windows: Sequence[np.ndarray], length: int,
-              plan_fill: np.ndarray) -> None:
-    """Write one video's cropped window into row `row` of each output, then its short-video fill rows."""
-    n = windows[0].shape[0]
-    for out, w in zip(outs, windows, strict=True):
-        out[row, :n] = w
-        for p in range(int(length), plan_fill.shape[0]):
-            out[row, p] = out[row, plan_fill[p]]
-
-
-def assemble(windows: Sequence[Sequence[np.ndarray]], lengths: Sequence[int], plan: BatchPlan, *,
-             out_len: int | None = None, dtype=np.float32) -> list[np.ndarray]:
-    """Stack already-cropped per-video windows into zero-padded (B, out_len, F) arrays, one per modality."""
-    B = len(windows)
-    out_len = plan.L if out_len is None else out_len
-    outs = [np.zeros((B, out_len, w.shape[1]), dtype) for w in windows[0]]
-    for b in range(B):
-        place_row(outs, b, windows[b], int(lengths[b]), plan.fill_src[b])
-    return outs
-
-
-def collate(items: Sequence[tuple], *, variant: Variant, train: bool, randint: RandInt,
-            window: tuple[int, int] = TRAIN_WINDOW, min_clips: int = MIN_CLIPS,
-            pad_short_batches: bool = False) -> dict[str, np.ndarray]:
-    """Upstream's collate on in-memory items, in upstream's draw order.
-
-    `items`: `(image, audio, label, index)` (two) or `(features, label, index)` (single), arrays (T, F).
-    `randint(a, b)`: inclusive draws (`random.randint`, or a replay of upstream's recorded calls).
-    Returns a batch dict of docs/DESIGN.md (float32, unpadded: time length L, `valid` all ones).
-    """
-    k = len(MODALITY_KEYS[variant])
-    arrays = [tuple(np.asarray(a) for a in it[:k]) for it in items]
-    lengths = np.array([a[0].shape[0] for a in arrays], np.int64)
-    plan = plan_upstream(lengths, train=train, random_fill=(variant == "single"), randint=randint,
-                         window=window, min_clips=min_clips, pad_short_batches=pad_short_batches)
-    windows = []
-    for b, arrs in enumerate(arrays):
-        s, e = window_of(lengths[b], plan, b)
-        windows.append(tuple(a[s:e] for a in arrs))
-    outs = assemble(windows, lengths, plan, dtype=np.float32)
-    batch = dict(zip(MODALITY_KEYS[variant], outs, strict=True))
-    batch["mask"] = mask_for(lengths, plan.L, min_clips=min_clips)
-    batch["label"] = np.array([int(it[k]) for it in items], np.int32)
-    batch["index"] = np.array([int(it[k + 1]) for it in items], np.int32)
-    batch["valid"] = np.ones(len(items), np.float32)
-    batch["length"] = np.asarray(plan.L, np.int32)
-    return batch
 
 
 class ReplayRandInt:

@@ -214,8 +214,3 @@ def npy_header(path: str) -> tuple[int, tuple[int, ...], np.dtype, bool]:
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         return f.tell(), tuple(shape), dtype, bool(fortran)
-
-
-def load_features(path: str, *, mmap: bool = False) -> np.ndarray:
-    """np.load without pickles (object arrays are refused)."""
-    return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
