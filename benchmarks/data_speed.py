@@ -1,4 +1,4 @@
-"""Input pipeline speed, videos/s: the upstream way vs our per-file loader vs our packed loader (issue 3 item 6).
+"""Input pipeline speed, videos/s: the upstream way vs our per-file loader vs our packed loader.
 
 - upstream way: `torch.Tensor(np.load(path))` per file and modality, then upstream's collate (Python `random`
   window and crops, zero padding by concatenation, last-clip fill, mask, `torch.stack`), in one process with

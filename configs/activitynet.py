@@ -1,4 +1,4 @@
-"""The published ActivityNet recipe (UPSTREAM.md §1 "Published training command"), two modalities.
+"""The published ActivityNet recipe (docs/UPSTREAM.md §1 "Published training command"), two modalities.
 
     l2l-train --config configs/activitynet.py --train_dataset_file <root>/train.pkl \
         --test_dataset_file <root>/val.pkl --feature_root <root> \

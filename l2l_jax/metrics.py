@@ -1,4 +1,4 @@
-"""Upstream's evaluation metrics in numpy (UPSTREAM.md §7): per-video top-1 accuracy and macro mAP.
+"""Upstream's evaluation metrics in numpy (docs/UPSTREAM.md §7): per-video top-1 accuracy and macro mAP.
 
 No scikit-learn at run time; `average_precision` equals scikit-learn's ``average_precision_score`` (tested).
 
@@ -26,7 +26,7 @@ from collections.abc import Iterable
 import numpy as np
 
 SOFTMAXES = ("naive", "stable")
-#: Which softmax upstream's mAP uses, per variant (§7, quirk 24).
+#: Which softmax upstream's mAP uses, per variant (docs/UPSTREAM.md §7, quirk 24).
 SOFTMAX_OF_VARIANT = {"two": "naive", "single": "stable"}
 
 
@@ -81,7 +81,7 @@ def softmax_rows(logits: np.ndarray, kind: str) -> np.ndarray:
         raise ValueError(
             "upstream's float32 softmax without max subtraction overflows on these logits "
             f"(row {bad}, max logit {float(x[bad].max()):.4g}); upstream's mAP fails here too "
-            "(UPSTREAM.md §8 quirk 24). Use softmax='stable' to compute an mAP anyway."
+            "(docs/UPSTREAM.md §8 quirk 24). Use softmax='stable' to compute an mAP anyway."
         )
     return out
 

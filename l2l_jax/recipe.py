@@ -1,6 +1,6 @@
 """Upstream's optimisation recipe as optax: parameter groups, SGD, the schedule and the losses.
 
-Everything here follows UPSTREAM.md §6 (and quirks 12-14, 23 of §8):
+Everything here follows docs/UPSTREAM.md §6 (and quirks 12-14, 23 of §8):
 
 * **SGD** as torch's ``SGD(momentum=mu, weight_decay=wd, nesterov=True, dampening=0)``:
   ``d = g + wd*p``; ``buf = d`` on the first step, else ``mu*buf + d``; ``p -= lr*(d + mu*buf)``.
@@ -36,7 +36,7 @@ import optax
 
 VARIANTS = ("two", "single")
 
-#: Top-level modules of each trainable variant, in upstream's registration order (§4, §5).
+#: Top-level modules of each trainable variant, in upstream's registration order (docs/UPSTREAM.md §4, §5).
 MODULES: dict[str, tuple[str, ...]] = {
     "two": (
         "net_imageAudio",
@@ -66,7 +66,7 @@ class ParamGroup:
 
 
 def param_groups(variant: str, freeze: bool) -> list[ParamGroup]:
-    """Upstream's param groups in upstream's order (§6); modules in no group are never updated."""
+    """Upstream's param groups in upstream's order (docs/UPSTREAM.md §6); modules in no group are never updated."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
     if not freeze:
@@ -95,8 +95,8 @@ def no_grad_modules(
     Two modalities: the avgpool logits use the fused step inputs (start + E-1 attended features), the LSTM
     logits ``prediction_fc`` of the last hidden state. Single: the avgpool logits use the E soft attended
     features, the LSTM logits the last hidden state, whose input is a hard pick (no gradient to the query MLP
-    and the keys) when ``hard`` (single trains hard under ``--gt_feature_eval``, §5). ``E = 1`` leaves no
-    attended feature in use.
+    and the keys) when ``hard`` (single trains hard under ``--gt_feature_eval``, docs/UPSTREAM.md
+    §5). ``E = 1`` leaves no attended feature in use.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
@@ -128,7 +128,7 @@ def _require_a_loss(with_avgpool_ce_loss: bool, with_lstm_ce_loss: bool) -> None
     if not (with_avgpool_ce_loss or with_lstm_ce_loss):
         raise ValueError(
             "no loss selected: set with_avgpool_ce_loss and/or with_lstm_ce_loss "
-            "(upstream crashes without either, UPSTREAM.md §8 quirk 23)"
+            "(upstream crashes without either, docs/UPSTREAM.md §8 quirk 23)"
         )
 
 
@@ -162,7 +162,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, valid: jax.Array | None 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """Upstream's training recipe (§6). Milestones and warm-up are in iterations; see `from_epochs`.
+    """Upstream's training recipe (docs/UPSTREAM.md §6). Milestones and warm-up are in iterations; see `from_epochs`.
 
     ``freeze`` is ``--freeze_imageAudioNet``; ``warmup_iters`` is ``warmup_epochs * iters_per_epoch`` with
     ``--scheduler`` and 0 without (plain MultiStepLR); ``hard`` is single's ``--gt_feature_eval`` (it also

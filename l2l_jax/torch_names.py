@@ -1,7 +1,7 @@
 """Upstream state-dict names <-> our Flax variables: the one table of docs/DESIGN.md, as code.
 
-`state_dict_keys(variant)` lists upstream's keys in upstream's `state_dict()` order (UPSTREAM.md sections 4
-and 5); `to_state_dict` and `from_state_dict` convert numpy arrays both ways, bit-exactly (only transposes
+`state_dict_keys(variant)` lists upstream's keys in upstream's `state_dict()` order (docs/UPSTREAM.md §4
+and §5); `to_state_dict` and `from_state_dict` convert numpy arrays both ways, bit-exactly (only transposes
 and dtype changes of integer counters). Variants: "two" (the two-modality preview model), "single" (the
 single-modality one) and "imageaudionet" (fusion net + classifier, upstream's ImageAudioClassify container).
 """
@@ -39,7 +39,7 @@ _LAYOUTS = {
 }
 VARIANTS = tuple(_LAYOUTS)
 
-# torch's weight_norm re-registers weight_hh first, then weight_ih (section 4).
+# torch's weight_norm re-registers weight_hh first, then weight_ih (docs/UPSTREAM.md §4).
 _LSTM_KEYS = ("bias_ih", "bias_hh", "weight_hh_g", "weight_hh_v", "weight_ih_g", "weight_ih_v")
 _BN_STATS = (("running_mean", "mean"), ("running_var", "var"), ("num_batches_tracked", "num_batches_tracked"))
 

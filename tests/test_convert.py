@@ -69,7 +69,7 @@ def _assert_same_tree(a, b):
         assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
 
 
-# --- upstream's module skeletons (UPSTREAM.md sections 3-5), to prove `load_state_dict(strict=True)` ---------
+# --- upstream's module skeletons (docs/UPSTREAM.md §3-§5), to prove `load_state_dict(strict=True)` ---------
 def _torch_skeleton(variant: str, C: int, D: int) -> torch.nn.Module:
     nn = torch.nn
 

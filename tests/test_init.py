@@ -1,4 +1,4 @@
-"""Fresh variables follow upstream's initial distributions (UPSTREAM.md section 6)."""
+"""Fresh variables follow upstream's initial distributions (docs/UPSTREAM.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The optimizer recipe against torch's SGD and a small torch version of upstream's schedule (UPSTREAM.md §6)."""
+"""The optimizer recipe against torch's SGD and a small torch version of upstream's schedule (docs/UPSTREAM.md §6)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ SHAPES = {"kernel": (5, 3), "bias": (3,), "bn": {"scale": (3,), "bias": (3,)}}
 
 
 class TorchWarmupMultiStep(torch.optim.lr_scheduler.LRScheduler):
-    """Upstream's warm-up multistep rule written from UPSTREAM.md §6, as a torch scheduler."""
+    """Upstream's warm-up multistep rule written from docs/UPSTREAM.md §6, as a torch scheduler."""
 
     def __init__(self, optimizer, milestones, warmup_iters, gamma=0.1, warmup_factor=1e-5):
         self.milestones, self.warmup_iters = list(milestones), warmup_iters

@@ -1,6 +1,6 @@
-"""A straightforward eager PyTorch implementation of upstream's preview models, written from UPSTREAM.md.
+"""A straightforward eager PyTorch implementation of upstream's preview models, written from docs/UPSTREAM.md.
 
-Written from the behavioural spec (sections 2, 4, 5, 6, 8), not from upstream's code. Module names match
+Written from that description (§2, §4, §5, §6, §8), not from upstream's code. Module names match
 upstream's, so `load_state_dict(strict=True)` takes the state dicts of `l2l_jax.torch_names.to_state_dict` and
 `tests/fixture_inputs.manifest_state_dict`. The style is upstream's: batch-first tensors, a Python loop over
 the E steps, BatchNorm1d/2d in torch's layout, bmm scores, -1e35 masking, argmax of the softmax,
@@ -13,11 +13,11 @@ API
 Models (`torch.nn.Module`; call `.eval()` / `.train()` as usual):
 
 - ``PreviewModel(num_classes, *, mean_feature_as_start=False, with_replacement=False,
-  feature_interpolate=False, subsample_factor=1)`` - two modalities (section 4).
+  feature_interpolate=False, subsample_factor=1)`` - two modalities (§4).
   ``forward(image (B,L,512), audio (B,L,512), mask (B,L), E, hard=False, start_idx=None) -> PreviewOutput``
   with fields ``avgpool_logits (B,C)``, ``step_logits`` (list of E tensors (B,C); the last is the "LSTM"
   logits), ``image_idx``, ``audio_idx`` (B,E) int64, ``modality_w`` (B,E,2), ``fused`` (B,512,E).
-- ``SinglePreviewModel(num_classes, feature_dim=512, *, ...same flags, subsample_factor default 2)`` - section 5.
+- ``SinglePreviewModel(num_classes, feature_dim=512, *, ...same flags, subsample_factor default 2)`` - §5.
   ``forward(features (B,L,D), mask (B,L), E, hard=False, start_idx=None, gt_features=None) -> SingleOutput``
   with ``avgpool_logits``, ``step_logits`` (list, one per step taken), ``idx`` (B,steps) int64,
   ``selected_gt_mean`` (B,D).
@@ -26,7 +26,7 @@ Models (`torch.nn.Module`; call `.eval()` / `.train()` as usual):
   ``from_state_dict(state_dict, variant, **flags)`` (numpy or torch tensors; C and D from the shapes, strict),
   ``state_dict_numpy(model)`` (numpy copy, upstream order).
 
-Training (section 6):
+Training (§6):
 
 - ``make_optimizer(model, variant, lr=0.01, momentum=0.9, weight_decay=1e-4, freeze=False)``: torch SGD
   (Nesterov, dampening 0) with upstream's param groups (freeze: classifier 0.1*lr, fusion net lr 0,
@@ -39,7 +39,7 @@ Training (section 6):
   losses ``loss``, ``avgpool_ce``, ``lstm_ce``. ``batch`` is a collate tuple ``(x1, x2, mask, labels, idx)``.
 - ``losses(avgpool_logits, lstm_logits, labels, ...) -> (loss, avgpool_ce, lstm_ce)`` (tensors).
 
-Collates (section 2; items are ``(image (T,512), audio (T,512), label, index)``, single ``(feat, feat, label,
+Collates (§2; items are ``(image (T,512), audio (T,512), label, index)``, single ``(feat, feat, label,
 index)``; arrays may be numpy or torch):
 
 - ``eval_collate(items, single=False, rng=random)`` -> ``(x1 (B,L,F), x2, mask (B,L), labels int64 (B,),
@@ -69,7 +69,7 @@ E_COLLATE = 10  # hard-coded in upstream's collates (quirk 2)
 MASKED = -1e35
 
 
-# -- networks (sections 3-5) ----------------------------------------------------------------------------
+# -- networks (docs/UPSTREAM.md §3-§5) -----------------------------------------------------------------
 
 
 class ImageAudioNet(nn.Module):
@@ -175,7 +175,7 @@ class SingleOutput(NamedTuple):
 
 
 class PreviewModel(nn.Module):
-    """The two-modality preview model (section 4)."""
+    """The two-modality preview model (docs/UPSTREAM.md §4)."""
 
     def __init__(self, num_classes: int, *, mean_feature_as_start: bool = False, with_replacement: bool = False,
                  feature_interpolate: bool = False, subsample_factor: int = 1):
@@ -244,7 +244,7 @@ class PreviewModel(nn.Module):
 
 
 class SinglePreviewModel(nn.Module):
-    """The single-modality preview model (section 5), D-wide features."""
+    """The single-modality preview model (docs/UPSTREAM.md §5), D-wide features."""
 
     def __init__(self, num_classes: int, feature_dim: int = 512, *, mean_feature_as_start: bool = False,
                  with_replacement: bool = False, feature_interpolate: bool = False, subsample_factor: int = 2):
@@ -318,7 +318,7 @@ def state_dict_numpy(model: nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
 
-# -- training (section 6) ------------------------------------------------------------------------------
+# -- training (docs/UPSTREAM.md §6) --------------------------------------------------------------------
 
 _FREEZE_GROUPS = {
     "two": [("image_queryfeature_mlp", 1.0), ("audio_queryfeature_mlp", 1.0), ("prediction_fc", 1.0),
@@ -402,7 +402,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Sequen
     return {"loss": float(loss.item()), "avgpool_ce": float(avgpool_ce.item()), "lstm_ce": float(lstm_ce.item())}
 
 
-# -- collates (section 2) ------------------------------------------------------------------------------
+# -- collates (docs/UPSTREAM.md §2) --------------------------------------------------------------------
 
 
 def _tensor(x: Any) -> torch.Tensor:

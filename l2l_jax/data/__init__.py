@@ -1,5 +1,5 @@
 """Input pipeline: upstream's dataset pickles (read safely), validation, upstream's collate, length buckets,
-the grain loader, packed splits and the embedded synthetic dataset (issue 3)."""
+the grain loader, packed splits and the embedded synthetic dataset."""
 
 from .buckets import DEFAULT_BUCKETS, bucket_length
 from .collate import (

@@ -1,4 +1,4 @@
-"""Upstream's train/eval collate (UPSTREAM.md section 2) as a plan (the random draws) and a mask; the loader
+"""Upstream's train/eval collate (docs/UPSTREAM.md §2) as a plan (the random draws) and a mask; the loader
 (`pipeline`) assembles the arrays from them, and tests/batch_helpers.py holds the whole collate written plainly.
 
 Steps, per batch: L = randint(200, 500) capped at the longest video (training) or the longest video (eval);

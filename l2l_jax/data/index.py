@@ -1,4 +1,4 @@
-"""Upstream's dataset pickles, read safely, and the feature paths derived from them (UPSTREAM.md section 1).
+"""Upstream's dataset pickles, read safely, and the feature paths derived from them (docs/UPSTREAM.md §1).
 
 A pickle holds `(feature_paths, labels)`: N path strings to each video's *imageAudio* feature file and N
 integer labels. The imageAudio file itself is never read; its path is a template:

@@ -1,4 +1,4 @@
-"""Validation scan of a split before anything is compiled (issue 3 item 2).
+"""Validation scan of a split before anything is compiled.
 
 Every feature file is opened once: it must exist, load without pickles, be a 2-D float32/float16 array of the
 expected width with T >= 1 rows, all finite; image and audio lengths must agree; labels must lie in [0, C).
