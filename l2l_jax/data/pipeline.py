@@ -1,4 +1,4 @@
-"""The batch loader: deterministic, resumable, per-process sharded, prefetching (issue 3 items 3-6).
+"""The batch loader: deterministic, resumable, per-process sharded, prefetching.
 
 Batch k of a run is a pure function of (seed, epoch, batch-in-epoch): the epoch's order (shuffled in
 training, as upstream's `shuffle=True`; in order for eval), the global batch's members, and its plan
