@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_jax import packing
+from l2l_jax import layouts
 from l2l_jax.model import Classifier, ImageAudioNet, PreviewConfig
 from l2l_jax.steps import model_inputs
 
@@ -72,14 +72,13 @@ def baseline_logits(params: Mapping, batch: Mapping, cfg: PreviewConfig, variant
     lb = mask.shape[1]
     classify = Classifier(c, cfg.feature_dim, p)
     cls_vars = {"params": params["net_classifier"]}
-    layout = packing.batch_layout(mask, batch.get("valid", jnp.ones(mask.shape[:1], jnp.float32)),
-                                  batch.get("chunks"))
-    feats = [packing.as_chunks(x, layout) for x in model_inputs(batch)]
+    layout = layouts.of_batch(batch)
+    feats = [layout.features(x) for x in model_inputs(batch)]
     if variant == "two":
-        # fuse every chunk position once (`l2l_jax.packing`; positions with mask 0 are never averaged);
-        # gathering fused rows equals fusing gathered clips (the net is per clip)
+        # fuse every position of the layout once (positions with mask 0 are never averaged); gathering
+        # fused rows equals fusing gathered clips (the net is per clip)
         feats = [ImageAudioNet(p).apply({"params": params["net_imageAudio"]}, *feats)]
-    clip_feats = packing.to_dense(feats[0], layout)  # (B, Lb, F)
+    clip_feats = layout.to_dense(feats[0])  # (B, Lb, F)
 
     def head(x):
         return classify.apply(cls_vars, x)

@@ -1,17 +1,20 @@
 """The Listen-to-Look networks in Flax Linen: fusion net, classifier and the two preview policies.
 
-Pure math, no I/O. Module and parameter names follow upstream's state dict (docs/DESIGN.md has the table;
-`l2l_jax.torch_names` converts). Behaviour, quirks included, is UPSTREAM.md sections 3-5; each quirk is
-implemented once, here, with a comment naming its section.
+Pure math, no I/O, no knowledge of devices. Module and parameter names follow upstream's state dict
+(docs/DESIGN.md has the table; `l2l_jax.torch_names` converts). Behaviour, quirks included, is
+docs/UPSTREAM.md §3-§5; each quirk is implemented once, here, with a comment naming it.
+
+Where the per-position work runs is the batch's feature layout (`l2l_jax.layouts`), an argument of the
+call: dense (B, Lb, F) by default, or the chunk layout of real clips only.
 
 Both policies take a batch padded to a bucket length Lb >= L, where L (`length`) is the length upstream's
 collate gave the batch: positions >= L never influence any number (BatchNorm statistics, interpolation,
 softmax), so padding a batch to a longer bucket changes nothing. Rows with `valid == 0` (filler rows) are
 left out of BatchNorm statistics.
 
-Precondition (what upstream's collate produces, UPSTREAM.md section 2): the mask is 0 or 1, and features
-are zero wherever it is 0. The policy then works on each row's positions up to its last mask > 0 only
-(`l2l_jax.packing`), and needs no multiply by the mask.
+Precondition (what upstream's collate produces, docs/UPSTREAM.md §2): the mask is 0 or 1, and features
+are zero wherever it is 0. The chunk layout then works on each row's positions up to its last mask > 0 only,
+and no layout needs a multiply by the mask.
 """
 
 from __future__ import annotations
@@ -23,17 +26,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from l2l_jax import packing
-from l2l_jax.nn import (
+from l2l_jax.exact import TIE_WINDOW, canonical_scores, padded_softmax, tie_map
+from l2l_jax.layouts import DenseLayout, Layout
+from l2l_jax.torch_ops import (
     PRECISIONS,
-    TIE_WINDOW,
     TorchBatchNorm,
     WeightNormLSTMCell,
-    canonical_scores,
     interp_time,
     normal,
-    padded_softmax,
-    tie_map,
     torch_dense,
     torch_uniform,
 )
@@ -114,34 +114,46 @@ class QueryMLP(nn.Module):
         return torch_dense(KEY_DIM, HIDDEN, "fc2", self.precision)(x)
 
 
-class KeyConv(nn.Module):
-    """Conv1x1(D->512) -> BatchNorm2d -> ReLU applied per time position: the keys, in the chunk layout.
+class Conv1x1(nn.Module):
+    """Upstream's 1x1 key conv as a per-position Linear(D -> K): parameters ``kernel (D, K)`` and ``bias (K)``
+    (created as flax's nn.Dense creates them), computed by the layout."""
 
-    The conv runs on the chunk positions only (`l2l_jax.packing`); every other position holds zero
-    features, so its conv output is the bias exactly and its key the same vector for all of them. `weights`
-    (B, Lb) select which positions count in the batch statistics (section 4: upstream's span all B*L
-    positions of the batch, padding within L included, but not our bucket padding or filler rows); the
-    counted positions outside the chunks enter as one row weighted by their count."""
+    features: int
+    in_features: int
+    precision: str = "highest"
+
+    @nn.compact
+    def __call__(self, x: Array, weights: Array, layout: Layout) -> tuple[Array, Array]:
+        """Returns (conv output in the layout, bias)."""
+        kernel = self.param("kernel", normal(0.0, 0.02), (self.in_features, self.features))
+        bias = self.param("bias", torch_uniform(1.0 / math.sqrt(self.in_features)), (self.features,))
+        return layout.conv(x, kernel, bias, weights, PRECISIONS[self.precision]), bias
+
+
+class KeyConv(nn.Module):
+    """Conv1x1(D->512) -> BatchNorm2d -> ReLU applied per time position: the keys, in the batch's layout.
+
+    `weights` (B, Lb) select which positions count in the batch statistics (section 4: upstream's span all
+    B*L positions of the batch, padding within L included, but not our bucket padding or filler rows). The
+    chunk layout convolves real clips only and enters the other counted positions, whose features are zero
+    and whose conv output is the bias exactly, as one weighted row (`l2l_jax.layouts`)."""
 
     in_features: int
     precision: str = "highest"
 
     @nn.compact
-    def __call__(self, x: Array, weights: Array, train: bool, layout: packing.Layout) -> tuple[Array, Array]:
-        """x: features in the chunk layout (G, S, D). Returns the keys (G, S, K) and, for `tie_map`, the
-        keys of every row's first TIE_WINDOW positions (B, W, K) (no gradient)."""
-        conv = nn.Dense(KEY_DIM, kernel_init=normal(0.0, 0.02),
-                        bias_init=torch_uniform(1.0 / math.sqrt(self.in_features)),
-                        precision=PRECISIONS[self.precision], name="conv")
-        y = conv(x)  # (G, S, K)
-        w = packing.to_chunks(weights, layout)
-        outside = jnp.sum(weights) - jnp.sum(w)  # exact: integer counts in float32
-        bias = conv.variables["params"]["bias"]
+    def __call__(self, x: Array, weights: Array, train: bool, layout: Layout) -> tuple[Array, Array]:
+        """x: features in the layout. Returns the keys (in the layout) and, for `tie_map`, the keys of every
+        row's first TIE_WINDOW positions (B, W, K) (no gradient)."""
+        y, bias = Conv1x1(KEY_DIM, self.in_features, self.precision, name="conv")(x, weights, layout)
+        w, implicit = layout.statistics(weights, bias)
         bn = TorchBatchNorm(KEY_DIM, scale_init_std=0.02, name="bn")
-        y, fill = bn(y, w, train, implicit=(outside, bias))
-        keys, fill = nn.relu(y), nn.relu(fill)
-        head = packing.head(jax.lax.stop_gradient(keys), jax.lax.stop_gradient(fill), layout,
-                            min(TIE_WINDOW, layout.length))
+        if implicit is None:
+            keys, fill = nn.relu(bn(y, w, train)), None
+        else:
+            y, fill = bn(y, w, train, implicit=implicit)
+            keys, fill = nn.relu(y), jax.lax.stop_gradient(nn.relu(fill))
+        head = layout.head(jax.lax.stop_gradient(keys), fill, min(TIE_WINDOW, layout.length))
         return keys, head
 
 
@@ -154,15 +166,14 @@ def sample_start(key: Array, mask: Array, length: Array | None = None) -> Array:
 
 
 def attention_scores(query: Array, keys: Array, mask: Array, inside: Array, ties: Array,
-                     layout: packing.Layout) -> Array:
-    """Masked scaled scores (B, Lb). The dot products are fixed-shape matrix-vector products per chunk of
-    positions (`packing.chunk_scores`, keys in the chunk layout), so a position's score does not depend on
-    the bucket length Lb; `ties`
+                     layout: Layout) -> Array:
+    """Masked scaled scores (B, Lb). The layout computes the dot products so that a position's score does
+    not depend on the bucket length Lb; `ties`
     (`tie_map(keys)`, once per batch) maps the first positions to their first bitwise-identical key row, so
     identical rows get identical scores and ties resolve to the first copy (section 4).
     Upstream's mask: s*m + (1-m)*(-1e35); positions beyond L (bucket padding) get -inf, so they keep
     probability exactly 0 even in a fully masked row (which is then uniform over the L positions)."""
-    s = canonical_scores(packing.chunk_scores(query, keys, layout), ties) / jnp.float32(SCORE_SCALE)
+    s = canonical_scores(layout.scores(query, keys), ties) / jnp.float32(SCORE_SCALE)
     s = s * mask + (1.0 - mask) * jnp.float32(MASKED_SCORE)
     return jnp.where(inside, s, -jnp.inf)
 
@@ -172,14 +183,14 @@ def drop(mask: Array, idx: Array) -> Array:
     return mask * (1.0 - jax.nn.one_hot(idx, mask.shape[1], dtype=mask.dtype))
 
 
-def _bank(x: Array, mask: Array, length: Array, cfg: PreviewConfig, layout: packing.Layout) -> Array:
-    """The feature "bank" the policy attends over, in the chunk layout: interp_time(x[:, ::s], L) * M, or x
+def _bank(x: Array, mask: Array, length: Array, cfg: PreviewConfig, layout: Layout) -> Array:
+    """The feature "bank" the policy attends over, in the batch's layout: interp_time(x[:, ::s], L) * M, or x
     itself (section 4). With s = 1 the interpolation is exactly the identity (scale 1, weights 1 and 0:
     quirk 28), and x * M is x itself for upstream's batches (M is 0 or 1, and x is zero where M is 0: the
     module docstring's precondition), so the bank is x."""
     if cfg.feature_interpolate and cfg.subsample_factor > 1:
-        dense = interp_time(packing.to_dense(x, layout), length, cfg.subsample_factor) * mask[..., None]
-        return packing.to_chunks(dense, layout)
+        dense = interp_time(layout.to_dense(x), length, cfg.subsample_factor) * mask[..., None]
+        return layout.from_dense(dense)
     return x
 
 
@@ -213,15 +224,15 @@ class PreviewModel(nn.Module):
         self.modality_attention = torch_dense(2, HIDDEN, "modality_attention", p, weight_std=None)
 
     def __call__(self, image: Array, audio: Array, mask: Array, length: Array, start_idx: Array,
-                 valid: Array | None = None, chunks: Array | None = None, *,
+                 valid: Array | None = None, layout: Layout | None = None, *,
                  train: bool = False, hard: bool = False) -> dict[str, Array]:
-        """image, audio: dense (B, Lb, 512), or already in the chunk layout of `chunks` (G, S, 512)."""
+        """image, audio: features in `layout` (default: dense, (B, Lb, 512))."""
         cfg = self.cfg
         b, lb = mask.shape
         valid = jnp.ones((b,), jnp.float32) if valid is None else valid.astype(jnp.float32)
         inside = jnp.arange(lb)[None, :] < length  # (1, Lb): positions of upstream's batch
-        layout = packing.batch_layout(mask, valid, chunks)
-        image, audio = packing.as_chunks(image, layout), packing.as_chunks(audio, layout)
+        layout = DenseLayout(b, lb) if layout is None else layout
+        image, audio = layout.features(image), layout.features(audio)
         bank_i, bank_a = _bank(image, mask, length, cfg, layout), _bank(audio, mask, length, cfg, layout)
         key_w = valid[:, None] * inside
         keys_i, head_i = self.image_key_conv1x1(bank_i, key_w, train, layout)
@@ -229,11 +240,10 @@ class PreviewModel(nn.Module):
         ties_i, ties_a = tie_map(head_i), tie_map(head_a)
         if cfg.mean_feature_as_start:
             count = jnp.sum(mask, axis=1, keepdims=True)
-            x_i, x_a = packing.row_sums(bank_i, layout) / count, packing.row_sums(bank_a, layout) / count
+            x_i, x_a = layout.row_sums(bank_i) / count, layout.row_sums(bank_a) / count
         else:  # raw features, not banks (quirk 18)
-            x_i, x_a = packing.pick(image, layout, start_idx), packing.pick(audio, layout, start_idx)
-        # the scan reads the banks 2-D, as the key convs do: XLA:CPU then converts float16 features once
-        flat_i, flat_a = bank_i.reshape(-1, FEATURE_DIM), bank_a.reshape(-1, FEATURE_DIM)
+            x_i, x_a = layout.pick(image, start_idx), layout.pick(audio, start_idx)
+        view_i, view_a = layout.bank_view(bank_i), layout.bank_view(bank_a)
         w_rnn = self.rnn.weights()
         zeros = jnp.zeros((b, HIDDEN), jnp.float32)
         start_idx = start_idx.astype(jnp.int32)
@@ -261,11 +271,10 @@ class PreviewModel(nn.Module):
             w = jax.nn.softmax(mdl.modality_attention(h), axis=-1)
             if hard:  # quirk 10: both banks indexed with the image index by default
                 j = a_idx if cfg.hard_audio_index else i_idx
-                nx_i, nx_a = packing.pick(bank_i, layout, i_idx), packing.pick(bank_a, layout, j)
+                nx_i, nx_a = layout.pick(bank_i, i_idx), layout.pick(bank_a, j)
             else:
                 probs = jnp.stack([p_i, p_a], axis=-1)  # one pass over each bank serves both queries
-                att_i = packing.chunk_attend(probs, flat_i, layout)
-                att_a = packing.chunk_attend(probs, flat_a, layout)
+                att_i, att_a = layout.attend(probs, view_i), layout.attend(probs, view_a)
                 nx_i = w[:, :1] * att_i[:, 0] + w[:, 1:] * att_i[:, 1]
                 nx_a = w[:, :1] * att_a[:, 0] + w[:, 1:] * att_a[:, 1]
             out = (fused, logits, i_idx, a_idx, w)
@@ -299,23 +308,23 @@ class SinglePreviewModel(nn.Module):
         self.rnn = WeightNormLSTMCell(cfg.feature_dim, HIDDEN, p)
 
     def __call__(self, features: Array, mask: Array, length: Array, start_idx: Array,
-                 valid: Array | None = None, chunks: Array | None = None, *,
+                 valid: Array | None = None, layout: Layout | None = None, *,
                  train: bool = False, hard: bool = False) -> dict[str, Array]:
-        """features: dense (B, Lb, D), or already in the chunk layout of `chunks` (G, S, D)."""
+        """features: in `layout` (default: dense, (B, Lb, D))."""
         cfg = self.cfg
         b, lb = mask.shape
         valid = jnp.ones((b,), jnp.float32) if valid is None else valid.astype(jnp.float32)
         inside = jnp.arange(lb)[None, :] < length
-        layout = packing.batch_layout(mask, valid, chunks)
-        features = packing.as_chunks(features, layout)
+        layout = DenseLayout(b, lb) if layout is None else layout
+        features = layout.features(features)
         bank = _bank(features, mask, length, cfg, layout)
         # keys from RAW features (quirk 18)
         keys, head = self.key_conv1x1(features, valid[:, None] * inside, train, layout)
         ties = tie_map(head)
         if cfg.mean_feature_as_start:
-            x = packing.row_sums(features, layout) / jnp.sum(mask, axis=1, keepdims=True)
+            x = layout.row_sums(features) / jnp.sum(mask, axis=1, keepdims=True)
         else:
-            x = packing.pick(features, layout, start_idx)
+            x = layout.pick(features, start_idx)
         w_rnn = self.rnn.weights()
         zeros = jnp.zeros((b, HIDDEN), jnp.float32)
         start_idx = start_idx.astype(jnp.int32)
@@ -333,9 +342,9 @@ class SinglePreviewModel(nn.Module):
             logits = mdl.prediction_fc(h)
             p = padded_softmax(attention_scores(q, keys, m, inside, ties, layout))
             j = jnp.argmax(p, axis=-1).astype(jnp.int32)
-            soft = packing.chunk_attend(p[..., None], bank, layout)[:, 0]
-            chosen = packing.pick(features, layout, j)  # upstream's "gt" rows: the raw features again (quirk 19)
-            nx = packing.pick(bank, layout, j) if hard else soft  # hard input for the next step only (quirk 20)
+            soft = layout.attend(p[..., None], bank)[:, 0]
+            chosen = layout.pick(features, j)  # upstream's "gt" rows: the raw features again (quirk 19)
+            nx = layout.pick(bank, j) if hard else soft  # hard input for the next step only (quirk 20)
             active = jnp.logical_not(done)
             # upstream breaks once the mask of the whole batch is empty, after this step's stores
             done = jnp.logical_or(done, jnp.sum(m * valid[:, None]) == 0)

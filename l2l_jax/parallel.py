@@ -92,36 +92,20 @@ def local_batch_size(global_batch: int, mesh: Mesh | None = None) -> int:
     return global_batch // jax.process_count()
 
 
-def with_layout(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
-    """The batch with its chunk index and its features in the chunk layout (`l2l_jax.packing`): one group
-    per local device, so each device lays out its own rows. One process: the capacity fits the batch's
-    chunks; several: every chunk of every row, since every process must agree on the shape without
-    talking. A batch that already has a chunk index is returned as it is."""
-    from l2l_jax import packing
-    from l2l_jax.data.index import MODALITY_KEYS
+def shard_batch(batch: Mapping[str, Any], mesh: Mesh, layout: str = "dense") -> dict[str, jax.Array]:
+    """A host-local batch (this process's rows, numpy) -> global arrays: arrays with a batch axis on
+    `P('data')`, 0-d values (``length``) replicated. With ``layout="chunk"`` a dense batch is laid out in
+    chunks first, one group per local device (`l2l_jax.layouts.chunk.lay_out`); a batch the loader already
+    laid out (it carries ``chunks``) must have one group per local device."""
+    from l2l_jax.layouts import chunk
 
-    batch = dict(batch)
-    if "mask" not in batch:
-        return batch
     groups = mesh.devices.size // jax.process_count()
-    if "chunks" in batch:  # laid out by the loader (`BatchLoader(chunk_groups=...)`)
+    if "chunks" in batch:
         if np.shape(batch["chunks"])[0] != groups:
             raise ValueError(f"the batch is laid out in {np.shape(batch['chunks'])[0]} chunk groups, but this "
                              f"process feeds {groups} devices: make the loader with chunk_groups={groups}")
-        return batch
-    chunks = packing.chunk_index(batch["mask"], batch.get("valid"), groups, full=jax.process_count() > 1)
-    batch["chunks"] = chunks
-    for key in {k for keys in MODALITY_KEYS.values() for k in keys}:
-        if key in batch:
-            batch[key] = packing.chunk_features(batch[key], chunks)
-    return batch
-
-
-def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
-    """A host-local batch (this process's rows, numpy) -> global arrays: arrays with a batch axis on
-    `P('data')`, 0-d values (``length``) replicated. A batch with a mask is laid out in chunks first
-    (`with_layout`)."""
-    batch = with_layout(batch, mesh)
+    elif layout == "chunk" and "mask" in batch:
+        batch = chunk.lay_out(batch, groups, full=jax.process_count() > 1)
     out = {}
     dsh, rep = data_sharding(mesh), replicated(mesh)
     for key, value in batch.items():
@@ -196,5 +180,4 @@ __all__ = [
     "replicated",
     "shard_batch",
     "to_host",
-    "with_layout",
 ]

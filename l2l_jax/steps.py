@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from l2l_jax import layouts
 from l2l_jax.model import sample_start
 from l2l_jax.recipe import Recipe
 
@@ -47,8 +48,8 @@ def create_train_state(variables: Mapping, tx: optax.GradientTransformation, see
 
 
 def model_inputs(batch: Batch) -> tuple[jax.Array, ...]:
-    """The feature arrays of a batch in the model's argument order: dense (B, Lb, F) or in the chunk layout
-    (G, S, F) (`parallel.shard_batch`), float32 or float16 (the model converts after laying them out)."""
+    """The feature arrays of a batch in the model's argument order, in the batch's layout (dense (B, Lb, F),
+    or (G, S, F) in the chunk layout), float32 or float16 (the layout converts them)."""
     names = ("image", "audio") if "image" in batch else ("features",)
     return tuple(jnp.asarray(batch[n]) for n in names)
 
@@ -67,8 +68,10 @@ def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def apply_model(model: nn.Module, variables: Mapping, batch: Batch, start_idx: jax.Array, *, train: bool,
                 hard: bool):
-    """The model on a batch; in training also returns the updated BatchNorm statistics."""
-    args = (*model_inputs(batch), batch["mask"], batch["length"], start_idx, batch["valid"], batch.get("chunks"))
+    """The model on a batch, in the batch's layout (`l2l_jax.layouts.of_batch`); in training also returns the
+    updated BatchNorm statistics."""
+    args = (*model_inputs(batch), batch["mask"], batch["length"], start_idx, batch["valid"],
+            layouts.of_batch(batch))
     if train:
         return model.apply(variables, *args, train=True, hard=hard, mutable=["batch_stats"])
     return model.apply(variables, *args, train=False, hard=hard)

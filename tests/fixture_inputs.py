@@ -138,3 +138,23 @@ def train_collate(videos: list[tuple[np.ndarray, ...]], randint_values: list[int
     for b, video in enumerate(videos):
         mask[b, : max(10, video[0].shape[0])] = 1.0
     return arrays, mask, L
+
+
+LAYOUTS = ("dense", "chunk")
+
+
+def in_layout(layout: str, features: list[np.ndarray], mask: np.ndarray, valid: np.ndarray | None = None,
+              groups: int = 1):
+    """Dense host features of a batch in the named layout: (features, layout object for the model call).
+    ``chunk`` lays the batch out as the loader does (`l2l_jax.layouts.chunk`), ``dense`` leaves it."""
+    import jax.numpy as jnp
+
+    from l2l_jax import layouts
+    from l2l_jax.layouts import chunk
+
+    mask = np.asarray(mask)
+    if layout == "dense":
+        return [np.asarray(x) for x in features], layouts.of_arrays(jnp.asarray(mask))
+    chunks = chunk.chunk_index(mask, valid, groups)
+    return [chunk.chunk_features(np.asarray(x), chunks) for x in features], layouts.of_arrays(jnp.asarray(mask),
+                                                                                               chunks)

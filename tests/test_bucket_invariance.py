@@ -6,7 +6,8 @@ valid 0; `l2l_jax.data.buckets`). Compared with `np.array_equal` (bitwise): ever
 train-mode output, the loss and both cross entropies, the gradient of every parameter (through
 `l2l_jax.steps.apply_model` and the recipe's loss) and every updated BatchNorm statistic; real rows only where
 a tensor has a row axis. Both variants, `feature_interpolate` with subsample 1 and 2, each batch with the
-chunk index that training and evaluation give it (`l2l_jax.packing`: its shape depends on the clips only).
+chunk index that training and evaluation give it (`l2l_jax.layouts.chunk`: its shape depends on the clips only),
+and in the dense layout.
 
 What it takes (docs/DESIGN.md): every product over positions runs on the chunk layout of
 `l2l_jax.packing`, whose shapes depend on the clips only (the key conv, its kernel gradient and BatchNorm
@@ -29,7 +30,8 @@ import pytest
 from batch_helpers import fill_rows, pad_to_length
 from fixture_inputs import clip_features, eval_collate, manifest_state_dict
 
-from l2l_jax import packing, torch_names
+from l2l_jax import torch_names
+from l2l_jax.layouts import chunk as packing
 from l2l_jax.model import PreviewConfig, build_model
 from l2l_jax.recipe import Recipe
 from l2l_jax.steps import apply_model
@@ -83,9 +85,10 @@ def leaves(tree) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(path): np.asarray(x) for path, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+@pytest.mark.parametrize("layout", ["dense", "chunk"])
 @pytest.mark.parametrize("variant,subsample,mean_start,bucket,fillers", CASES,
                          ids=[f"{v}-s{s}-Lb{b}-fill{f}" for v, s, _, b, f in CASES])
-def test_padding_and_fillers_change_no_bit(variant, subsample, mean_start, bucket, fillers):
+def test_padding_and_fillers_change_no_bit(variant, subsample, mean_start, bucket, fillers, layout):
     seed = 40 + CASES.index((variant, subsample, mean_start, bucket, fillers))
     variables = torch_names.from_state_dict(
         manifest_state_dict(f"manifests/preview_{'two_C12' if variant == 'two' else 'single_C12_D48'}.json", seed),
@@ -94,9 +97,10 @@ def test_padding_and_fillers_change_no_bit(variant, subsample, mean_start, bucke
     B, L = batch["mask"].shape
     padded = fill_rows(pad_to_length(batch, bucket), B + fillers)
     assert padded["mask"].shape == (B + fillers, bucket) and int(padded["length"]) == L
-    for b in (batch, padded):  # the chunk index the loops add (`parallel.with_layout`), one device
-        b["chunks"] = packing.chunk_index(b["mask"], b["valid"])
-    assert batch["chunks"].shape == padded["chunks"].shape
+    if layout == "chunk":
+        for b in (batch, padded):  # the chunk index the loader adds, one device
+            b["chunks"] = packing.chunk_index(b["mask"], b["valid"])
+        assert batch["chunks"].shape == padded["chunks"].shape
     fn = make_fn(variant, subsample, mean_start)
     ref, got = jax.device_get(fn(variables, batch)), jax.device_get(fn(variables, padded))
     ref_leaves, got_leaves = leaves(ref), leaves(got)

@@ -237,7 +237,7 @@ def test_chunk_groups_write_the_chunk_layout_of_the_dense_batch(root, variant, g
     """`chunk_groups`: the features come in the chunk layout (`packing.chunk_features` of the dense batch),
     with the batch's chunk index; recycled buffers (several epochs, last batch with filler rows) hold
     nothing stale."""
-    from l2l_jax import packing
+    from l2l_jax.layouts import chunk as packing
 
     src = source(root, variant)
     dense_ld, chunk_ld = loader(src), loader(src, chunk_groups=groups)

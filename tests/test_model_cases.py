@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 import torch_reference as tr
-from fixture_inputs import clip_features, manifest_state_dict
+from fixture_inputs import clip_features, in_layout, manifest_state_dict
 
 from l2l_jax import torch_names
 from l2l_jax.model import PreviewConfig, build_model
@@ -79,7 +79,7 @@ def setup_case(case: tuple, seed: int):
         torch_names.from_state_dict(sd, variant), batch, start
 
 
-def run_both(case: tuple, seed: int, train: bool):
+def run_both(case: tuple, seed: int, train: bool, layout: str = "dense"):
     _, variant, _, E, *_, hard = case
     tmodel, jmodel, variables, batch, start = setup_case(case, seed)
     x1, x2, mask = batch[0], batch[1], batch[2]
@@ -89,14 +89,14 @@ def run_both(case: tuple, seed: int, train: bool):
             ref = tmodel(x1, x2, mask, E, hard, torch.as_tensor(start, dtype=torch.long))
         else:
             ref = tmodel(x1, mask, E, hard, torch.as_tensor(start, dtype=torch.long), gt_features=x2)
-    args = (x1.numpy(), x2.numpy()) if variant == "two" else (x1.numpy(),)
+    args, lay = in_layout(layout, [x1.numpy(), x2.numpy()] if variant == "two" else [x1.numpy()], mask.numpy())
     length = jnp.int32(mask.shape[1])
     if train:
-        out, updates = jmodel.apply(variables, *args, mask.numpy(), length, start, train=True, hard=hard,
+        out, updates = jmodel.apply(variables, *args, mask.numpy(), length, start, None, lay, train=True, hard=hard,
                                     mutable=["batch_stats"])
         new_stats = torch_names.to_state_dict({**variables, "batch_stats": updates["batch_stats"]}, variant)
     else:
-        out, new_stats = jmodel.apply(variables, *args, mask.numpy(), length, start, hard=hard), None
+        out, new_stats = jmodel.apply(variables, *args, mask.numpy(), length, start, None, lay, hard=hard), None
     return variant, ref, out, new_stats, tmodel, batch
 
 
@@ -117,9 +117,10 @@ def assert_outputs_match(variant: str, ref, out) -> int:
     return steps
 
 
+@pytest.mark.parametrize("layout", ["dense", "chunk"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_eval_matches_torch_reference(case):
-    variant, ref, out, _, _, batch = run_both(case, seed=700 + CASES.index(case), train=False)
+def test_eval_matches_torch_reference(case, layout):
+    variant, ref, out, _, _, batch = run_both(case, seed=700 + CASES.index(case), train=False, layout=layout)
     steps = assert_outputs_match(variant, ref, out)
     # the situations the case exists for really occur
     mask = batch[2].numpy()
@@ -132,9 +133,11 @@ def test_eval_matches_torch_reference(case):
         assert steps == int(valid.max()) < E
 
 
+@pytest.mark.parametrize("layout", ["dense", "chunk"])
 @pytest.mark.parametrize("case", TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
-def test_train_mode_matches_torch_reference(case):
-    variant, ref, out, new_stats, tmodel, batch = run_both(case, seed=800 + TRAIN_CASES.index(case), train=True)
+def test_train_mode_matches_torch_reference(case, layout):
+    variant, ref, out, new_stats, tmodel, batch = run_both(case, seed=800 + TRAIN_CASES.index(case), train=True,
+                                                           layout=layout)
     assert_outputs_match(variant, ref, out)
     labels = batch[3]
     t_loss, t_avg, t_lstm = tr.losses(ref.avgpool_logits, ref.step_logits[-1], labels, with_avgpool_ce_loss=True,
@@ -154,7 +157,7 @@ def test_train_mode_matches_torch_reference(case):
 
 def test_interpolation_with_subsample_1_is_exactly_the_masked_features():
     """The model skips `interp_time` when s = 1 (model._inputs); that shortcut must change no bit."""
-    from l2l_jax.nn import interp_time
+    from l2l_jax.torch_ops import interp_time
 
     rng = np.random.default_rng(5)
     x = jnp.asarray(rng.standard_normal((3, 40, 16)), jnp.float32)

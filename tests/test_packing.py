@@ -1,8 +1,7 @@
-"""The chunk layout (`l2l_jax.packing`): the chunk index, host and device layouts of features, `relayout`,
-the chunked scores and attention against dense products, the BatchNorm statistics with the zero positions
-as one weighted row, and the model's outputs and gradients with a tight host-built layout (features laid
-out on the host, as `parallel.shard_batch` does) equal to those with the full-capacity index computed inside
-the model."""
+"""The chunk layout (`l2l_jax.layouts.chunk`): the chunk index, host and device layouts of features,
+`relayout`, the chunked scores and attention against dense products, the BatchNorm statistics with the zero
+positions as one weighted row, and the model's outputs and gradients with a tight host-built chunk layout
+(as the loader writes it) equal to those of the dense layout."""
 
 from __future__ import annotations
 
@@ -12,11 +11,12 @@ import numpy as np
 import pytest
 from fixture_inputs import clip_features, eval_collate, manifest_state_dict
 
-from l2l_jax import packing, torch_names
+from l2l_jax import torch_names
+from l2l_jax.layouts import chunk as packing
 from l2l_jax.model import PreviewConfig, build_model
-from l2l_jax.nn import TorchBatchNorm
 from l2l_jax.recipe import Recipe
 from l2l_jax.steps import apply_model
+from l2l_jax.torch_ops import TorchBatchNorm
 
 
 def test_capacity_fits_with_at_most_a_quarter_spare_and_few_shapes():

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 import grain
 import numpy as np
 
-from l2l_jax import packing
+from l2l_jax.layouts import chunk as chunk_layout
 
 from .buckets import DEFAULT_BUCKETS, OVERFLOW_STEP, bucket_length
 from .collate import MIN_CLIPS, TRAIN_WINDOW, BatchPlan, mask_for, plan_seeded
@@ -90,7 +90,7 @@ class BatchLoader:
     With `reuse_buffers` the feature arrays of a batch live in recycled memory, reused only once nothing
     references them (keeping a batch, a view of it or a zero-copy device array keeps it intact).
     With `chunk_groups` = G the features come in the chunk layout (G, S, F) of the batch's chunk index
-    (`l2l_jax.packing`; one group per local device), which the batch carries as ``chunks``: the policy's
+    (`l2l_jax.layouts.chunk`; one group per local device), which the batch carries as ``chunks``: the policy's
     own layout, written directly, with no dense (B, Lb, F) copy. Without it they are dense (B, Lb, F).
     """
 
@@ -201,9 +201,9 @@ class BatchLoader:
         chunks = None
         if self.chunk_groups:
             groups = self.chunk_groups
-            chunks = packing.chunk_index(mask, lvalid, groups, full=self.process_count > 1)
-            spans = packing.row_spans(chunks, len(lpos), out_len)
-            shape = (groups, chunks.shape[1] * packing.CHUNK, src.width)
+            chunks = chunk_layout.chunk_index(mask, lvalid, groups, full=self.process_count > 1)
+            spans = chunk_layout.row_spans(chunks, len(lpos), out_len)
+            shape = (groups, chunks.shape[1] * chunk_layout.CHUNK, src.width)
         else:
             shape = (len(lpos), out_len, src.width)
         taken = [self.pool.take(shape, src.dtype) if self.pool else (np.zeros(shape, src.dtype), False)

@@ -1,9 +1,9 @@
 """The chunk layout of a batch's clip positions: the policy works on real clips only.
 
-Upstream's collate pads every video of a batch to the batch length L with zero rows (UPSTREAM.md section 2),
+Upstream's collate pads every video of a batch to the batch length L with zero rows (docs/UPSTREAM.md §2),
 and training draws L from U{200..500}, so for ActivityNet-length videos most of a batch's (B, L) positions
 are zeros. Those positions never matter except through the key BatchNorm's statistics, where each counts as
-a clip whose conv output is exactly the conv bias (`l2l_jax.nn.TorchBatchNorm`'s `implicit` row).
+a clip whose conv output is exactly the conv bias (`l2l_jax.torch_ops.TorchBatchNorm`'s `implicit` row).
 
 So the policy works on *chunks*: each valid row's positions up to its last one with mask > 0, cut into
 chunks of CHUNK positions. A chunk index is (G, C) int32: for each of G row groups (one per device, so every
@@ -16,14 +16,15 @@ first positions in order, so building the layout on the host is one contiguous c
 everything of width Lb only (scores, probabilities, masks) stays dense, and `relayout` moves it between
 layouts (a gather whose backward pass is a gather too).
 
-Host side (numpy): `capacity`, `chunk_index`, `chunk_features`. Device side (inside jit): `make_layout`,
-`to_chunks`, `to_dense`, `pick`, `row_sums`, `head`, `chunk_scores`, `chunk_attend`, and
-`device_chunk_index` (the fallback when a batch carries no index: every chunk of every row, no saving).
+Host side (numpy): `capacity`, `chunk_index`, `chunk_features`, `lay_out`. Device side (inside jit):
+`make_layout` and the `ChunkLayout` it returns, whose methods are the layout interface of `l2l_jax.layouts`
+(`to_chunks`, `to_dense`, `pick`, `row_sums`, `head`, `chunk_scores`, `chunk_attend` underneath).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -108,13 +109,19 @@ def chunk_features(x: np.ndarray, chunks: np.ndarray) -> np.ndarray:
     return out
 
 
-def device_chunk_index(valid: Array, lb: int, groups: int) -> Array:
-    """The chunk index computed inside jit: every chunk of every valid row (no saving)."""
-    n = -(-lb // CHUNK)
-    rows = valid.shape[0] // groups
-    ids = jnp.arange(rows * n, dtype=jnp.int32)[None, :]
-    row_valid = jnp.repeat(valid.reshape(groups, rows) > 0, n, axis=1)
-    return jnp.where(row_valid, ids, -1)
+def lay_out(batch: Mapping[str, Any], groups: int, *, full: bool = False) -> dict[str, Any]:
+    """A dense host batch -> the same batch in the chunk layout: its chunk index as ``chunks`` (`groups`
+    groups, one per local device, so each device lays out its own rows; `full` as in `chunk_index`) and
+    every feature array laid out (`chunk_features`)."""
+    from l2l_jax.data.index import MODALITY_KEYS
+
+    batch = dict(batch)
+    chunks = chunk_index(batch["mask"], batch.get("valid"), groups, full=full)
+    batch["chunks"] = chunks
+    for key in {k for keys in MODALITY_KEYS.values() for k in keys}:
+        if key in batch:
+            batch[key] = chunk_features(batch[key], chunks)
+    return batch
 
 
 def _grouped(x: Array, groups: int) -> Array:
@@ -157,9 +164,10 @@ def _relayout_bwd(res, g):
 relayout.defvjp(_relayout_fwd, _relayout_bwd)
 
 
-class Layout(NamedTuple):
-    """The index maps of one batch (built once per batch by `make_layout`; G groups, R = B/G rows each,
-    P = R * Lb dense positions, C chunks of CHUNK positions, S = C * CHUNK chunk positions)."""
+class ChunkLayout(NamedTuple):
+    """The chunk layout of one batch: its index maps (built once per batch by `make_layout`; G groups,
+    R = B/G rows each, P = R * Lb dense positions, C chunks of CHUNK positions, S = C * CHUNK chunk
+    positions), and the layout operations the policy calls (`l2l_jax.layouts`)."""
 
     groups: int
     rows: int
@@ -168,9 +176,48 @@ class Layout(NamedTuple):
     dense_chunk: Array  # (G, P): dense position -> chunk position, S if outside every chunk
     owner: Array  # (G, R, C) float32: one-hot, the row of each chunk (0 for unused chunks)
 
+    def features(self, x: Array) -> Array:
+        return as_chunks(x, self)
 
-def make_layout(chunks: Array, batch: int, length: int) -> Layout:
-    """The `Layout` of a batch of `batch` rows and bucket length `length` from its chunk index."""
+    def from_dense(self, x: Array) -> Array:
+        return to_chunks(x, self)
+
+    def to_dense(self, x: Array) -> Array:
+        return to_dense(x, self)
+
+    def bank_view(self, bank: Array) -> Array:
+        # the scan reads the banks 2-D, as the key convs do: XLA:CPU then converts float16 features once
+        return bank.reshape(-1, bank.shape[-1])
+
+    def conv(self, x: Array, kernel: Array, bias: Array, weights: Array, precision) -> Array:
+        # exactly what flax's nn.Dense computes, on the chunk positions only
+        y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
+        return y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+
+    def statistics(self, weights: Array, bias: Array) -> tuple[Array, tuple[Array, Array]]:
+        # the counted positions outside the chunks hold zero features: each is a conv output equal to the
+        # bias, entered as one row weighted by their count (exact: integer counts in float32)
+        w = to_chunks(weights, self)
+        return w, (jnp.sum(weights) - jnp.sum(w), bias)
+
+    def head(self, rows: Array, fill: Array | None, width: int) -> Array:
+        return head(rows, fill, self, width)
+
+    def pick(self, x: Array, idx: Array) -> Array:
+        return pick(x, self, idx)
+
+    def row_sums(self, x: Array) -> Array:
+        return row_sums(x, self)
+
+    def scores(self, query: Array, keys: Array) -> Array:
+        return chunk_scores(query, keys, self)
+
+    def attend(self, probs: Array, bank: Array) -> Array:
+        return chunk_attend(probs, bank, self)
+
+
+def make_layout(chunks: Array, batch: int, length: int) -> ChunkLayout:
+    """The `ChunkLayout` of a batch of `batch` rows and bucket length `length` from its chunk index."""
     groups = chunks.shape[0]
     rows, p, s = batch // groups, (batch // groups) * length, chunks.shape[1] * CHUNK
     per_row = -(-length // CHUNK)
@@ -185,21 +232,12 @@ def make_layout(chunks: Array, batch: int, length: int) -> Layout:
     owner = ((row[:, None, :] == jnp.arange(rows)[None, :, None]) & live[:, None, :]).astype(jnp.float32)
     # computed once: without the barrier XLA fuses this index arithmetic into every consumer, per element
     chunk_dense, dense_chunk, owner = jax.lax.optimization_barrier((chunk_dense, dense_chunk, owner))
-    return Layout(groups, rows, length, chunk_dense, dense_chunk, owner)
+    return ChunkLayout(groups, rows, length, chunk_dense, dense_chunk, owner)
 
 
-def batch_layout(mask: Array, valid: Array, chunks: Array | None) -> Layout:
-    """The `Layout` of a batch from its chunk index, or, when it has none, from one computed here (every
-    chunk of every valid row: correct, but no saving)."""
-    b, lb = mask.shape
-    if chunks is None:
-        chunks = device_chunk_index(valid, lb, 1)
-    return make_layout(chunks, b, lb)
-
-
-def as_chunks(x: Array, layout: Layout) -> Array:
+def as_chunks(x: Array, layout: ChunkLayout) -> Array:
     """Features as float32 in the chunk layout (G, S, F): dense (B, Lb, F) features are laid out here;
-    features that arrive laid out (`chunk_features`, in `parallel.shard_batch`) pass through. (When
+    features that arrive laid out (`chunk_features`, by the loader or `lay_out`) pass through. (When
     B == G, one row per group, and S == Lb, the two layouts hold the same numbers, so the shape test is
     safe.) Positions outside the mask must hold zero features, as upstream's collate writes."""
     if x.shape[:2] == (layout.groups * layout.rows, layout.length):
@@ -207,18 +245,18 @@ def as_chunks(x: Array, layout: Layout) -> Array:
     return x.astype(jnp.float32)
 
 
-def to_chunks(x: Array, layout: Layout) -> Array:
+def to_chunks(x: Array, layout: ChunkLayout) -> Array:
     """Dense data (B, Lb, ...) (no gradient) -> the chunk layout (G, S, ...), zero at positions past Lb."""
     return take_slots(_grouped(x, layout.groups), jnp.zeros((), x.dtype), layout.chunk_dense)
 
 
-def to_dense(x: Array, layout: Layout) -> Array:
+def to_dense(x: Array, layout: ChunkLayout) -> Array:
     """Chunk-layout data (G, S, ...) (no gradient) -> dense (B, Lb, ...), zero outside every chunk."""
     out = take_slots(x, jnp.zeros((), x.dtype), layout.dense_chunk)
     return out.reshape(layout.groups * layout.rows, layout.length, *x.shape[2:])
 
 
-def pick(x: Array, layout: Layout, idx: Array) -> Array:
+def pick(x: Array, layout: ChunkLayout, idx: Array) -> Array:
     """Chunk-layout data (G, S, F) at position idx[b] of each row b -> (B, F) (zero outside the chunks)."""
     idx = idx.astype(jnp.int32).reshape(layout.groups, layout.rows)
     dense = idx + jnp.arange(layout.rows, dtype=jnp.int32) * layout.length
@@ -226,7 +264,7 @@ def pick(x: Array, layout: Layout, idx: Array) -> Array:
     return take_slots(x, jnp.zeros((), x.dtype), src).reshape(-1, x.shape[-1])
 
 
-def row_sums(x: Array, layout: Layout) -> Array:
+def row_sums(x: Array, layout: ChunkLayout) -> Array:
     """Sum over each row's positions of chunk-layout data (G, S, F) -> (B, F): per chunk, then per row by
     an exact one-hot product whose shape does not depend on Lb."""
     part = jnp.sum(x.reshape(layout.groups, -1, CHUNK, x.shape[-1]), axis=2)
@@ -234,7 +272,7 @@ def row_sums(x: Array, layout: Layout) -> Array:
     return out.reshape(-1, x.shape[-1])
 
 
-def head(rows: Array, fill: Array, layout: Layout, width: int) -> Array:
+def head(rows: Array, fill: Array, layout: ChunkLayout, width: int) -> Array:
     """The first `width` positions of every row, (B, width, K), from chunk-layout rows (G, S, K); `fill`
     where a position is in no chunk (no gradient)."""
     src = layout.dense_chunk.reshape(layout.groups, layout.rows, layout.length)[:, :, :width]
@@ -242,7 +280,7 @@ def head(rows: Array, fill: Array, layout: Layout, width: int) -> Array:
     return out.reshape(layout.groups * layout.rows, width, rows.shape[-1])
 
 
-def chunk_scores(query: Array, keys: Array, layout: Layout) -> Array:
+def chunk_scores(query: Array, keys: Array, layout: ChunkLayout) -> Array:
     """<query[b], key at (b, t)> -> (B, Lb) for keys in the chunk layout (G, S, K), computed on the chunks
     only (0 at positions outside them, which are masked). Every chunk is a fixed-shape (CHUNK, K)
     matrix-vector product, so a position's score does not depend on Lb; the rows' queries are copied to
@@ -256,7 +294,7 @@ def chunk_scores(query: Array, keys: Array, layout: Layout) -> Array:
     return dense.reshape(layout.groups * layout.rows, layout.length)
 
 
-def chunk_attend(probs: Array, bank: Array, layout: Layout) -> Array:
+def chunk_attend(probs: Array, bank: Array, layout: ChunkLayout) -> Array:
     """sum_t probs[b, t, j] bank[b, t, :] -> (B, J, F) for probs (B, Lb, J) that are 0 outside the chunks
     and a bank in the chunk layout (G, S, F): fixed-shape products per chunk, summed per row by an
     exact one-hot product whose shape does not depend on Lb."""
