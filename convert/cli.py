@@ -4,7 +4,7 @@
     l2l-convert preview --torch model_final.pth --out DIR [--variant single]    # a trained preview model
     l2l-convert export --flax DIR --out model.pth                               # back to upstream's format
 
-The directory format is documented in `l2l_jax.checkpoint`; the checks and the exported file in `convert.core`.
+The directory format is documented in `l2l_jax.model_dir`; the checks and the exported file in `convert.core`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from convert.core import convert_file, export_file
 from convert.torch_io import ConversionError
-from l2l_jax.checkpoint import NotAModelDirError
+from l2l_jax.model_dir import NotAModelDirError
 
 
 def build_parser() -> argparse.ArgumentParser:

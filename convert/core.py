@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from convert.torch_io import ConversionError, read_state_dict, write_torch_file
-from l2l_jax import checkpoint, torch_names
+from l2l_jax import model_dir, torch_names
 
 PREFIX = "module."
 # Where C and D can be read, per variant: (key, axis) in order of preference.
@@ -187,7 +187,7 @@ def convert_file(torch_path: str | os.PathLike, out_dir: str | os.PathLike, vari
                  overwrite: bool = False) -> tuple[Path, dict[str, Any]]:
     """Upstream ``.pth`` -> model directory. Returns (directory, meta)."""
     variables, meta = load_upstream(torch_path, variant)
-    return checkpoint.save_model_dir(out_dir, variables, meta, overwrite=overwrite), meta
+    return model_dir.save_model_dir(out_dir, variables, meta, overwrite=overwrite), meta
 
 
 def export_checkpoint(variables: Mapping, meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -207,6 +207,6 @@ def export_file(flax_dir: str | os.PathLike, out_path: str | os.PathLike, *, ove
     out = Path(out_path)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out.absolute()} already exists (pass --overwrite to replace it)")
-    variables, meta = checkpoint.load_model_dir(flax_dir)
+    variables, meta = model_dir.load_model_dir(flax_dir)
     ckpt = export_checkpoint(variables, meta)
     return write_torch_file(out, ckpt.pop("model"), **ckpt)

@@ -1,21 +1,27 @@
-"""Command-line flags shared by `l2l-train` and `l2l-eval`: one table, upstream's names and defaults.
+"""Command-line flags shared by `l2l-train` and `l2l-eval`: one table, upstream's names and defaults; and
+the error boundary of every program (`run_program`).
 
-Every flag of upstream's `main.py` / `validate.py` (UPSTREAM.md section 6, "Option defaults") is accepted
+Every flag of upstream's `main.py` / `validate.py` (docs/UPSTREAM.md §6 "Option defaults") is accepted
 with its name and meaning, so upstream's README commands run with only the program name changed. Our own
 flags follow. Precedence: table default < `--config FILE` (a Python file with `get_config()` returning an
-`ml_collections.ConfigDict`) < flags given on the command line.
+`ml_collections.ConfigDict`) < flags given on the command line. What a resolved configuration builds
+(model config, recipe, loaders, weights) is decided in `l2l_jax.config`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
+
+from l2l_jax.data.buckets import DEFAULT_BUCKETS
+from l2l_jax.errors import ConfigError, L2LError
 
 TRAIN, EVAL = "train", "eval"
 BOTH = (TRAIN, EVAL)
@@ -97,9 +103,15 @@ FLAGS: dict[str, dict[str, Any]] = {
                      "help": "replace every feature path's prefix (before imageAudio_features) with this directory",
                      "programs": BOTH},
     "skip_bad_videos": _bool("drop videos whose files fail validation instead of stopping"),
-    "buckets": {"type": int, "nargs": "+", "default": [16, 32, 64, 128, 256, 384, 512],
+    "buckets": {"type": int, "nargs": "+", "default": list(DEFAULT_BUCKETS),
                 "help": "length buckets: batches are padded up to the next one (one compile each)",
                 "programs": BOTH},
+    "layout": {"choices": ["auto", "dense", "chunk"], "default": "auto",
+               "help": "feature layout on the device: dense (B, L, F) batches, or each video's real clips in "
+                       "chunks of 32; auto = chunk on CPU, dense on GPU/TPU (same numbers to float32 rounding)",
+               "programs": BOTH},
+    "debug": {"action": "store_true", "default": False,
+              "help": "show the full traceback of an input error instead of a one-line message", "programs": BOTH},
     "keep_checkpoints": {"type": int, "default": 3, "help": "keep the newest k checkpoints", "programs": (TRAIN,)},
     "metrics_json": {"type": str, "default": None, "help": "write the evaluation results as JSON here",
                      "programs": (EVAL,)},
@@ -119,7 +131,7 @@ FLAGS: dict[str, dict[str, Any]] = {
 }
 
 
-# Upstream's single-modality opts.py differs from the root's in these defaults (UPSTREAM.md section 6).
+# Upstream's single-modality opts.py differs from the root's in these defaults (docs/UPSTREAM.md §6).
 SINGLE_DEFAULTS = {"subsample_factor": 2, "warmup_epochs": 10, "hidden_size": 1024}
 
 
@@ -147,12 +159,12 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     """Run `get_config()` of a config file (configs/<name>.py)."""
     file = Path(path)
     if not file.is_file():
-        raise SystemExit(f"--config {path}: no such file")
+        raise ConfigError(f"--config {path}: no such file")
     spec = importlib.util.spec_from_file_location(f"l2l_config_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise SystemExit(f"--config {path}: the file defines no get_config()")
+        raise ConfigError(f"--config {path}: the file defines no get_config()")
     return module.get_config()
 
 
@@ -165,7 +177,7 @@ def resolve(program: str, argv: Sequence[str] | None = None,
     if args.config:
         for key, value in load_config_file(args.config).items():
             if key not in cfg:
-                raise SystemExit(f"--config {args.config}: unknown setting {key!r}")
+                raise ConfigError(f"--config {args.config}: unknown setting {key!r}")
             given[key] = value
     given.update({key: value for key, value in vars(args).items() if value is not None})
     if given.get("variant", cfg.variant) == "single":
@@ -180,3 +192,18 @@ def resolve(program: str, argv: Sequence[str] | None = None,
         if spec.get("ignored") and program in spec["programs"] and getattr(args, name, None) is not None:
             warnings.warn(f"--{name} is accepted for compatibility and ignored, as in upstream", stacklevel=2)
     return cfg
+
+
+def run_program(program: str, body: Callable[[], int | None], argv: Sequence[str] | None = None) -> int:
+    """The error boundary of a program: runs `body` and turns an input error (`l2l_jax.errors.L2LError`) into
+    one line on stderr, ``l2l-<program>: <message>``, and exit status 2 (with ``--debug`` in `argv`, default
+    the command line, the traceback is shown instead). Returns body's status (0 for None)."""
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        status = body()
+    except L2LError as e:
+        if debug:
+            raise
+        print(f"l2l-{program}: {e}", file=sys.stderr)
+        return 2
+    return 0 if status is None else int(status)

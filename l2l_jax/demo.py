@@ -91,8 +91,8 @@ def step_data(out: Path, preset: str, seed: int) -> tuple[Path, int]:
 def step_imageaudionet(out: Path, data: Path, num_classes: int, preset: str, seed: int) -> dict[str, Any]:
     """Step 2: fit the fusion net + classifier, export it to an upstream .pth, convert that back."""
     from convert import cli as convert_cli
-    from l2l_jax.checkpoint import save_model_dir
     from l2l_jax.data import open_split
+    from l2l_jax.model_dir import save_model_dir
     from l2l_jax.pretrain import fit_imageaudionet
 
     _header(2, "fusion net + classifier on clip-level labels -> upstream-format .pth -> l2l-convert")

@@ -419,7 +419,7 @@ def find_checkpoint(path: str | os.PathLike) -> tuple[str, Path, int | None]:
     layout: ``<run>/checkpoints/<step>/``; given the run directory, the newest step; given
     ``<run>/checkpoints`` or one step's directory, that one). A directory with none of these but ``*.pth``
     files gives the newest by ctime (upstream's rule)."""
-    from l2l_jax import checkpoint as ck
+    from l2l_jax import model_dir as ck
     from l2l_jax.run_checkpoint import RunCheckpoints, find_run_checkpoint
 
     p = Path(path).absolute()
@@ -447,7 +447,7 @@ def find_checkpoint(path: str | os.PathLike) -> tuple[str, Path, int | None]:
 def load_model(path: str | os.PathLike, variant: str) -> tuple[dict, dict[str, Any], Path]:
     """(variables, meta, resolved path) for `--pretrained_model` (see `find_checkpoint`); upstream files are
     converted on load and strictly checked."""
-    from l2l_jax import checkpoint as ck
+    from l2l_jax import model_dir as ck
     from l2l_jax.run_checkpoint import read_run_params
 
     kind, p, step = find_checkpoint(path)

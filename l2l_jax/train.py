@@ -36,8 +36,8 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from l2l_jax import checkpoint as model_dirs
 from l2l_jax import cli, parallel
+from l2l_jax import model_dir as model_dirs
 from l2l_jax.data import BatchLoader, open_split
 from l2l_jax.model import PreviewConfig, build_model, init_variables
 from l2l_jax.recipe import Recipe

@@ -16,7 +16,7 @@ from fixture_inputs import clip_features, manifest_state_dict, read_json, read_n
 from convert import core
 from convert.cli import main
 from convert.torch_io import ConversionError, read_state_dict
-from l2l_jax import checkpoint
+from l2l_jax import model_dir
 
 MANIFESTS = {
     "two": "manifests/preview_two_C12.json",
@@ -119,7 +119,7 @@ def test_round_trip_is_bit_exact_and_loads_strictly_upstream(variant, tmp_path):
     assert (meta["variant"], meta["num_classes"], meta["feature_dim"]) == (variant, C, D)
     assert meta["epoch"] == 24 and meta["upstream_args"]["episode_length"] == 10
 
-    variables, meta2 = checkpoint.load_model_dir(out)
+    variables, meta2 = model_dir.load_model_dir(out)
     assert meta2 == json.loads((out / "meta.json").read_text())
     assert ("batch_stats" in variables) == (variant != "imageaudionet")
 
@@ -142,7 +142,7 @@ def test_round_trip_is_bit_exact_and_loads_strictly_upstream(variant, tmp_path):
 
     # .pth -> Flax again: the same variables, bit for bit.
     core.convert_file(pth, tmp_path / "flax2", variant)
-    variables2, _ = checkpoint.load_model_dir(tmp_path / "flax2")
+    variables2, _ = model_dir.load_model_dir(tmp_path / "flax2")
     _assert_same_tree(variables2, variables)
 
 
@@ -161,9 +161,9 @@ def test_module_prefix_bare_state_dict_and_suffix_matching(tmp_path):
         assert core.load_upstream(tmp_path / f"{name}.pth")[1]["variant"] == want  # detected
     torch.save(_tensors(_sd("single")), tmp_path / "s.pth")
     assert core.load_upstream(tmp_path / "s.pth")[1]["variant"] == "single"
-    ref, _ = checkpoint.load_model_dir(tmp_path / "a")
+    ref, _ = model_dir.load_model_dir(tmp_path / "a")
     for name in "bc":
-        _assert_same_tree(checkpoint.load_model_dir(tmp_path / name)[0], ref)
+        _assert_same_tree(model_dir.load_model_dir(tmp_path / name)[0], ref)
 
 
 # --- refusals ---------------------------------------------------------------------------------------------
@@ -263,33 +263,33 @@ def test_cli_all_subcommands(tmp_path, capsys):
 
 def test_model_dir_errors_and_atomic_replace(tmp_path):
     variables, meta = core.variables_from_state_dict(_sd("imageaudionet"), "imageaudionet", "test")
-    d = checkpoint.save_model_dir(tmp_path / "m", variables, meta)
-    assert checkpoint.is_model_dir(d)
+    d = model_dir.save_model_dir(tmp_path / "m", variables, meta)
+    assert model_dir.is_model_dir(d)
     with pytest.raises(FileExistsError):
-        checkpoint.save_model_dir(d, variables, meta)
+        model_dir.save_model_dir(d, variables, meta)
     variables["params"]["net_classifier"]["classifier"]["bias"] += 1
-    checkpoint.save_model_dir(d, variables, meta | {"epoch": 3}, overwrite=True)
-    got, got_meta = checkpoint.load_model_dir(d)
+    model_dir.save_model_dir(d, variables, meta | {"epoch": 3}, overwrite=True)
+    got, got_meta = model_dir.load_model_dir(d)
     _assert_same_tree(got, variables)
-    assert got_meta["epoch"] == 3 and got_meta["format_version"] == checkpoint.FORMAT_VERSION
+    assert got_meta["epoch"] == 3 and got_meta["format_version"] == model_dir.FORMAT_VERSION
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError, match="not a model directory"):
-        checkpoint.save_model_dir(tmp_path / "plain", variables, meta, overwrite=True)
+        model_dir.save_model_dir(tmp_path / "plain", variables, meta, overwrite=True)
     assert (tmp_path / "plain" / "keep.txt").exists()
-    with pytest.raises(checkpoint.NotAModelDirError, match=str(tmp_path / "plain")):
-        checkpoint.load_model_dir(tmp_path / "plain")
+    with pytest.raises(model_dir.NotAModelDirError, match=str(tmp_path / "plain")):
+        model_dir.load_model_dir(tmp_path / "plain")
     (tmp_path / "plain" / "meta.json").write_text('{"format": "something-else"}')
-    with pytest.raises(checkpoint.NotAModelDirError, match="format"):
-        checkpoint.load_model_dir(tmp_path / "plain")
-    with pytest.raises(checkpoint.NotAModelDirError, match="not a directory"):
-        checkpoint.load_model_dir(tmp_path / "plain" / "keep.txt")
+    with pytest.raises(model_dir.NotAModelDirError, match="format"):
+        model_dir.load_model_dir(tmp_path / "plain")
+    with pytest.raises(model_dir.NotAModelDirError, match="not a directory"):
+        model_dir.load_model_dir(tmp_path / "plain" / "keep.txt")
     with pytest.raises(FileNotFoundError):
-        checkpoint.load_model_dir(tmp_path / "nothing")
+        model_dir.load_model_dir(tmp_path / "nothing")
     with pytest.raises(ValueError, match="does not match meta"):
-        checkpoint.save_model_dir(tmp_path / "bad", variables, meta | {"num_classes": 7})
+        model_dir.save_model_dir(tmp_path / "bad", variables, meta | {"num_classes": 7})
 
 
 # --- the converted ImageAudioNet computes upstream's outputs ---------------------------------------------
@@ -302,7 +302,7 @@ def test_imageaudionet_conversion_reproduces_upstream_outputs(tmp_path):
                tmp_path / "ImageAudioNet_ActivityNet.pth")
     assert main(["imageaudionet", "--torch", str(tmp_path / "ImageAudioNet_ActivityNet.pth"),
                  "--out", str(tmp_path / "ia")]) == 0
-    variables, meta = checkpoint.load_model_dir(tmp_path / "ia")
+    variables, meta = model_dir.load_model_dir(tmp_path / "ia")
     image = clip_features(case["image_seed"], case["rows"])
     audio = clip_features(case["audio_seed"], case["rows"])
     fused, logits = ImageAudioClassifier(meta["num_classes"]).apply(variables, image, audio)

@@ -22,7 +22,7 @@ import pytest
 from test_train_parity import RUNS, recipe_of
 
 from l2l_jax import cli
-from l2l_jax.checkpoint import load_model_dir
+from l2l_jax.model_dir import load_model_dir
 from l2l_jax.run_checkpoint import RunCheckpoints
 from l2l_jax.train import recipe_from_config
 

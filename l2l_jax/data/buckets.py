@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-DEFAULT_BUCKETS: tuple[int, ...] = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512)
+DEFAULT_BUCKETS: tuple[int, ...] = (16, 32, 64, 128, 256, 384, 512)  # the programs' --buckets default
 OVERFLOW_STEP = 128  # beyond the largest bucket, round up to a multiple of this
 
 

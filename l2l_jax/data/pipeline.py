@@ -99,7 +99,8 @@ class BatchLoader:
                  window: tuple[int, int] = TRAIN_WINDOW, min_clips: int = MIN_CLIPS, subsample: int = 1,
                  shuffle: bool | None = None, fill_last: bool = True, pad_short_batches: bool = False,
                  num_threads: int = 2, prefetch: int = 2, process_index: int | None = None,
-                 process_count: int | None = None, reuse_buffers: bool = True, chunk_groups: int | None = None):
+                 process_count: int | None = None, reuse_buffers: bool = True, chunk_groups: int | None = None,
+                 visit_order: Sequence[int] | None = None):
         if process_index is None or process_count is None:
             import jax
 
@@ -118,6 +119,11 @@ class BatchLoader:
         if chunk_groups is not None and (batch_size // process_count) % chunk_groups:
             raise ValueError(f"{batch_size // process_count} rows per process do not split into "
                              f"{chunk_groups} chunk groups (one per local device)")
+        if visit_order is not None:
+            visit_order = np.asarray(visit_order, np.int64)
+            if train or sorted(visit_order.tolist()) != list(range(len(source))):
+                raise ValueError("visit_order is for evaluation and must be a permutation of the split's videos")
+        self.visit_order = visit_order
         self.chunk_groups = chunk_groups
         self.source = source
         self.batch_size = batch_size
@@ -145,7 +151,10 @@ class BatchLoader:
 
     # ----- the pure part: which videos, which draws -----
     def order(self, epoch: int) -> np.ndarray:
-        """The epoch's video order (positions in the source)."""
+        """The epoch's video order (positions in the source): `visit_order` if given, else shuffled per epoch
+        in training, else the split's order."""
+        if self.visit_order is not None:
+            return self.visit_order
         if not self.shuffle:
             return np.arange(len(self.source))
         cached = self._order_cache  # one epoch cached; a tuple swap is atomic across reader threads

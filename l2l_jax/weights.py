@@ -1,0 +1,140 @@
+"""Every way a user names weights, resolved in one place and loaded as numpy variables.
+
+A weights argument (``--pretrained_model``, ``--weights_audioImageModel``, ``l2l-eval --pretrained_model``,
+the benchmarks' ``--model``) may name:
+
+* an upstream ``.pth`` file: read with the safe loader (``torch.load(weights_only=True)``) and converted,
+  strictly checked (every missing, extra or mis-shaped tensor listed; `convert.core`);
+* a converted-model directory (`l2l_jax.model_dir`, written by ``l2l-convert`` and at the end of training);
+* a training run directory: its newest checkpoint; or the run's ``checkpoints/`` (the newest as well), or
+  one step's directory ``checkpoints/<step>`` (that step). Restored on the host, on any device count;
+* any other directory holding ``*.pth`` files: the newest by ctime (upstream's rule for a checkpoint folder).
+
+`resolve` says which (`WeightsRef`), `load` reads it; both raise `WeightsError` with the path and what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from l2l_jax.errors import WeightsError
+
+Kind = Literal["pth", "model_dir", "run"]
+#: The two-modality modules that ``--weights_audioImageModel`` sets: upstream's released ImageAudioNet.
+FUSION_MODULES = ("net_imageAudio", "net_classifier")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsRef:
+    """What a weights argument names: ``kind``, the file or directory, and for a run the checkpoint step."""
+
+    kind: Kind
+    path: Path
+    step: int | None = None
+
+    @property
+    def where(self) -> Path:
+        """The exact file or directory the weights come from (a run's step directory for runs)."""
+        if self.kind == "run" and self.step is not None:
+            from l2l_jax.run_checkpoint import CHECKPOINT_DIR
+
+            return self.path / CHECKPOINT_DIR / str(self.step)
+        return self.path
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+    """Loaded weights: ``variables`` ({"params", "batch_stats"} of numpy arrays), ``meta`` (variant,
+    num_classes, feature_dim, source, ...) and the `WeightsRef` they came from."""
+
+    variables: dict[str, Any]
+    meta: dict[str, Any]
+    ref: WeightsRef
+
+
+def resolve(path: str | Path, flag: str = "weights") -> WeightsRef:
+    """The `WeightsRef` of a weights argument (see the module docstring). `flag` names the argument in
+    errors (e.g. ``--pretrained_model``)."""
+    from l2l_jax import model_dir
+    from l2l_jax.run_checkpoint import RunCheckpoints, find_run_checkpoint
+
+    p = Path(path).absolute()
+    if not p.exists():
+        raise WeightsError(f"{flag} {p}: no such file or directory")
+    if p.is_file():
+        return WeightsRef("pth", p)
+    if model_dir.is_model_dir(p):
+        return WeightsRef("model_dir", p)
+    run = find_run_checkpoint(p)
+    if run is not None:
+        run_dir, step = run
+        if step is None:
+            ckpts = RunCheckpoints(run_dir)
+            try:
+                step = ckpts.latest_step()
+            finally:
+                ckpts.close()
+        return WeightsRef("run", run_dir, step)
+    pths = sorted(p.glob("*.pth"), key=lambda q: q.stat().st_ctime)
+    if pths:
+        return WeightsRef("pth", pths[-1])
+    raise WeightsError(f"{flag} {p}: not an upstream .pth, a converted-model directory or a training run "
+                       "directory, and no *.pth file there")
+
+
+def load(path: str | Path | WeightsRef, variant: str, flag: str = "weights") -> Weights:
+    """Loads the weights a path names for a model `variant` ("two", "single" or "imageaudionet": the fusion
+    net + classifier alone). A converted directory must hold that variant, except that a two-modality
+    directory also serves "imageaudionet" (its fusion net and classifier)."""
+    ref = path if isinstance(path, WeightsRef) else resolve(path, flag)
+    try:
+        if ref.kind == "pth":
+            from convert.core import variables_from_state_dict
+            from convert.torch_io import read_state_dict
+
+            sd, extras = read_state_dict(ref.path)
+            variables, meta = variables_from_state_dict(sd, variant, str(ref.path), extras)
+        elif ref.kind == "model_dir":
+            from l2l_jax import model_dir
+
+            variables, meta = model_dir.load_model_dir(ref.path)
+            if meta["variant"] != variant and not (variant == "imageaudionet" and meta["variant"] == "two"):
+                raise WeightsError(f"{flag} {ref.path} holds a {meta['variant']!r} model, not {variant!r} "
+                                   "(check --variant)")
+        else:
+            from l2l_jax.run_checkpoint import read_run_params
+
+            variables, step = read_run_params(ref.path, ref.step)
+            ref = dataclasses.replace(ref, step=step)
+            kernel = variables["params"]["net_classifier"]["classifier"]["kernel"]
+            meta = {"variant": variant, "num_classes": int(kernel.shape[1]), "feature_dim": int(kernel.shape[0]),
+                    "source": str(ref.where), "step": step}
+    except WeightsError:
+        raise
+    except (OSError, ValueError, KeyError) as e:
+        raise WeightsError(f"{flag} {ref.where}: {e}") from e
+    return Weights(variables, meta, ref)
+
+
+def merge(dst: dict, src: Mapping, source: str, what: str = "params") -> None:
+    """Copies every array of `src` into the same place of `dst` (in place, keeping dst's dtypes); a name
+    `dst` lacks or a shape that differs is a `WeightsError` naming `source`."""
+    for key, value in src.items():
+        if key not in dst:
+            raise WeightsError(f"{source}: {what} has {key!r}, which this model lacks (check --variant)")
+        if isinstance(value, Mapping):
+            merge(dst[key], value, source, f"{what}/{key}")
+        else:
+            want, got = np.shape(dst[key]), np.shape(value)
+            if want != got:
+                raise WeightsError(f"{source}: {what}/{key} has shape {got}, the model expects {want} "
+                                   "(check --num_classes / --embedding_size)")
+            dst[key] = np.asarray(value, dtype=np.asarray(dst[key]).dtype)
+
+
+__all__ = ["FUSION_MODULES", "Weights", "WeightsRef", "load", "merge", "resolve"]
