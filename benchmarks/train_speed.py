@@ -1,12 +1,14 @@
 """Training speed: `l2l-train`'s jitted step vs a straightforward eager PyTorch loop, same model, data and batch.
 
     python benchmarks/train_speed.py [--batch_size 32] [--steps 6] [--num_videos 512] [--buckets 256 384 512]
+        [--layout auto|dense|chunk]
 
 Data: ActivityNet-sized synthetic videos in memory (T ~ LogNormal(median 120, sigma 0.5) clipped to [10, 700]
 clips, 512-wide image and audio features, 200 classes). Batches: our seeded collate (`collate.plan_seeded`:
 upstream's L ~ U{200..500} window capped at the longest video, crops and fills); PyTorch gets each batch at its
 exact length L, ours the same batch padded to its length bucket. Recipe: the published one (frozen fusion net,
-avgpool loss, mean-feature start, no repeated clips, E = 10, Nesterov SGD with upstream's groups).
+avgpool loss, mean-feature start, no repeated clips, E = 10, Nesterov SGD with upstream's groups), built by
+`l2l_jax.config` from the published flags as `l2l-train` builds it.
 
 Ours: `steps.make_train_step` under `jax.jit` with the state donated, batches put on the device mesh as
 `l2l-train` does, no host sync until the end; compilation (one per bucket met) timed separately. PyTorch:
@@ -27,11 +29,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from l2l_jax import parallel  # noqa: E402
+from l2l_jax import cli, config, parallel  # noqa: E402
 from l2l_jax.data.buckets import bucket_length  # noqa: E402
 from l2l_jax.data.collate import mask_for, plan_seeded  # noqa: E402
 from l2l_jax.model import PreviewConfig, build_model, init_variables  # noqa: E402
-from l2l_jax.recipe import Recipe  # noqa: E402
 from l2l_jax.steps import create_train_state, make_train_step  # noqa: E402
 
 C, F = 200, 512
@@ -73,20 +74,22 @@ def make_batches(image, audio, labels, batch_size: int, steps: int, buckets, see
     return out
 
 
-def recipe(iters: int) -> Recipe:
-    return Recipe.from_epochs("two", iters_per_epoch=iters, milestones_epochs=(15, 20), scheduler=True,
-                              warmup_epochs=0, lr=0.01, freeze=True, with_avgpool_ce_loss=True)
+#: upstream's published training command (docs/UPSTREAM.md §1), the flags that shape a step
+PUBLISHED = ["--num_classes", str(C), "--lr", "0.01", "--milestones", "15", "20", "--momentum", "0.9", "--scheduler",
+             "--warmup_epochs", "0", "--freeze_imageAudioNet", "--with_avgpool_ce_loss", "--mean_feature_as_start",
+             "--with_replacement", "--episode_length", "10"]
 
 
-def run_ours(batches, cfg: PreviewConfig, variables) -> dict:
+def run_ours(batches, run_cfg, variables) -> dict:
     mesh = parallel.make_mesh()
-    rec = recipe(len(batches))
-    model = build_model(cfg, "two")
+    rec = config.recipe(run_cfg, len(batches))
+    model = build_model(config.model_config(run_cfg), "two")
+    layout = config.layout(run_cfg)
     state = parallel.replicate(create_train_state(variables, rec.optimizer(), seed=0), mesh)
     rep = parallel.replicated(mesh)
     step = jax.jit(make_train_step(model, rec), donate_argnums=(0,), out_shardings=(rep, rep),
                    compiler_options=parallel.compiler_options())
-    dev = [parallel.shard_batch(b, mesh) for b, _ in batches]
+    dev = [parallel.shard_batch(b, mesh, layout) for b, _ in batches]
     compiled, compile_s = {}, 0.0
 
     def signature(d):
@@ -106,14 +109,14 @@ def run_ours(batches, cfg: PreviewConfig, variables) -> dict:
     t0 = time.perf_counter()
     losses = []
     for b, _ in batches:
-        d = parallel.shard_batch(b, mesh)
+        d = parallel.shard_batch(b, mesh, layout)
         state, m = compiled[signature(d)](state, d)
         losses.append(m["loss"])
     jax.block_until_ready(state)
     secs = time.perf_counter() - t0
     n = sum(len(b["label"]) for b, _ in batches)
     return {"videos_per_s": n / secs, "seconds": secs, "compile_s": compile_s, "executables": len(compiled),
-            "loss": float(np.mean([float(x) for x in losses]))}
+            "loss": float(np.mean([float(x) for x in losses])), "layout": layout}
 
 
 def run_torch(batches, cfg: PreviewConfig, variables) -> dict:
@@ -146,17 +149,21 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--buckets", type=int, nargs="+", default=[256, 384, 512])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip_torch", action="store_true", help="only time ours (e.g. on a GPU machine)")
+    ap.add_argument("--layout", choices=["auto", "dense", "chunk"], default="auto",
+                    help="feature layout of our step (auto: chunk on CPU, dense on GPU/TPU)")
     args = ap.parse_args(argv)
     image, audio, labels = make_videos(args.num_videos, args.seed)
     batches = make_batches(image, audio, labels, args.batch_size, args.steps, args.buckets, args.seed + 1)
-    cfg = PreviewConfig(num_classes=C, mean_feature_as_start=True, with_replacement=True)
+    run_cfg = cli.resolve("train", [*PUBLISHED, "--batch_size", str(args.batch_size), "--layout", args.layout,
+                                    "--seed", str(args.seed)])
+    cfg = config.model_config(run_cfg)
     variables = jax.tree_util.tree_map(np.asarray, init_variables(cfg, "two", jax.random.key(args.seed)))
-    ours = run_ours(batches, cfg, variables)
+    ours = run_ours(batches, run_cfg, variables)
     mean_L = np.mean([int(b["length"]) for b, _ in batches])
     mean_Lb = np.mean([b["image"].shape[1] for b, _ in batches])
     dev = jax.devices()[0]
     print(f"device: {jax.device_count()} x {dev.platform} ({dev.device_kind}); batch {args.batch_size}, "
-          f"{args.steps} steps, mean L {mean_L:.0f} (padded to {mean_Lb:.0f})")
+          f"{args.steps} steps, mean L {mean_L:.0f} (padded to {mean_Lb:.0f}), layout {ours['layout']}")
     rows = [("l2l-jax (jit)", ours)]
     if not args.skip_torch:
         rows.append(("PyTorch eager", run_torch(batches, cfg, variables)))

@@ -121,7 +121,7 @@ def tie_map(rows: Array) -> Array:
     """For each of the first TIE_WINDOW positions of each row of `rows` (B, Lb, F), the first position among
     them holding a bitwise-identical vector (B, W) int32. A matmul need not give identical vectors identical
     dot products; gathering the scores through this map (`canonical_scores`) restores exact ties, so the
-    first copy wins the argmax as upstream's does (UPSTREAM.md section 4). Computed once per batch."""
+    first copy wins the argmax as upstream's does (docs/UPSTREAM.md §4). Computed once per batch."""
     w = min(TIE_WINDOW, rows.shape[1])
     bits = jax.lax.bitcast_convert_type(rows[:, :w], jnp.int32)
     same = jnp.all(bits[:, :, None, :] == bits[:, None, :, :], axis=-1)  # (B, W, W)

@@ -49,7 +49,7 @@ SCORE_SCALE = math.sqrt(KEY_DIM)  # 22.627416997969522, divides the scores in fl
 
 @dataclasses.dataclass(frozen=True)
 class PreviewConfig:
-    """The switches of the preview policy, with upstream's flag names (UPSTREAM.md section 6 defaults)."""
+    """The switches of the preview policy, with upstream's flag names (docs/UPSTREAM.md §6 "Option defaults")."""
 
     num_classes: int
     episode_length: int = 10  # E
@@ -205,7 +205,7 @@ def _scan(body, length: int, train: bool):
 
 
 class PreviewModel(nn.Module):
-    """The two-modality preview policy (UPSTREAM.md section 4)."""
+    """The two-modality preview policy (docs/UPSTREAM.md §4)."""
 
     cfg: PreviewConfig
 
@@ -295,7 +295,7 @@ class PreviewModel(nn.Module):
 
 
 class SinglePreviewModel(nn.Module):
-    """The single-modality preview policy (UPSTREAM.md section 5), D-wide features."""
+    """The single-modality preview policy (docs/UPSTREAM.md §5), D-wide features."""
 
     cfg: PreviewConfig
 
@@ -376,7 +376,7 @@ def build_model(cfg: PreviewConfig, variant: str) -> nn.Module:
 
 
 def init_variables(cfg: PreviewConfig, variant: str, key: Array) -> dict:
-    """Fresh variables with upstream's initial distributions (UPSTREAM.md section 6).
+    """Fresh variables with upstream's initial distributions (docs/UPSTREAM.md §6).
 
     `variant` is "two", "single" or "imageaudionet" (fusion net + classifier only)."""
     if variant == "imageaudionet":

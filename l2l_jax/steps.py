@@ -1,6 +1,6 @@
 """The jitted steps: pure functions of (state, batch), shared by training, evaluation and the tests.
 
-`train_step` does one iteration of upstream's recipe (UPSTREAM.md section 6): forward in training mode
+`train_step` does one iteration of upstream's recipe (docs/UPSTREAM.md §6): forward in training mode
 (BatchNorm batch statistics, running statistics updated), the configured loss, gradients, the optax
 update. The start clip of every video comes from `batch["start_idx"]` when the batch carries it (the
 parity tests feed upstream's), else from a key derived from the state's seed and step, so one seed fixes
