@@ -127,6 +127,10 @@ def select_state_dict(sd: Mapping[str, np.ndarray], variant: str, source: str) -
             dtypes.append(f"{matches[k]}: {v.dtype}, expected {'an integer' if want_int else 'float32'}")
     if dtypes:
         problems += _fmt("wrong dtype", dtypes)
+    nonfinite = [matches[k] for k, v in picked.items()
+                 if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.all(np.isfinite(v))]
+    if nonfinite:
+        problems += _fmt("non-finite values (NaN or inf)", nonfinite)
     if problems:
         raise ConversionError(f"{source} is not an upstream {variant!r} state dict; nothing was converted:\n"
                               + problems + _best_variant_hint(loaded, variant))

@@ -19,10 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from l2l_jax.errors import L2LError
+
 ALLOWED_GLOBALS = [argparse.Namespace]
 
 
-class ConversionError(ValueError):
+class ConversionError(L2LError, ValueError):
     """A checkpoint that cannot be converted; the message says why and names the file."""
 
 

@@ -4,7 +4,8 @@ Format (``format_version`` 1)::
 
     DIR/
       meta.json    {"format": "l2l-jax-model", "format_version": 1, "variant": "two" | "single" | "imageaudionet",
-                    "num_classes": C, "feature_dim": D, "source": "<where the weights came from>", ...extras}
+                    "num_classes": C, "feature_dim": D, "source": "<where the weights came from>",
+                    "tensors_sha256": "<`l2l_jax.integrity.tensor_checksum` of the variables>", ...extras}
       variables/   an orbax PyTree checkpoint of {"params": ..., "batch_stats": ...} (plain nested dicts of numpy
                    arrays: float32 tensors, int32 0-d BatchNorm counters; names as in docs/DESIGN.md;
                    "imageaudionet" has no "batch_stats")
@@ -17,7 +18,10 @@ flags, JSON-able ones only) when the ``.pth`` has them; ``source`` is the absolu
 directory and renames it into place, so a reader never sees a half-written model; it replaces an existing
 directory only when asked and only if that directory is itself a model directory. It is a one-process writer:
 in a multi-process run the calling process alone writes it (orbax's barriers are confined to that process).
-`load_model_dir` returns numpy arrays, bit for bit what was saved. Training runs (optimizer state,
+`load_model_dir` returns numpy arrays, bit for bit what was saved: it recomputes the checksum (directories
+written before checksums existed have none and are read as they are), and refuses non-finite tensors, a
+``meta.json`` that lacks a field or whose variant, classes or width do not match the tensors, each with a
+`NotAModelDirError` (a `l2l_jax.errors.WeightsError`) naming the directory. Training runs (optimizer state,
 CheckpointManager) are not this format.
 """
 
@@ -36,6 +40,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from l2l_jax.errors import WeightsError
+from l2l_jax.integrity import nonfinite_tensors, tensor_checksum
+
 FORMAT = "l2l-jax-model"
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -43,20 +50,20 @@ VARIABLES_DIR = "variables"
 MODEL_VARIANTS = ("two", "single", "imageaudionet")
 
 
-class NotAModelDirError(ValueError):
-    """The path is not a converted-model directory of this format."""
+class NotAModelDirError(WeightsError):
+    """The path is not a readable, intact converted-model directory of this format."""
 
 
 def _check_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(meta)
     missing = [k for k in ("variant", "num_classes", "feature_dim", "source") if k not in out]
     if missing:
-        raise ValueError(f"model metadata lacks {missing}")
+        raise WeightsError(f"model metadata lacks {missing}")
     if out["variant"] not in MODEL_VARIANTS:
-        raise ValueError(f"unknown variant {out['variant']!r}; expected one of {MODEL_VARIANTS}")
+        raise WeightsError(f"unknown variant {out['variant']!r}; expected one of {MODEL_VARIANTS}")
     for key in ("num_classes", "feature_dim"):
         if not isinstance(out[key], int | np.integer) or int(out[key]) < 1:
-            raise ValueError(f"meta {key} must be a positive integer, got {out[key]!r}")
+            raise WeightsError(f"meta {key} must be a positive integer, got {out[key]!r}")
         out[key] = int(out[key])
     out["format"], out["format_version"] = FORMAT, FORMAT_VERSION
     json.dumps(out)  # fail early on values JSON cannot hold
@@ -64,14 +71,34 @@ def _check_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_variables(variables: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+    from l2l_jax import torch_names
+
     try:
         bias = variables["params"]["net_classifier"]["classifier"]["bias"]
         kernel = variables["params"]["net_classifier"]["classifier"]["kernel"]
     except (KeyError, TypeError) as e:
-        raise ValueError(f"variables have no params/net_classifier/classifier ({e!r})") from None
+        raise WeightsError(f"variables have no params/net_classifier/classifier ({e!r})") from None
     want = (meta["feature_dim"] if meta["variant"] == "single" else 512, meta["num_classes"])
     if tuple(np.shape(kernel)) != want or tuple(np.shape(bias)) != want[1:]:
-        raise ValueError(f"classifier kernel {np.shape(kernel)} does not match meta (expected {want})")
+        raise WeightsError(f"the classifier is {tuple(np.shape(kernel))}, but meta.json says num_classes "
+                           f"{meta['num_classes']} and feature_dim {meta['feature_dim']} (expected {want})")
+    expected = set(torch_names.flax_paths(meta["variant"]))
+    have = set(named_paths(variables))
+    if have != expected:
+        lacking, extra = sorted(expected - have), sorted(have - expected)
+        raise WeightsError(f"the tensors are not those of a {meta['variant']!r} model, as meta.json says: "
+                           f"missing {lacking[:4]}{'...' if len(lacking) > 4 else ''}, "
+                           f"unexpected {extra[:4]}{'...' if len(extra) > 4 else ''}")
+    bad = nonfinite_tensors(variables)
+    if bad:
+        raise WeightsError(f"non-finite values (NaN or inf) in {bad[:5]}{'...' if len(bad) > 5 else ''}")
+
+
+def named_paths(variables: Mapping[str, Any]) -> list[str]:
+    """"collection/module/.../name" of every tensor of a variables tree."""
+    from l2l_jax.integrity import named_tensors
+
+    return list(named_tensors(variables))
 
 
 def _to_numpy(tree: Any) -> Any:
@@ -94,6 +121,7 @@ def save_model_dir(path: str | os.PathLike, variables: Mapping[str, Any], meta: 
     path = Path(path).absolute()
     meta = _check_meta(meta)
     _check_variables(variables, meta)
+    meta["tensors_sha256"] = tensor_checksum(_to_numpy(dict(variables)))
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
@@ -142,7 +170,10 @@ def load_meta(path: str | os.PathLike) -> dict[str, Any]:
         raise NotAModelDirError(
             f"{p}: model directory format version {meta.get('format_version')!r}, this code reads {FORMAT_VERSION}"
         )
-    return meta
+    try:
+        return _check_meta(meta)
+    except WeightsError as e:
+        raise NotAModelDirError(f"{p / META_FILE}: {e}") from None
 
 
 def load_model_dir(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -151,8 +182,19 @@ def load_model_dir(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, A
     meta = load_meta(p)
     if not (p / VARIABLES_DIR).is_dir():
         raise NotAModelDirError(f"{p} is not an l2l-jax model directory (no {VARIABLES_DIR}/)")
-    with ocp.PyTreeCheckpointer() as ckptr:
-        variables = ckptr.restore(p / VARIABLES_DIR)
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            variables = ckptr.restore(p / VARIABLES_DIR)
+    except Exception as e:  # orbax/tensorstore raise many types for a damaged directory
+        raise NotAModelDirError(f"{p / VARIABLES_DIR}: cannot be read ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:200] if str(e) else ''}); convert the model again") from e
     variables = jax.tree.map(np.asarray, variables)
-    _check_variables(variables, meta)
+    want = meta.get("tensors_sha256")
+    if want is not None and tensor_checksum(variables) != want:
+        raise NotAModelDirError(f"{p}: the tensors do not match the checksum in {META_FILE} (a data file was "
+                                "changed or damaged); convert the model again")
+    try:
+        _check_variables(variables, meta)
+    except WeightsError as e:
+        raise NotAModelDirError(f"{p}: {e}") from None
     return variables, meta

@@ -87,6 +87,11 @@ def state_dict_keys(variant: str) -> list[str]:
     return [key for key, *_ in entries(variant)]
 
 
+def flax_paths(variant: str) -> list[str]:
+    """"collection/module/.../name" of every Flax variable of a variant, in upstream's order."""
+    return ["/".join((collection, *path)) for _, collection, path, _ in entries(variant)]
+
+
 def _get(tree: Mapping, path: tuple[str, ...]):
     for name in path:
         tree = tree[name]

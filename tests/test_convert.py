@@ -288,7 +288,7 @@ def test_model_dir_errors_and_atomic_replace(tmp_path):
         model_dir.load_model_dir(tmp_path / "plain" / "keep.txt")
     with pytest.raises(FileNotFoundError):
         model_dir.load_model_dir(tmp_path / "nothing")
-    with pytest.raises(ValueError, match="does not match meta"):
+    with pytest.raises(ValueError, match="meta.json says num_classes"):
         model_dir.save_model_dir(tmp_path / "bad", variables, meta | {"num_classes": 7})
 
 
