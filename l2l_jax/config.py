@@ -189,6 +189,51 @@ def eval_weights(cfg: Config) -> Any:
     return loaded
 
 
+def check(cfg: Config, program: str) -> None:
+    """Every flag problem of a program (``"train"`` or ``"eval"``) as a `ConfigError` naming the flag, before
+    any data is read or anything compiles: counts that must be positive, contradictory settings, a missing
+    dataset file, a run directory that is a file or cannot be written."""
+    import os
+    from pathlib import Path
+
+    def positive(*names: str) -> None:
+        for name in names:
+            if name in cfg and cfg[name] is not None and int(cfg[name]) < 1:
+                raise ConfigError(f"--{name} {cfg[name]}: must be at least 1")
+
+    positive("batch_size", "episode_length", "num_classes", "subsample_factor", "decode_threads", "print_freq",
+             "embedding_size")
+    check_buckets(cfg["buckets"])
+    layout(cfg)
+    import jax
+
+    if int(cfg["batch_size"]) % jax.device_count():
+        raise ConfigError(f"--batch_size {cfg['batch_size']} does not split over {jax.device_count()} devices: "
+                          f"use a multiple of {jax.device_count()}")
+    datasets = ("train_dataset_file", "test_dataset_file") if program == "train" else ("test_dataset_file",)
+    for name in datasets:
+        path = cfg.get(name)
+        if path and not Path(path).exists():
+            raise ConfigError(f"--{name} {path}: no such file or directory")
+    if program != "train":
+        return
+    positive("checkpoint_freq", "keep_checkpoints", "epochs")
+    if not cfg.get("train_dataset_file"):
+        raise ConfigError("--train_dataset_file is required (an upstream train.pkl or a packed split)")
+    if int(cfg["epochs"]) <= int(cfg["start_epoch"]):
+        raise ConfigError(f"--epochs {cfg['epochs']} must be larger than --start_epoch {cfg['start_epoch']}")
+    if int(cfg["warmup_epochs"]) < 0:
+        raise ConfigError(f"--warmup_epochs {cfg['warmup_epochs']}: must be 0 or more")
+    if not (cfg["with_avgpool_ce_loss"] or cfg["with_lstm_ce_loss"]):
+        raise ConfigError("no loss to train: give --with_avgpool_ce_loss and/or --with_lstm_ce_loss (quirk 23)")
+    run_dir = Path(cfg["checkpoint_path"])
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--checkpoint_path {run_dir}: is a file; name a directory for the run")
+    parent = next((p for p in [run_dir, *run_dir.absolute().parents] if p.exists()), None)
+    if parent is None or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--checkpoint_path {run_dir}: cannot write into {parent}; choose a writable directory")
+
+
 def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
     """--buckets: positive and increasing."""
     out = tuple(int(b) for b in buckets)
@@ -197,6 +242,6 @@ def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
     return out
 
 
-__all__ = ["MAX_THREADS", "LoaderOptions", "check_buckets", "eval_weights", "feature_width", "initial_variables",
+__all__ = ["MAX_THREADS", "LoaderOptions", "check", "check_buckets", "eval_weights", "feature_width", "initial_variables",
            "layout", "loader_options", "make_eval_loader", "make_train_loader", "model_config", "read_subsample",
            "recipe", "sort_by_length", "split_options"]
