@@ -110,6 +110,9 @@ FLAGS: dict[str, dict[str, Any]] = {
                "help": "feature layout on the device: dense (B, L, F) batches, or each video's real clips in "
                        "chunks of 32; auto = chunk on CPU, dense on GPU/TPU (same numbers to float32 rounding)",
                "programs": BOTH},
+    "precision": {"choices": ["exact", "fast"], "default": "exact",
+                  "help": "exact: float32 products as upstream (every parity test); fast: bfloat16 operands with "
+                          "float32 accumulation and 16-bit features, for GPU/TPU", "programs": BOTH},
     "debug": {"action": "store_true", "default": False,
               "help": "show the full traceback of an input error instead of a one-line message", "programs": BOTH},
     "keep_checkpoints": {"type": int, "default": 3, "help": "keep the newest k checkpoints", "programs": (TRAIN,)},

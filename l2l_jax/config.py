@@ -8,7 +8,9 @@ Facts decided here, once:
 - ``--feature_subsample`` keeps every s-th clip when reading, for the two-modality variant only, as upstream's
   data.py does (§1; the single variant has no such flag);
 - the data-loading threads: ``--decode_threads``, capped at `MAX_THREADS`;
-- ``--layout auto|dense|chunk`` (`l2l_jax.layouts.resolve`).
+- ``--layout auto|dense|chunk`` (`l2l_jax.layouts.resolve`);
+- ``--precision exact|fast`` (`l2l_jax.precision`): the model's matmul precision, and in fast mode the loader
+  streams features in 16 bits.
 (§N: sections of docs/UPSTREAM.md.)
 """
 
@@ -50,7 +52,8 @@ def model_config(cfg: Config) -> PreviewConfig:
                          mean_feature_as_start=bool(cfg["mean_feature_as_start"]),
                          with_replacement=bool(cfg["with_replacement"]),
                          feature_interpolate=bool(cfg["feature_interpolate"]),
-                         subsample_factor=int(cfg["subsample_factor"]), feature_dim=feature_width(cfg))
+                         subsample_factor=int(cfg["subsample_factor"]), feature_dim=feature_width(cfg),
+                         precision=cfg.get("precision") or "exact")
 
 
 def recipe(cfg: Config, iters_per_epoch: int) -> Recipe:
@@ -88,6 +91,7 @@ class LoaderOptions:
     num_threads: int
     prefetch: int
     chunk_groups: int | None  # one per local device in the chunk layout; None: dense batches
+    feature_dtype: str | None  # "float16" in fast precision (features streamed in 16 bits), else as stored
 
     def kwargs(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -100,7 +104,8 @@ def loader_options(cfg: Config) -> LoaderOptions:
     threads = max(1, min(int(cfg["decode_threads"]), MAX_THREADS))
     return LoaderOptions(batch_size=int(cfg["batch_size"]), seed=int(cfg["seed"]), buckets=tuple(cfg["buckets"]),
                          subsample=read_subsample(cfg), num_threads=threads, prefetch=threads,
-                         chunk_groups=layouts.chunk_groups(layout(cfg)))
+                         chunk_groups=layouts.chunk_groups(layout(cfg)),
+                         feature_dtype="float16" if cfg.get("precision") == "fast" else None)
 
 
 def split_options(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
@@ -242,6 +247,6 @@ def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
     return out
 
 
-__all__ = ["MAX_THREADS", "LoaderOptions", "check", "check_buckets", "eval_weights", "feature_width", "initial_variables",
-           "layout", "loader_options", "make_eval_loader", "make_train_loader", "model_config", "read_subsample",
-           "recipe", "sort_by_length", "split_options"]
+__all__ = ["MAX_THREADS", "LoaderOptions", "check", "check_buckets", "eval_weights", "feature_width",
+           "initial_variables", "layout", "loader_options", "make_eval_loader", "make_train_loader", "model_config",
+           "read_subsample", "recipe", "sort_by_length", "split_options"]

@@ -29,7 +29,6 @@ import jax.numpy as jnp
 from l2l_jax.exact import TIE_WINDOW, canonical_scores, padded_softmax, tie_map
 from l2l_jax.layouts import DenseLayout, Layout
 from l2l_jax.torch_ops import (
-    PRECISIONS,
     TorchBatchNorm,
     WeightNormLSTMCell,
     interp_time,
@@ -59,13 +58,13 @@ class PreviewConfig:
     subsample_factor: int = 1
     feature_dim: int = FEATURE_DIM  # D; the two-modality model requires 512
     hard_audio_index: bool = False  # quirk 10: hard mode indexes the audio bank with the image index unless set
-    precision: str = "highest"  # matmul precision; "highest" = full float32 as in upstream (quirk 29)
+    precision: str = "exact"  # matmul precision (`l2l_jax.precision`): exact = float32 as upstream (quirk 29), or fast
 
 
 class ImageAudioNet(nn.Module):
     """Fusion net: cat(image, audio) -> Linear(1024,1024) -> ReLU -> Linear(1024,512) (section 3)."""
 
-    precision: str = "highest"
+    precision: str = "exact"
 
     @nn.compact
     def __call__(self, image: Array, audio: Array) -> Array:
@@ -79,7 +78,7 @@ class Classifier(nn.Module):
 
     num_classes: int
     in_features: int = FEATURE_DIM
-    precision: str = "highest"
+    precision: str = "exact"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -90,7 +89,7 @@ class ImageAudioClassifier(nn.Module):
     """Fusion net + classifier (upstream's ImageAudioClassify container, the released ImageAudioNet weights)."""
 
     num_classes: int
-    precision: str = "highest"
+    precision: str = "exact"
 
     def setup(self):
         self.net_imageAudio = ImageAudioNet(self.precision)
@@ -105,7 +104,7 @@ class ImageAudioClassifier(nn.Module):
 class QueryMLP(nn.Module):
     """Linear(1024,1024) -> BatchNorm1d -> ReLU -> Linear(1024,512): the query from the LSTM state."""
 
-    precision: str = "highest"
+    precision: str = "exact"
 
     @nn.compact
     def __call__(self, h: Array, valid: Array, train: bool) -> Array:
@@ -120,14 +119,14 @@ class Conv1x1(nn.Module):
 
     features: int
     in_features: int
-    precision: str = "highest"
+    precision: str = "exact"
 
     @nn.compact
     def __call__(self, x: Array, weights: Array, layout: Layout) -> tuple[Array, Array]:
         """Returns (conv output in the layout, bias)."""
         kernel = self.param("kernel", normal(0.0, 0.02), (self.in_features, self.features))
         bias = self.param("bias", torch_uniform(1.0 / math.sqrt(self.in_features)), (self.features,))
-        return layout.conv(x, kernel, bias, weights, PRECISIONS[self.precision]), bias
+        return layout.conv(x, kernel, bias, weights), bias
 
 
 class KeyConv(nn.Module):
@@ -139,7 +138,7 @@ class KeyConv(nn.Module):
     and whose conv output is the bias exactly, as one weighted row (`l2l_jax.layouts`)."""
 
     in_features: int
-    precision: str = "highest"
+    precision: str = "exact"
 
     @nn.compact
     def __call__(self, x: Array, weights: Array, train: bool, layout: Layout) -> tuple[Array, Array]:
@@ -231,7 +230,7 @@ class PreviewModel(nn.Module):
         b, lb = mask.shape
         valid = jnp.ones((b,), jnp.float32) if valid is None else valid.astype(jnp.float32)
         inside = jnp.arange(lb)[None, :] < length  # (1, Lb): positions of upstream's batch
-        layout = DenseLayout(b, lb) if layout is None else layout
+        layout = (DenseLayout(b, lb) if layout is None else layout)._replace(precision=cfg.precision)
         image, audio = layout.features(image), layout.features(audio)
         bank_i, bank_a = _bank(image, mask, length, cfg, layout), _bank(audio, mask, length, cfg, layout)
         key_w = valid[:, None] * inside
@@ -315,7 +314,7 @@ class SinglePreviewModel(nn.Module):
         b, lb = mask.shape
         valid = jnp.ones((b,), jnp.float32) if valid is None else valid.astype(jnp.float32)
         inside = jnp.arange(lb)[None, :] < length
-        layout = DenseLayout(b, lb) if layout is None else layout
+        layout = (DenseLayout(b, lb) if layout is None else layout)._replace(precision=cfg.precision)
         features = layout.features(features)
         bank = _bank(features, mask, length, cfg, layout)
         # keys from RAW features (quirk 18)

@@ -18,13 +18,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from l2l_jax import precision as prec
 from l2l_jax.exact import position_sum, spread
 
 Array = jax.Array
-
-PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "high": jax.lax.Precision.HIGH,
-              "default": jax.lax.Precision.DEFAULT}
-
 
 def torch_uniform(bound: float):
     """U(-bound, bound): torch's default init of Linear/Conv biases (bound = 1/sqrt(fan_in))."""
@@ -49,8 +46,8 @@ def torch_dense(features: int, fan_in: int, name: str, precision: str, weight_st
     None), bias U(+-1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in)
     kernel_init = normal(0.0, weight_std) if weight_std is not None else torch_uniform(bound)
-    return nn.Dense(features, kernel_init=kernel_init, bias_init=torch_uniform(bound),
-                    precision=PRECISIONS[precision], name=name)
+    return nn.Dense(features, kernel_init=kernel_init, bias_init=torch_uniform(bound), name=name,
+                    **prec.dense_options(precision))
 
 
 class TorchBatchNorm(nn.Module):
@@ -121,7 +118,7 @@ class WeightNormLSTMCell(nn.Module):
 
     input_size: int
     hidden_size: int = 1024
-    precision: str = "highest"
+    precision: str = "exact"
 
     def setup(self):
         h4, bound = 4 * self.hidden_size, 1.0 / math.sqrt(self.hidden_size)
@@ -140,8 +137,7 @@ class WeightNormLSTMCell(nn.Module):
         return jnp.concatenate([w_ih, w_hh], axis=1).T
 
     def __call__(self, x: Array, h: Array, c: Array, w: Array) -> tuple[Array, Array]:
-        p = PRECISIONS[self.precision]
-        gates = jnp.dot(jnp.concatenate([x, h], axis=-1), w, precision=p) + (self.bias_ih + self.bias_hh)
+        gates = prec.dot(jnp.concatenate([x, h], axis=-1), w, self.precision) + (self.bias_ih + self.bias_hh)
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)

@@ -92,6 +92,7 @@ class BatchLoader:
     With `chunk_groups` = G the features come in the chunk layout (G, S, F) of the batch's chunk index
     (`l2l_jax.layouts.chunk`; one group per local device), which the batch carries as ``chunks``: the policy's
     own layout, written directly, with no dense (B, Lb, F) copy. Without it they are dense (B, Lb, F).
+    `feature_dtype` (e.g. "float16") converts features while reading; default: as the source stores them.
     """
 
     def __init__(self, source: FeatureSource, *, batch_size: int, train: bool, seed: int = 0,
@@ -100,7 +101,7 @@ class BatchLoader:
                  shuffle: bool | None = None, fill_last: bool = True, pad_short_batches: bool = False,
                  num_threads: int = 2, prefetch: int = 2, process_index: int | None = None,
                  process_count: int | None = None, reuse_buffers: bool = True, chunk_groups: int | None = None,
-                 visit_order: Sequence[int] | None = None):
+                 visit_order: Sequence[int] | None = None, feature_dtype: str | None = None):
         if process_index is None or process_count is None:
             import jax
 
@@ -124,6 +125,7 @@ class BatchLoader:
             if train or sorted(visit_order.tolist()) != list(range(len(source))):
                 raise ValueError("visit_order is for evaluation and must be a permutation of the split's videos")
         self.visit_order = visit_order
+        self.feature_dtype = np.dtype(feature_dtype) if feature_dtype else np.dtype(source.dtype)
         self.chunk_groups = chunk_groups
         self.source = source
         self.batch_size = batch_size
@@ -215,7 +217,8 @@ class BatchLoader:
             shape = (groups, chunks.shape[1] * chunk_layout.CHUNK, src.width)
         else:
             shape = (len(lpos), out_len, src.width)
-        taken = [self.pool.take(shape, src.dtype) if self.pool else (np.zeros(shape, src.dtype), False)
+        dtype = self.feature_dtype
+        taken = [self.pool.take(shape, dtype) if self.pool else (np.zeros(shape, dtype), False)
                  for _ in src.keys]
         outs = [o for o, _ in taken]
         stale = any(r for _, r in taken)

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from l2l_jax import precision as prec
+
 Array = jax.Array
 
 CHUNK = 32  # positions per chunk of the attention layout
@@ -175,6 +177,7 @@ class ChunkLayout(NamedTuple):
     chunk_dense: Array  # (G, S): chunk position -> dense position, P if none
     dense_chunk: Array  # (G, P): dense position -> chunk position, S if outside every chunk
     owner: Array  # (G, R, C) float32: one-hot, the row of each chunk (0 for unused chunks)
+    precision: str = "exact"  # of the scores, attended features and key conv (`l2l_jax.precision`)
 
     def features(self, x: Array) -> Array:
         return as_chunks(x, self)
@@ -189,9 +192,9 @@ class ChunkLayout(NamedTuple):
         # the scan reads the banks 2-D, as the key convs do: XLA:CPU then converts float16 features once
         return bank.reshape(-1, bank.shape[-1])
 
-    def conv(self, x: Array, kernel: Array, bias: Array, weights: Array, precision) -> Array:
+    def conv(self, x: Array, kernel: Array, bias: Array, weights: Array) -> Array:
         # exactly what flax's nn.Dense computes, on the chunk positions only
-        y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
+        y = prec.dot(x, kernel, self.precision)
         return y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
 
     def statistics(self, weights: Array, bias: Array) -> tuple[Array, tuple[Array, Array]]:
@@ -204,7 +207,7 @@ class ChunkLayout(NamedTuple):
         return head(rows, fill, self, width)
 
     def pick(self, x: Array, idx: Array) -> Array:
-        return pick(x, self, idx)
+        return pick(x, self, idx).astype(jnp.float32)
 
     def row_sums(self, x: Array) -> Array:
         return row_sums(x, self)
@@ -236,13 +239,14 @@ def make_layout(chunks: Array, batch: int, length: int) -> ChunkLayout:
 
 
 def as_chunks(x: Array, layout: ChunkLayout) -> Array:
-    """Features as float32 in the chunk layout (G, S, F): dense (B, Lb, F) features are laid out here;
+    """Features in the chunk layout (G, S, F), float32 (bfloat16 in fast precision): dense (B, Lb, F)
+    features are laid out here;
     features that arrive laid out (`chunk_features`, by the loader or `lay_out`) pass through. (When
     B == G, one row per group, and S == Lb, the two layouts hold the same numbers, so the shape test is
     safe.) Positions outside the mask must hold zero features, as upstream's collate writes."""
     if x.shape[:2] == (layout.groups * layout.rows, layout.length):
         x = to_chunks(x, layout)
-    return x.astype(jnp.float32)
+    return x.astype(prec.feature_dtype(layout.precision))
 
 
 def to_chunks(x: Array, layout: ChunkLayout) -> Array:
@@ -267,7 +271,7 @@ def pick(x: Array, layout: ChunkLayout, idx: Array) -> Array:
 def row_sums(x: Array, layout: ChunkLayout) -> Array:
     """Sum over each row's positions of chunk-layout data (G, S, F) -> (B, F): per chunk, then per row by
     an exact one-hot product whose shape does not depend on Lb."""
-    part = jnp.sum(x.reshape(layout.groups, -1, CHUNK, x.shape[-1]), axis=2)
+    part = jnp.sum(x.astype(jnp.float32).reshape(layout.groups, -1, CHUNK, x.shape[-1]), axis=2)
     out = jnp.einsum("grc,gcf->grf", layout.owner, part, precision=jax.lax.Precision.HIGHEST)
     return out.reshape(-1, x.shape[-1])
 
@@ -289,7 +293,7 @@ def chunk_scores(query: Array, keys: Array, layout: ChunkLayout) -> Array:
     q = query.reshape(layout.groups, layout.rows, -1)
     q_c = jnp.einsum("grc,grk->gck", layout.owner, q, precision=hi)
     keys = keys.reshape(layout.groups, -1, CHUNK, keys.shape[-1])
-    s = jnp.einsum("gclk,gck->gcl", keys, q_c, precision=hi).reshape(layout.groups, -1)
+    s = prec.einsum("gclk,gck->gcl", keys, q_c, precision=layout.precision).reshape(layout.groups, -1)
     dense = relayout(s, jnp.zeros((), s.dtype), layout.dense_chunk, layout.chunk_dense)
     return dense.reshape(layout.groups * layout.rows, layout.length)
 
@@ -303,6 +307,6 @@ def chunk_attend(probs: Array, bank: Array, layout: ChunkLayout) -> Array:
     p = relayout(_grouped(probs, layout.groups), jnp.zeros((j,), probs.dtype), layout.chunk_dense,
                  layout.dense_chunk).reshape(layout.groups, -1, CHUNK, j)
     bank = bank.reshape(layout.groups, -1, CHUNK, bank.shape[-1])
-    part = jnp.einsum("gclj,gclf->gcjf", p, bank, precision=hi)
+    part = prec.einsum("gclj,gclf->gcjf", p, bank, precision=layout.precision)
     out = jnp.einsum("grc,gcjf->grjf", layout.owner, part, precision=hi)
     return out.reshape(layout.groups * layout.rows, j, bank.shape[-1])

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from l2l_jax import precision as prec
 from l2l_jax.exact import spread, tree_sum
 
 Array = jax.Array
@@ -34,66 +35,66 @@ def _chunked(x: Array) -> Array:
     return jnp.pad(x, pad).reshape(b, n, CHUNK, *x.shape[2:])
 
 
-def chunked_matvec(m: Array, v: Array) -> Array:
+def chunked_matvec(m: Array, v: Array, precision: str = "exact") -> Array:
     """<v[b], m[b, t]> -> (B, Lb), one (CHUNK, F) matrix-vector product per row and chunk: the kernel's
     shape does not depend on Lb, so a position's value does not either."""
     b, lb, f = m.shape
     mc = _chunked(m)
     vb = jnp.broadcast_to(v[:, None, :], (b, mc.shape[1], f))
-    out = jax.lax.dot_general(mc, vb, (((3,), (2,)), ((0, 1), (0, 1))), precision=jax.lax.Precision.HIGHEST)
+    out = prec.dot_general(mc, vb, (((3,), (2,)), ((0, 1), (0, 1))), precision)
     return out.reshape(b, -1)[:, :lb]
 
 
-def chunked_vecmat(w: Array, m: Array) -> Array:
+def chunked_vecmat(w: Array, m: Array, precision: str = "exact") -> Array:
     """sum_t w[b, t] m[b, t, :] -> (B, F): a fixed-shape product per chunk, the chunks summed by `tree_sum`
     (appended zero positions or chunks change no bit)."""
-    out = jax.lax.dot_general(_chunked(w), _chunked(m), (((2,), (2,)), ((0, 1), (0, 1))),
-                              precision=jax.lax.Precision.HIGHEST)
+    out = prec.dot_general(_chunked(w), _chunked(m), (((2,), (2,)), ((0, 1), (0, 1))), precision)
     return tree_sum(out, axis=1)
 
 
-@jax.custom_vjp
-def key_scores(query: Array, keys: Array) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def key_scores(query: Array, keys: Array, precision: str = "exact") -> Array:
     """<query[b], keys[b, t]> -> (B, Lb) by `chunked_matvec`; the query's gradient is a `chunked_vecmat`."""
-    return chunked_matvec(keys, query)
+    return chunked_matvec(keys, query, precision)
 
 
-def _key_scores_fwd(query, keys):
-    return key_scores(query, keys), (query, keys)
+def _key_scores_fwd(query, keys, precision):
+    return key_scores(query, keys, precision), (query, keys)
 
 
-def _key_scores_bwd(res, g):
+def _key_scores_bwd(precision, res, g):
     query, keys = res
-    return chunked_vecmat(g, keys), g[:, :, None] * query[:, None, :]
+    return chunked_vecmat(g, keys, precision), g[:, :, None] * query[:, None, :]
 
 
 key_scores.defvjp(_key_scores_fwd, _key_scores_bwd)
 
 
-@jax.custom_vjp
-def attend(probs: Array, bank: Array) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def attend(probs: Array, bank: Array, precision: str = "exact") -> Array:
     """sum_t probs[b, t] bank[b, t, :] -> (B, F) by `chunked_vecmat`; the probabilities' gradient,
     <g[b], bank[b, t]>, is a `chunked_matvec`."""
-    return chunked_vecmat(probs, bank)
+    return chunked_vecmat(probs, bank, precision)
 
 
-def _attend_fwd(probs, bank):
-    return attend(probs, bank), (probs, bank)
+def _attend_fwd(probs, bank, precision):
+    return attend(probs, bank, precision), (probs, bank)
 
 
-def _attend_bwd(res, g):
+def _attend_bwd(precision, res, g):
     probs, bank = res
-    return chunked_matvec(bank, g), probs[:, :, None] * g[:, None, :]
+    d_bank = (probs[:, :, None] * g[:, None, :]).astype(bank.dtype)
+    return chunked_matvec(bank, g, precision), d_bank
 
 
 attend.defvjp(_attend_fwd, _attend_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def position_dense(x: Array, kernel: Array, precision) -> Array:
+def position_dense(x: Array, kernel: Array, precision: str = "exact") -> Array:
     """x (B, Lb, D) @ kernel (D, K), per position. The kernel's gradient, a sum of x^T g over all B*Lb
     positions, is computed per chunk of CHUNK positions (all rows at once) and summed by a tree over chunks."""
-    return jnp.dot(x, kernel, precision=precision)
+    return prec.dot(x, kernel, precision)
 
 
 def _position_dense_fwd(x, kernel, precision):
@@ -102,8 +103,9 @@ def _position_dense_fwd(x, kernel, precision):
 
 def _position_dense_bwd(precision, res, g):
     x, kernel = res
-    partial = jnp.einsum("bncd,bnck->ndk", _chunked(x), _chunked(g), precision=precision)
-    return jnp.dot(g, kernel.T, precision=precision), tree_sum(partial, axis=0)
+    partial = prec.einsum("bncd,bnck->ndk", _chunked(x), _chunked(g), precision=precision)
+    d_x = prec.dot(g, kernel.T, precision).astype(x.dtype)
+    return d_x, tree_sum(partial, axis=0)
 
 
 position_dense.defvjp(_position_dense_fwd, _position_dense_bwd)
@@ -114,9 +116,10 @@ class DenseLayout(NamedTuple):
 
     rows: int
     length: int  # Lb
+    precision: str = "exact"  # of the scores, attended features and key conv (`l2l_jax.precision`)
 
     def features(self, x: Array) -> Array:
-        return jnp.asarray(x).astype(jnp.float32)
+        return jnp.asarray(x).astype(prec.feature_dtype(self.precision))
 
     def from_dense(self, x: Array) -> Array:
         return x
@@ -127,8 +130,8 @@ class DenseLayout(NamedTuple):
     def bank_view(self, bank: Array) -> Array:
         return bank
 
-    def conv(self, x: Array, kernel: Array, bias: Array, weights: Array, precision) -> Array:
-        return position_dense(x, kernel, precision) + spread(bias, weights)
+    def conv(self, x: Array, kernel: Array, bias: Array, weights: Array) -> Array:
+        return position_dense(x, kernel, self.precision) + spread(bias, weights)
 
     def statistics(self, weights: Array, bias: Array) -> tuple[Array, None]:
         return weights, None
@@ -137,13 +140,13 @@ class DenseLayout(NamedTuple):
         return rows[:, :width]
 
     def pick(self, x: Array, idx: Array) -> Array:
-        return jnp.take_along_axis(x, idx.astype(jnp.int32)[:, None, None], axis=1)[:, 0]
+        return jnp.take_along_axis(x, idx.astype(jnp.int32)[:, None, None], axis=1)[:, 0].astype(jnp.float32)
 
     def row_sums(self, x: Array) -> Array:
-        return tree_sum(x, axis=1)
+        return tree_sum(x.astype(jnp.float32), axis=1)
 
     def scores(self, query: Array, keys: Array) -> Array:
-        return key_scores(query, keys)
+        return key_scores(query, keys, self.precision)
 
     def attend(self, probs: Array, bank: Array) -> Array:
-        return jnp.stack([attend(probs[..., j], bank) for j in range(probs.shape[-1])], axis=1)
+        return jnp.stack([attend(probs[..., j], bank, self.precision) for j in range(probs.shape[-1])], axis=1)
