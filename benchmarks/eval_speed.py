@@ -1,7 +1,7 @@
-"""Evaluation speed: `l2l_jax.evaluate` vs a straightforward PyTorch evaluation of the same model, same data.
+"""Evaluation speed: `l2l-eval`'s evaluator vs a straightforward PyTorch evaluation of the same model, same data.
 
     python benchmarks/eval_speed.py [--data DIR] [--preset activitynet|default|tiny] [--model PATH]
-                                    [--batch_size 256] [--no-packed] [--repeats 2]
+                                    [--batch_size 256] [--no-packed] [--repeats 2] [--layout auto|dense|chunk]
 
 Data: the synthetic val split (`l2l-synth`, generated into --data if missing; default preset `activitynet`:
 1024 videos, T ~ LogNormal(median 120, sigma 0.5) in [10, 700], 200 classes), read from its float16 pack
@@ -11,10 +11,11 @@ interpolation with s = 1, E = 10). Both sides use the same start clips (ours are
 
 PyTorch side (`tests/torch_reference.py`): all features preloaded in memory as float32 tensors, upstream's
 batches in dataset order, upstream's eval collate, `torch.no_grad()`, default thread count, then the same numpy
-metrics. Ours: the evaluator as `l2l-eval` runs it (features read by the loader, sorted by length, one
-executable per bucket), timed without compilation (reported separately), without and with the baselines;
-each run --repeats times and the last reported (the first run also pulls the files into memory, which the
-PyTorch side gets for free by preloading). Prints a table of videos/s and the ratio.
+metrics. Ours: the `Evaluator` as `l2l-eval` builds it from the same flags (`l2l_jax.config`: features read
+by the loader, sorted by length, one executable per bucket), timed without compilation (reported
+separately), without and with the baselines; one evaluator each, run --repeats times and the last run
+reported (only the first compiles; it also pulls the files into memory, which the PyTorch side gets for
+free by preloading). Prints a table of videos/s and the ratio.
 """
 
 from __future__ import annotations
@@ -31,12 +32,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from l2l_jax import evaluate as ev  # noqa: E402
+from l2l_jax import cli, config, weights  # noqa: E402
 from l2l_jax.data import open_split  # noqa: E402
 from l2l_jax.data.pack import pack_pickle  # noqa: E402
 from l2l_jax.data.synthetic import PRESETS, generate  # noqa: E402
+from l2l_jax.evaluation import Evaluator  # noqa: E402
 from l2l_jax.metrics import VideoMetrics  # noqa: E402
 from l2l_jax.model import PreviewConfig, build_model, init_variables  # noqa: E402
+
+#: README's evaluation flags (mean start, no repeated clips, interpolation with s = 1, E = 10).
+README_EVAL = ["--episode_length", "10", "--mean_feature_as_start", "--with_replacement", "--feature_interpolate",
+               "--subsample_factor", "1"]
 
 
 def torch_eval(variables, source, cfg: PreviewConfig, batch_size: int, starts: dict[int, int]) -> tuple[dict, float]:
@@ -78,36 +84,41 @@ def main(argv: list[str] | None = None) -> None:
                     help="read the val split from its float16 pack (made with l2l-pack if missing), as the README "
                          "recommends; --no-packed reads the per-video .npy files")
     ap.add_argument("--repeats", type=int, default=2, help="runs of ours per row; the last one is reported")
+    ap.add_argument("--layout", choices=["auto", "dense", "chunk"], default="auto",
+                    help="feature layout of our evaluator (auto: chunk on CPU, dense on GPU/TPU)")
     args = ap.parse_args(argv)
     data = Path(args.data) if args.data else ROOT / "runs" / f"bench_{args.preset}"
     if not (data / "val.pkl").exists():
         print(f"generating the synthetic {args.preset} set in {data} ...")
         generate(data, config=replace(PRESETS[args.preset], num_train=8), progress=False)
     num_classes = PRESETS[args.preset].num_classes
-    cfg = PreviewConfig(num_classes=num_classes, episode_length=10, mean_feature_as_start=True,
-                        with_replacement=True, feature_interpolate=True, subsample_factor=1)
-    if args.model:
-        variables, meta, _ = ev.load_model(args.model, "two")
-        cfg = replace(cfg, num_classes=meta["num_classes"])
+    loaded = weights.load(args.model, "two", "--model") if args.model else None
+    if loaded is not None:
+        num_classes = loaded.meta["num_classes"]
+    run_cfg = cli.resolve("eval", [*README_EVAL, "--num_classes", str(num_classes), "--batch_size",
+                                   str(args.batch_size), "--seed", str(args.seed), "--decode_threads", "2",
+                                   "--feature_root", str(data), "--layout", args.layout])
+    cfg = config.model_config(run_cfg)
+    if loaded is not None:
+        variables = loaded.variables
     else:
         variables = jax.tree.map(np.asarray, init_variables(cfg, "two", jax.random.key(args.seed)))
     if args.packed and not (data / "val.pack").exists():
         pack_pickle(data / "val.pkl", feature_root=data, num_classes=cfg.num_classes, float16=True)
-    source = open_split(data / "val.pkl", variant="two", num_classes=cfg.num_classes, feature_root=data,
-                        packed=args.packed, progress=False)
+    source = open_split(data / "val.pkl", packed=args.packed, **config.split_options(run_cfg, progress=False))
+    loader = config.make_eval_loader(run_cfg, source)
     model = build_model(cfg, "two")
     rows = []
     ours = None
     for with_baselines in (False, True):
-        loader = ev.make_eval_loader(source, batch_size=args.batch_size, sort_by_length=True, seed=args.seed,
-                                     num_threads=2)
+        evaluator = Evaluator(model, cfg, "two", with_baselines=with_baselines, seed=args.seed,
+                              layout=config.layout(run_cfg))
         compile_s = 0.0
         for _ in range(args.repeats):  # the last run is reported (the first also reads the files into memory)
-            res = ev.evaluate(model, variables, loader, seed=args.seed, progress=False,
-                              with_baselines=with_baselines)
-            compile_s += res.compile_seconds  # executables are reused across runs: only the first compiles
+            res = evaluator.run(variables, loader, progress=False)
+            compile_s += res.compile_seconds  # only the first run compiles
         res.compile_seconds = compile_s
-        rows.append((f"l2l-jax evaluate ({'with' if with_baselines else 'no'} baselines)", res))
+        rows.append((f"l2l-jax evaluator ({'with' if with_baselines else 'no'} baselines)", res))
         ours = ours or res
     starts = dict(zip(ours.videos["index"].tolist(), ours.videos["start_idx"].tolist(), strict=True))
     t_metrics, t_seconds = torch_eval(variables, source, cfg, args.batch_size, starts)

@@ -1,4 +1,4 @@
-"""The baselines' clip choices and logits (`l2l_jax.baselines`)."""
+"""The baselines' clip choices and logits (`l2l_jax.evaluation.baselines`) and their registry."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_jax import baselines as bl
+from l2l_jax.evaluation import baselines as bl
 from l2l_jax.model import ImageAudioNet, PreviewConfig, init_variables
 
 
@@ -53,3 +53,29 @@ def test_baseline_logits_match_direct_computation():
         for k in range(1, 5):
             np.testing.assert_allclose(out["policy_steps_logits"][r, k - 1], fused[r, :k].mean(0) @ w + c,
                                        rtol=1e-4, atol=1e-5)
+
+
+def test_registry_holds_the_three_baselines_and_every_one_gets_logits(monkeypatch):
+    assert list(bl.BASELINES) == ["uniform", "random", "all"]
+    assert [bl.label(n, 7) for n in bl.BASELINES] == ["7 uniformly spaced clips", "7 random clips",
+                                                      "all clips averaged"]
+    monkeypatch.setattr(bl, "BASELINES", dict(bl.BASELINES))
+    monkeypatch.setattr(bl, "LABELS", dict(bl.LABELS))
+    bl.register("last", "the last valid clip")(
+        lambda clips: jnp.take_along_axis(clips.features, (clips.n.astype(jnp.int32) - 1)[:, None, None], 1)[:, 0])
+    cfg = PreviewConfig(num_classes=5, episode_length=4)
+    params = init_variables(cfg, "two", jax.random.key(1))["params"]
+    rng = np.random.default_rng(1)
+    image, audio = (rng.standard_normal((2, 16, 512)).astype(np.float32) for _ in range(2))
+    mask = np.zeros((2, 16), np.float32)
+    mask[0, :10], mask[1, :] = 1, 1
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(2))
+    out = bl.baseline_logits(params, {"image": image, "audio": audio, "mask": mask}, cfg, "two",
+                             {"fused": np.zeros((2, 4, 512), np.float32), "step_logits": None}, keys)
+    assert set(out) == {f"{n}_logits" for n in ("uniform", "random", "all", "last")} | {
+        "uniform_steps_logits", "policy_steps_logits"}
+    w, c = params["net_classifier"]["classifier"]["kernel"], params["net_classifier"]["classifier"]["bias"]
+    for r, n in enumerate((10, 16)):
+        f = np.asarray(ImageAudioNet().apply({"params": params["net_imageAudio"]}, image[r, :n], audio[r, :n]))
+        np.testing.assert_allclose(out["last_logits"][r], f[n - 1] @ w + c, rtol=1e-4, atol=1e-5)
+    assert bl.label("last", 4) == "the last valid clip"

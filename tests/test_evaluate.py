@@ -1,6 +1,8 @@
 """`l2l-eval` end to end on the fixture dataset: upstream's validate() numbers through the CLI (soft and hard,
 upstream's recorded starts fed with --start_idx_file), the export equals the model's outputs, the plots are
-PNGs, the run directory / .pth lookup, and identical results on 1 and 4 (fake CPU) devices."""
+PNGs, the run directory / .pth lookup, and identical results on 1 and 4 (fake CPU) devices. Also the
+`Evaluator` (compiles once across runs), the baselines registry, video names of packed splits, and the
+one-line errors of bad flags and output paths."""
 
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ import pytest
 from fixture_inputs import clip_features, eval_collate, manifest_state_dict, read_json
 
 from convert.torch_io import write_torch_file
-from l2l_jax import evaluate, torch_names
+from l2l_jax import cli, config, data, evaluate, torch_names, weights
+from l2l_jax.errors import WeightsError
+from l2l_jax.evaluation import Evaluator, baselines, report
 from l2l_jax.model import PreviewConfig, build_model
 
 DATA = read_json("dataset/dataset.json")
@@ -135,18 +139,137 @@ def check_plots(plots: Path) -> None:
 def test_pretrained_model_lookup(dataset, tmp_path):
     from convert.core import convert_file
 
-    kind, path, _ = evaluate.find_checkpoint(dataset / "model")  # a directory of .pth files: the newest
-    assert (kind, path) == ("pth", dataset / "model" / "model_final.pth")
-    convert_file(path, tmp_path / "converted", "two")
-    assert evaluate.find_checkpoint(tmp_path / "converted")[0] == "model_dir"
-    v_dir, meta, _ = evaluate.load_model(tmp_path / "converted", "two")
-    v_pth, _, _ = evaluate.load_model(path, "two")
-    assert meta["num_classes"] == 12
-    np.testing.assert_array_equal(v_dir["params"]["rnn"]["weight_hh_v"], v_pth["params"]["rnn"]["weight_hh_v"])
-    with pytest.raises(ValueError, match="not a converted model directory"):
-        evaluate.find_checkpoint(tmp_path)
-    with pytest.raises(FileNotFoundError, match="no such file"):
-        evaluate.find_checkpoint(tmp_path / "missing")
+    ref = weights.resolve(dataset / "model")  # a directory of .pth files: the newest
+    assert (ref.kind, ref.path) == ("pth", dataset / "model" / "model_final.pth")
+    convert_file(ref.path, tmp_path / "converted", "two")
+    assert weights.resolve(tmp_path / "converted").kind == "model_dir"
+    from_dir = weights.load(tmp_path / "converted", "two")
+    from_pth = weights.load(ref.path, "two")
+    assert from_dir.meta["num_classes"] == 12
+    np.testing.assert_array_equal(from_dir.variables["params"]["rnn"]["weight_hh_v"],
+                                  from_pth.variables["params"]["rnn"]["weight_hh_v"])
+    with pytest.raises(WeightsError, match="not an upstream .pth"):
+        weights.resolve(tmp_path)
+    with pytest.raises(WeightsError, match="no such file"):
+        weights.resolve(tmp_path / "missing")
+
+
+def evaluator_parts(dataset: Path, *extra: str):
+    """(resolved flags, loaded weights, eval loader) of the fixture split, as l2l-eval builds them."""
+    cfg = cli.resolve("eval", cli_args(dataset, CASES["published_soft"], *extra))
+    source = data.open_split(cfg.test_dataset_file, **config.split_options(cfg, progress=False))
+    return cfg, config.eval_weights(cfg), config.make_eval_loader(cfg, source)
+
+
+def test_evaluator_compiles_once_across_runs(dataset):
+    """The training loop's use: one Evaluator, run after every epoch, compiles nothing the second time and
+    gives the same numbers."""
+    cfg, loaded, loader = evaluator_parts(dataset, "--seed", "5")
+    model_cfg = config.model_config(cfg)
+    ev = Evaluator(build_model(model_cfg, "two"), model_cfg, "two", with_baselines=False, seed=cfg.seed,
+                   layout=config.layout(cfg))
+    first = ev.run(loaded.variables, loader, progress=False)
+    second = ev.run(loaded.variables, loader, progress=False)
+    assert first.compile_seconds > 0 and second.compile_seconds == 0
+    assert first.baselines == second.baselines == {}
+    for key in ("avgpool_acc", "lstm_acc", "avgpool_map", "lstm_map", "num_videos"):
+        assert first[key] == second[key]
+    for key, value in first.videos.items():
+        np.testing.assert_array_equal(value, second.videos[key], err_msg=key)
+
+
+def test_every_registered_baseline_is_reported(dataset, monkeypatch):
+    """Adding a baseline is one `register` call: it runs, is measured and gets its row in the table."""
+    monkeypatch.setattr(baselines, "BASELINES", dict(baselines.BASELINES))
+    monkeypatch.setattr(baselines, "LABELS", dict(baselines.LABELS))
+
+    @baselines.register("first", "first clip only")
+    def first_clip(clips: baselines.Clips):
+        return clips.features[:, 0]
+
+    cfg, loaded, loader = evaluator_parts(dataset)
+    model_cfg = config.model_config(cfg)
+    ev = Evaluator(build_model(model_cfg, "two"), model_cfg, "two", seed=cfg.seed, layout=config.layout(cfg))
+    result = ev.run(loaded.variables, loader, progress=False)
+    assert list(result.baselines) == list(baselines.BASELINES) == ["uniform", "random", "all", "first"]
+    for name in baselines.BASELINES:
+        assert 0 <= result.baselines[name]["acc"] <= 1 and result.baselines[name]["map"] is not None, name
+        assert f"{name}_logits" in result.videos
+    table = report.comparison_table(result)
+    for row in ("10 uniformly spaced clips", "10 random clips", "all clips averaged", "first clip only"):
+        assert row in table
+
+
+def test_video_names_of_file_and_packed_splits(dataset, tmp_path):
+    from l2l_jax.data.pack import pack_pickle
+
+    files = data.open_split(dataset / "val.pkl", num_classes=12, feature_root=dataset, progress=False)
+    pack = pack_pickle(dataset / "val.pkl", tmp_path / "val.pack", feature_root=dataset, num_classes=12,
+                       progress=False)
+    packed = data.open_split(pack, num_classes=12, progress=False)
+    assert isinstance(files, data.FileSource) and isinstance(packed, data.PackedSource)
+    want = dict(enumerate(VAL["names"]))
+    assert report.video_names(files) == want
+    assert report.video_names(packed) == want
+
+
+def test_export_of_a_packed_split_names_the_videos(dataset, tmp_path):
+    """l2l-eval on a packed split (which has no per-file paths) still exports every video's name."""
+    from l2l_jax.data.pack import pack_pickle
+
+    pack = pack_pickle(dataset / "val.pkl", tmp_path / "val.pack", feature_root=dataset, num_classes=12,
+                       float16=True, progress=False)
+    export = tmp_path / "e.jsonl"
+    args = cli_args(dataset, CASES["published_soft"], "--export", str(export))
+    args[args.index("--test_dataset_file") + 1] = str(pack)
+    assert evaluate.main(args) == 0
+    lines = [json.loads(x) for x in export.read_text().splitlines()]
+    assert [r["id"] for r in lines] == list(range(20))
+    assert [r["name"] for r in lines] == VAL["names"]
+
+
+def _bad_arguments(dataset: Path, tmp: Path) -> dict[str, tuple[str, list[str]]]:
+    """name -> (the flag the message must name, the arguments replaced or added)."""
+    (tmp / "a_file").write_text("x")
+    (tmp / "a_dir").mkdir()
+    (tmp / "bad.json").write_text("[1, 2]")
+    return {
+        "plot_is_a_file": ("--plot", ["--plot", str(tmp / "a_file")]),
+        "export_is_a_dir": ("--export", ["--export", str(tmp / "a_dir")]),
+        "metrics_json_is_a_dir": ("--metrics_json", ["--metrics_json", str(tmp / "a_dir")]),
+        "metrics_json_below_a_file": ("--metrics_json", ["--metrics_json", str(tmp / "a_file" / "m.json")]),
+        "no_test_dataset_file": ("--test_dataset_file", ["--test_dataset_file", ""]),
+        "missing_test_dataset_file": ("--test_dataset_file", ["--test_dataset_file", str(tmp / "none.pkl")]),
+        "not_a_dataset_pickle": ("--test_dataset_file", ["--test_dataset_file", str(tmp / "a_file")]),
+        "bad_start_idx_file": ("--start_idx_file", ["--start_idx_file", str(tmp / "bad.json")]),
+        "missing_pretrained_model": ("--pretrained_model", ["--pretrained_model", str(tmp / "none.pth")]),
+        "wrong_num_classes": ("--num_classes", ["--num_classes", "7"]),
+    }
+
+
+@pytest.mark.parametrize("name", ["plot_is_a_file", "export_is_a_dir", "metrics_json_is_a_dir",
+                                  "metrics_json_below_a_file", "no_test_dataset_file", "missing_test_dataset_file",
+                                  "not_a_dataset_pickle", "bad_start_idx_file", "missing_pretrained_model",
+                                  "wrong_num_classes"])
+def test_input_errors_are_one_line_and_exit_2(dataset, tmp_path, capsys, name):
+    flag, change = _bad_arguments(dataset, tmp_path)[name]
+    args = cli_args(dataset, CASES["published_soft"])
+    for key, value in zip(change[::2], change[1::2], strict=True):
+        if key in args:
+            args[args.index(key) + 1] = value
+        else:
+            args += [key, value]
+    assert evaluate.main(args) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("l2l-eval: ") and flag in err, err
+    assert "\n" not in err and "Traceback" not in captured.err + captured.out, err
+    assert "Testing Summary" not in captured.out  # nothing was evaluated
+
+
+def test_no_model_is_upstreams_message(capsys):
+    assert evaluate.main(["--test_dataset_file", "val.pkl"]) == 0
+    assert capsys.readouterr().out == "No model for validation - failing!!!\n"
 
 
 _DEVICE_RUN = """

@@ -3,7 +3,7 @@
 * ``timeline_<id>.png`` per video: clip positions along x; the image and audio choices of each step on two
   rows, numbered by step (1..E), the start clip marked (unless the mean start), padding/fill positions shaded.
 * ``map_vs_steps.png``: mAP after k = 1..E steps, the policy vs k uniformly spaced clips
-  (`l2l_jax.baselines` says how the k-step logits are formed).
+  (`l2l_jax.evaluation.baselines` says how the k-step logits are formed).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def map_vs_steps(path: str | os.PathLike, curves: Mapping[str, Sequence[float | 
 
 def write_all(result: Any, out_dir: str | os.PathLike, names: Mapping[int, str] | None = None,
               max_videos: int | None = None) -> list[Path]:
-    """Every video's timeline and the mAP-vs-steps summary for an `evaluate.EvalResult`; returns the files."""
+    """Every video's timeline and the mAP-vs-steps summary for an `EvalResult`; returns the files."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     v = result.videos

@@ -1,5 +1,9 @@
 """Baselines beside the policy, on the same features with the model's own fusion net and classifier.
 
+Each baseline is a function registered under a name in `BASELINES` (with the `register` decorator, which
+also takes its label for the comparison table): given a batch's `Clips`, it returns the (B, F) feature the
+classifier classifies. `baseline_logits` runs every registered one, so adding a baseline touches one place.
+
 * ``uniform``: E clips uniformly spaced over the video's valid positions -- clip ``floor((k + 0.5) * n / E)``,
   k = 0..E-1, the centres of E equal segments (n = the mask's valid count, upstream's max(10, T));
 * ``random``: E distinct clips drawn uniformly (one key per video, so the draw depends only on the seed and the
@@ -18,7 +22,8 @@ sampling's are the uniform baseline with k clips.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +33,39 @@ from l2l_jax import layouts
 from l2l_jax.model import Classifier, ImageAudioNet, PreviewConfig
 from l2l_jax.steps import model_inputs
 
-BASELINES = ("uniform", "random", "all")
+
+@dataclasses.dataclass(frozen=True)
+class Clips:
+    """What a baseline sees of one batch (inside jit)."""
+
+    features: jax.Array  # (B, Lb, F) per-clip features, dense (fused by net_imageAudio for two-modality)
+    mask: jax.Array  # (B, Lb) upstream's mask; its valid positions are a prefix of each row
+    n: jax.Array  # (B,) float32: valid positions per row
+    keys: jax.Array  # (B,) one random key per video (from the seed and the dataset index)
+    episode_length: int  # E: clips a sampling baseline takes
+
+
+Baseline = Callable[[Clips], jax.Array]
+#: name -> the baseline's (B, F) feature to classify, in the order they run and are reported.
+BASELINES: dict[str, Baseline] = {}
+#: name -> its label in the comparison table (``{e}`` is replaced by E).
+LABELS: dict[str, str] = {}
+
+
+def register(name: str, label: str) -> Callable[[Baseline], Baseline]:
+    """Decorator: adds a baseline to `BASELINES` under `name`, shown as `label` (``{e}``: E) in tables."""
+
+    def add(fn: Baseline) -> Baseline:
+        BASELINES[name] = fn
+        LABELS[name] = label
+        return fn
+
+    return add
+
+
+def label(name: str, episode_length: int) -> str:
+    """The comparison table's label of a baseline (its name when it has none)."""
+    return LABELS.get(name, name).format(e=episode_length)
 
 
 def uniform_positions(n: jax.Array, k: int) -> jax.Array:
@@ -63,13 +100,34 @@ def _gather(x: jax.Array, pos: jax.Array) -> jax.Array:
     return out.reshape(*pos.shape, x.shape[-1])
 
 
+@register("uniform", "{e} uniformly spaced clips")
+def uniform_clips(clips: Clips) -> jax.Array:
+    """The mean of E uniformly spaced clips."""
+    return jnp.mean(_gather(clips.features, uniform_positions(clips.n, clips.episode_length)), axis=1)
+
+
+@register("random", "{e} random clips")
+def random_clips(clips: Clips) -> jax.Array:
+    """The mean of E distinct random clips."""
+    lb = clips.mask.shape[1]
+    pos = random_positions(clips.keys, clips.n, lb, clips.episode_length)
+    return jnp.mean(_gather(clips.features, pos), axis=1)
+
+
+@register("all", "all clips averaged")
+def all_clips(clips: Clips) -> jax.Array:
+    """The mean of every valid clip."""
+    return jnp.sum(clips.features * clips.mask[..., None], axis=1) / clips.n[:, None]
+
+
 def baseline_logits(params: Mapping, batch: Mapping, cfg: PreviewConfig, variant: str, policy_out: Mapping,
                     rand_keys: jax.Array) -> dict[str, jax.Array]:
-    """Logits of the baselines (B, C) and of the k-step curves (B, E, C) for one batch (inside jit)."""
+    """Logits of every registered baseline, ``<name>_logits`` (B, C), and of the k-step curves,
+    ``uniform_steps_logits`` and ``policy_steps_logits`` (B, E, C), for one batch (inside jit). `rand_keys`
+    (B,) are the videos' keys for the random draws; `policy_out` is the model's output on the batch."""
     e, c, p = cfg.episode_length, cfg.num_classes, cfg.precision
     mask = batch["mask"]
     n = jnp.sum(mask, axis=1)
-    lb = mask.shape[1]
     classify = Classifier(c, cfg.feature_dim, p)
     cls_vars = {"params": params["net_classifier"]}
     layout = layouts.of_batch(batch)
@@ -83,11 +141,8 @@ def baseline_logits(params: Mapping, batch: Mapping, cfg: PreviewConfig, variant
     def head(x):
         return classify.apply(cls_vars, x)
 
-    out = {
-        "uniform_logits": head(jnp.mean(_gather(clip_feats, uniform_positions(n, e)), axis=1)),
-        "random_logits": head(jnp.mean(_gather(clip_feats, random_positions(rand_keys, n, lb, e)), axis=1)),
-        "all_logits": head(jnp.sum(clip_feats * mask[..., None], axis=1) / n[:, None]),
-    }
+    clips = Clips(clip_feats, mask, n, rand_keys, e)
+    out = {f"{name}_logits": head(baseline(clips)) for name, baseline in BASELINES.items()}
     # uniform with k = 1..E clips: a (E, E) table of positions, weights 1/k on the first k of row k
     tri = np.tril(np.ones((e, e), np.float32)) / np.arange(1, e + 1, dtype=np.float32)[:, None]
     pos = jnp.stack([jnp.pad(uniform_positions(n, k), ((0, 0), (0, e - k))) for k in range(1, e + 1)], axis=1)

@@ -1,0 +1,92 @@
+"""What an evaluation shows and writes, apart from computing it: upstream's summary lines, the comparison
+table, the metrics JSON, the per-video export (JSON lines) and the video names they carry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from l2l_jax.evaluation import baselines
+from l2l_jax.evaluation.evaluator import EvalResult
+
+
+def summary_lines(result: EvalResult, checkpoint: str) -> str:
+    """Upstream's validate.py summary, character for character (quirk 25): accuracy x100, two-modality mAP
+    as a fraction; the single variant prints its own line, all x100."""
+    if result.variant == "single":
+        gt = float("nan") if result.gt_map is None else result.gt_map * 100
+        return (f"Testing Summary for checkpoint: {checkpoint}\nvideo accuracy/mAP/gt mAP: "
+                f"{result.avgpool_acc * 100} \t {result.avgpool_map * 100} \t {gt}\n")
+    return (f"Testing Summary for checkpoint: {checkpoint}\nAvgpool Acc: {result.avgpool_acc * 100} \n"
+            f" LSTM Acc: {result.lstm_acc * 100} \n Avgpool mAP: {result.avgpool_map} \n LSTM mAP: {result.lstm_map}")
+
+
+def comparison_table(result: EvalResult) -> str:
+    """The policy and the baselines side by side (accuracy in percent, mAP as a fraction)."""
+
+    def fmt(acc, m):
+        return f"{acc * 100:9.2f}  {'n/a' if m is None else f'{m:.4f}':>8}"
+
+    rows = [("policy, avgpool head", fmt(result.avgpool_acc, result.avgpool_map)),
+            ("policy, LSTM head", fmt(result.lstm_acc, result.lstm_map))]
+    for name, v in result.baselines.items():
+        rows.append((baselines.label(name, result.episode_length), fmt(v["acc"], v["map"])))
+    lines = [f"{'method':28s} {'acc (%)':>9}  {'mAP':>8}"] + [f"{a:28s} {b}" for a, b in rows]
+    if result.hard and result.clips_consumed is not None:
+        lines.append(f"hard mode: clip features consumed per video {result.clips_consumed:.2f} "
+                     f"(T = {result.mean_length:.2f} clips per video on average)")
+    lines.append(f"{result.num_videos} videos, {result.videos_per_second:.1f} videos/s "
+                 f"(+ {result.compile_seconds:.1f} s compiling)")
+    return "\n".join(lines)
+
+
+def video_names(source: Any) -> dict[int, str] | None:
+    """Dataset index -> video name (the feature file's stem) of a split, per-file (`data.FileSource`) or
+    packed (`data.PackedSource`, names kept by l2l-pack); None for a source without names."""
+    names = getattr(source, "names", None)
+    if names is None:
+        return None
+    return {int(i): str(name) for i, name in zip(source.ids, names, strict=True)}
+
+
+def write_metrics_json(result: EvalResult, path: str | os.PathLike, **extra: Any) -> Path:
+    """The summary (`EvalResult.metrics`) and `extra` (e.g. ``checkpoint=``) as an indented JSON object."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**result.metrics(), **extra}, indent=1) + "\n")
+    return path
+
+
+def write_export(result: EvalResult, path: str | os.PathLike, names: Mapping[int, str] | None = None) -> Path:
+    """One JSON line per video: id, name (when `names` has it), label, prediction (avgpool head), LSTM
+    prediction, start clip, clip count, per-step clip indices and (two-modality) modality weights."""
+    v = result.videos
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pred = np.argmax(v["avgpool_logits"], axis=1)
+    lstm_pred = np.argmax(v["lstm_logits"], axis=1)
+    with open(path, "w") as f:
+        for r, i in enumerate(v["index"]):
+            rec: dict[str, Any] = {"id": int(i), "label": int(v["label"][r]), "prediction": int(pred[r]),
+                                   "lstm_prediction": int(lstm_pred[r]), "start_idx": int(v["start_idx"][r]),
+                                   "num_clips": int(min(v["n_valid"][r], v["length"][r]))}
+            if names is not None and int(i) in names:
+                rec["name"] = names[int(i)]
+            if result.variant == "two":
+                rec["image_idx"] = v["image_idx"][r].tolist()
+                rec["audio_idx"] = v["audio_idx"][r].tolist()
+                rec["modality_w"] = v["modality_w"][r].tolist()
+            else:
+                rec["idx"] = v["idx"][r].tolist()
+                rec["steps_taken"] = int(v["steps_taken"][r])
+            f.write(json.dumps(rec) + "\n")
+    return path
+
+
+__all__ = ["comparison_table", "summary_lines", "video_names", "write_export", "write_metrics_json"]
