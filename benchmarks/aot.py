@@ -31,7 +31,8 @@ mesh over the target's devices: batch arrays on ``P("data")``, state and variabl
 allocated: ActivityNet-sized, C = 200 classes, bucket length Lb = --length, 512-wide image and audio features;
 in the chunk layout a chunk index at the capacity a full batch of length-Lb rows needs
 (`layouts.chunk.chunk_index(..., full=True)`: B/G * ceil(Lb/32) chunks per device group). Precisions: ``exact``,
-and ``fast`` when `l2l_jax.cli.FLAGS` has ``precision`` (features then in `precision.feature_dtype`).
+and ``fast`` when `l2l_jax.cli.FLAGS` has ``precision``. Features come in the dtype the loader hands them over
+in (`config.loader_options`: float32, or float16 in the fast precision).
 
 Per target x layout x precision x step one row: compiled or not (the error's first line), compile seconds
 (lowering + compilation), memory per device from `memory_analysis()` (arguments + outputs + temporaries, less
@@ -113,13 +114,11 @@ def abstract(tree: Any, sharding: NamedSharding) -> Any:
     return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def feature_dtype(precision: str) -> Any:
-    """The dtype the loader hands features to the device in, for a precision."""
-    try:
-        from l2l_jax.precision import feature_dtype as dtype_of
-    except ImportError:
-        return jnp.float32 if precision == "exact" else jnp.bfloat16
-    return dtype_of(precision)
+def feature_dtype(cfg: Any) -> Any:
+    """The dtype the programs' loader hands features to the step in (`config.loader_options`): float16 in the
+    fast precision (held in bfloat16 on the device), else as stored (float32 .npy files)."""
+    opts = config.loader_options(cfg)
+    return jnp.dtype(getattr(opts, "feature_dtype", None) or jnp.float32)
 
 
 def abstract_batch(mesh: Mesh, batch: int, length: int, layout: str, dtype: Any) -> dict[str, jax.ShapeDtypeStruct]:
@@ -168,10 +167,10 @@ def eval_fn_factory():
 def build_steps(mesh: Mesh, batch: int, length: int, layout: str, precision: str) -> dict[str, tuple]:
     """step name -> (jitted function, abstract arguments), built as the programs build them."""
     rep = parallel.replicated(mesh)
-    data_batch = abstract_batch(mesh, batch, length, layout, feature_dtype(precision))
     steps = {}
 
     train_cfg = resolve("train", TRAIN_FLAGS, batch, layout, precision)
+    data_batch = abstract_batch(mesh, batch, length, layout, feature_dtype(train_cfg))
     mcfg = config.model_config(train_cfg)
     recipe = config.recipe(train_cfg, math.ceil(TRAIN_VIDEOS / batch))
     model = build_model(mcfg, "two")
