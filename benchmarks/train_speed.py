@@ -1,7 +1,7 @@
 """Training speed: `l2l-train`'s jitted step vs a straightforward eager PyTorch loop, same model, data and batch.
 
     python benchmarks/train_speed.py [--batch_size 32] [--steps 6] [--num_videos 512] [--buckets 256 384 512]
-        [--layout auto|dense|chunk]
+        [--layout auto|dense|chunk] [--precisions exact fast]
 
 Data: ActivityNet-sized synthetic videos in memory (T ~ LogNormal(median 120, sigma 0.5) clipped to [10, 700]
 clips, 512-wide image and audio features, 200 classes). Batches: our seeded collate (`collate.plan_seeded`:
@@ -13,7 +13,8 @@ avgpool loss, mean-feature start, no repeated clips, E = 10, Nesterov SGD with u
 Ours: `steps.make_train_step` under `jax.jit` with the state donated, batches put on the device mesh as
 `l2l-train` does, no host sync until the end; compilation (one per bucket met) timed separately. PyTorch:
 `tests/torch_reference.py` `train_step` (upstream's style: Python loop over the E steps, `loss.item()` each
-iteration), default thread count. Prints a table: videos/s for each, the ratio, compile seconds.
+iteration), default thread count. Prints a table: videos/s for each of our precisions (exact: float32 as
+upstream; fast: bfloat16 products, 16-bit features) and for PyTorch, the ratios, compile seconds.
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ def make_batches(image, audio, labels, batch_size: int, steps: int, buckets, see
 PUBLISHED = ["--num_classes", str(C), "--lr", "0.01", "--milestones", "15", "20", "--momentum", "0.9", "--scheduler",
              "--warmup_epochs", "0", "--freeze_imageAudioNet", "--with_avgpool_ce_loss", "--mean_feature_as_start",
              "--with_replacement", "--episode_length", "10"]
+
+
+def half(batch: dict) -> dict:
+    """The batch with its features in 16 bits, as the loader streams them in fast precision."""
+    return {k: v.astype(np.float16) if k in ("image", "audio") else v for k, v in batch.items()}
 
 
 def run_ours(batches, run_cfg, variables) -> dict:
@@ -151,32 +157,40 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--skip_torch", action="store_true", help="only time ours (e.g. on a GPU machine)")
     ap.add_argument("--layout", choices=["auto", "dense", "chunk"], default="auto",
                     help="feature layout of our step (auto: chunk on CPU, dense on GPU/TPU)")
+    ap.add_argument("--precisions", nargs="+", choices=["exact", "fast"], default=["exact", "fast"],
+                    help="our precisions to time, each a row")
     args = ap.parse_args(argv)
     image, audio, labels = make_videos(args.num_videos, args.seed)
     batches = make_batches(image, audio, labels, args.batch_size, args.steps, args.buckets, args.seed + 1)
-    run_cfg = cli.resolve("train", [*PUBLISHED, "--batch_size", str(args.batch_size), "--layout", args.layout,
-                                    "--seed", str(args.seed)])
-    cfg = config.model_config(run_cfg)
-    variables = jax.tree_util.tree_map(np.asarray, init_variables(cfg, "two", jax.random.key(args.seed)))
-    ours = run_ours(batches, run_cfg, variables)
+    rows = []
+    for precision in args.precisions:
+        run_cfg = cli.resolve("train", [*PUBLISHED, "--batch_size", str(args.batch_size), "--layout", args.layout,
+                                        "--seed", str(args.seed), "--precision", precision])
+        cfg = config.model_config(run_cfg)
+        variables = jax.tree_util.tree_map(np.asarray, init_variables(cfg, "two", jax.random.key(args.seed)))
+        feed = batches if precision == "exact" else [(half(b), e) for b, e in batches]
+        rows.append((f"l2l-jax {precision}", run_ours(feed, run_cfg, variables)))
+    ours = rows[0][1]
     mean_L = np.mean([int(b["length"]) for b, _ in batches])
     mean_Lb = np.mean([b["image"].shape[1] for b, _ in batches])
     dev = jax.devices()[0]
     print(f"device: {jax.device_count()} x {dev.platform} ({dev.device_kind}); batch {args.batch_size}, "
           f"{args.steps} steps, mean L {mean_L:.0f} (padded to {mean_Lb:.0f}), layout {ours['layout']}")
-    rows = [("l2l-jax (jit)", ours)]
     if not args.skip_torch:
-        rows.append(("PyTorch eager", run_torch(batches, cfg, variables)))
+        rows.append(("PyTorch eager", run_torch(batches, config.model_config(run_cfg), variables)))
     print(f"{'implementation':<16} {'videos/s':>10} {'s/step':>8} {'compile s':>10} {'mean loss':>10}")
     for name, r in rows:
         comp = f"{r['compile_s']:.1f}" if "compile_s" in r else "-"
         print(f"{name:<16} {r['videos_per_s']:>10.1f} {r['seconds'] / args.steps:>8.3f} {comp:>10} "
               f"{r['loss']:>10.4f}")
-    result = {"ours": ours, "batch_size": args.batch_size, "steps": args.steps}
+    result = {"ours": ours, "batch_size": args.batch_size, "steps": args.steps,
+              "rows": {name: r for name, r in rows}}
     if not args.skip_torch:
-        result["torch"] = rows[1][1]
-        result["ratio"] = ours["videos_per_s"] / rows[1][1]["videos_per_s"]
-        print(f"speed-up (ours / torch): {result['ratio']:.2f}x")
+        torch_rate = rows[-1][1]["videos_per_s"]
+        result["torch"] = rows[-1][1]
+        result["ratio"] = ours["videos_per_s"] / torch_rate
+        for name, r in rows[:-1]:
+            print(f"speed-up ({name} / torch): {r['videos_per_s'] / torch_rate:.2f}x")
     return result
 
 
