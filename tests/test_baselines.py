@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from l2l_jax.evaluation import baselines as bl
 from l2l_jax.model import ImageAudioNet, PreviewConfig, init_variables
@@ -79,3 +80,13 @@ def test_registry_holds_the_three_baselines_and_every_one_gets_logits(monkeypatc
         f = np.asarray(ImageAudioNet().apply({"params": params["net_imageAudio"]}, image[r, :n], audio[r, :n]))
         np.testing.assert_allclose(out["last_logits"][r], f[n - 1] @ w + c, rtol=1e-4, atol=1e-5)
     assert bl.label("last", 4) == "the last valid clip"
+
+
+@pytest.mark.parametrize("k,lb", [(33, 32), (100, 16), (1, 16)])
+def test_random_positions_for_any_episode_length_beyond_the_padded_length(k, lb):
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(1), i))(jnp.arange(2))
+    n = jnp.array([10.0, float(lb)])
+    pos = np.asarray(bl.random_positions(keys, n, lb, k))
+    assert pos.shape == (2, k)
+    for row, m in zip(pos, [10, lb], strict=True):
+        assert row.max() < m and len(set(row.tolist())) == min(k, m)

@@ -86,8 +86,8 @@ def random_positions(keys: jax.Array, n: jax.Array, lb: int, k: int) -> jax.Arra
     u = jnp.where(t[None, :] < n[:, None], u, -1.0 - u)
     kk = min(k, lb)
     _, top = jax.lax.top_k(u, kk)
-    if kk < k:
-        top = jnp.concatenate([top, top[:, : k - kk]], axis=1)
+    if kk < k:  # more clips asked for than positions: cycle (only the first n are used as they are)
+        top = jnp.take(top, jnp.arange(k) % kk, axis=1)
     # with k > n, positions past n repeat the first ones
     j = jnp.arange(k)[None, :]
     return jnp.where(j < n[:, None], top, jnp.take_along_axis(top, j % n[:, None].astype(jnp.int32), axis=1))
