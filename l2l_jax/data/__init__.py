@@ -12,7 +12,9 @@ from .collate import (
     plan_seeded,
     plan_upstream,
 )
+from .fingerprint import Fingerprint
 from .index import (
+    BadFileError,
     DatasetError,
     UnsafePickleError,
     VideoIndex,
@@ -23,12 +25,13 @@ from .index import (
     write_index,
 )
 from .pipeline import BatchLoader
-from .source import FeatureSource, FileSource, PackedSource, default_pack_dir, open_split
+from .source import FeatureSource, FileSource, PackedSource, StalePackWarning, default_pack_dir, open_split
 from .validate import Problem, ScanResult, check_split, scan
 
 __all__ = [
-    "DEFAULT_BUCKETS", "MIN_CLIPS", "TRAIN_WINDOW", "BatchLoader", "BatchPlan", "DatasetError", "FeatureSource",
-    "FileSource", "PackedSource", "Problem", "ReplayRandInt", "ScanResult", "ShortBatchError", "UnsafePickleError",
-    "VideoIndex", "bucket_length", "check_split", "default_pack_dir", "load_index", "mask_for", "modality_paths",
-    "open_split", "plan_seeded", "plan_upstream", "remap_root", "safe_load_pickle", "scan", "write_index",
+    "DEFAULT_BUCKETS", "MIN_CLIPS", "TRAIN_WINDOW", "BadFileError", "BatchLoader", "BatchPlan", "DatasetError",
+    "FeatureSource", "FileSource", "Fingerprint", "PackedSource", "Problem", "ReplayRandInt", "ScanResult",
+    "ShortBatchError", "StalePackWarning", "UnsafePickleError", "VideoIndex", "bucket_length", "check_split",
+    "default_pack_dir", "load_index", "mask_for", "modality_paths", "open_split", "plan_seeded",
+    "plan_upstream", "remap_root", "safe_load_pickle", "scan", "write_index",
 ]

@@ -7,7 +7,12 @@ two-modality reads `image_features` and `audio_features`, the single variant `r2
 
 The pickle is read by a restricted unpickler that only builds what such a file holds (lists, tuples, str,
 int, float, numpy integer scalars); any other global (e.g. `os.system` in a hostile reduce) is refused
-before anything runs.
+before anything runs. Whatever goes wrong while reading a pickle (missing, not a regular file, empty,
+truncated, garbage, a hostile global, a label too large for int64) is a `DatasetError` naming the file.
+
+Feature files are opened only through `open_regular`, which checks `os.stat` first: a FIFO, device, socket
+or directory in place of a `.npy` is reported ("not a regular file") and never opened, so nothing can hang
+waiting on it.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from l2l_jax.errors import L2LError
 
 Variant = Literal["two", "single"]
 
@@ -32,12 +40,71 @@ MODALITY_DIRS: dict[str, tuple[str, ...]] = {
 MODALITY_KEYS: dict[str, tuple[str, ...]] = {"two": ("image", "audio"), "single": ("features",)}
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class DatasetError(L2LError, ValueError):
+    """A dataset file is malformed or unreadable (wrong structure, bad paths, bad labels, bad feature files,
+    a bad or stale pack); the message names the file."""
+
+
+class UnsafePickleError(DatasetError, pickle.UnpicklingError):
     """The pickle asks for something a dataset pickle never holds; nothing of it was run."""
 
 
-class DatasetError(ValueError):
-    """A dataset file is malformed (wrong structure, bad paths, bad labels or bad feature files)."""
+class BadFileError(DatasetError):
+    """One file cannot be used: missing, not a regular file, or unreadable. `path` and `reason` are kept
+    apart so the validation scan can list the reason beside the file."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _not_regular(mode: int) -> str:
+    kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+    return f"not a regular file ({kind}); expected a plain file, so it was not opened"
+
+
+def stat_regular(path: str | os.PathLike) -> os.stat_result:
+    """`os.stat(path)`, raising `BadFileError` unless `path` is a regular file (symlinks are followed)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise BadFileError(path, "missing file") from None
+    except OSError as e:
+        raise BadFileError(path, f"cannot stat ({e.strerror or e})") from None
+    except ValueError as e:  # e.g. an embedded NUL byte
+        raise BadFileError(path, f"invalid path ({e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BadFileError(path, _not_regular(st.st_mode))
+    return st
+
+
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_O_BINARY = getattr(os, "O_BINARY", 0)
+
+
+def open_regular(path: str | os.PathLike, buffering: int = -1) -> io.BufferedReader | io.FileIO:
+    """Open a regular file for binary reading; anything else is refused (`BadFileError`) without opening it.
+
+    The type is checked with `os.stat` before opening and again with `fstat` after (the file is opened
+    non-blocking, so even a FIFO swapped in between cannot hang the open)."""
+    stat_regular(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_NONBLOCK | _O_BINARY)
+    except OSError as e:
+        raise BadFileError(path, f"cannot open ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadFileError(path, _not_regular(st.st_mode))
+        return os.fdopen(fd, "rb", buffering=buffering)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _safe_dtype(spec, align=False, copy=True):
@@ -86,9 +153,22 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError("refusing persistent id in dataset pickle")
 
 
-def safe_load_pickle(data: bytes) -> object:
-    """Unpickle `data` allowing only plain containers, str, int, float and numpy integer scalars."""
-    return _RestrictedUnpickler(io.BytesIO(data)).load()
+def safe_load_pickle(data: bytes, source: str = "") -> object:
+    """Unpickle `data` allowing only plain containers, str, int, float and numpy integer scalars.
+
+    A refused global is an `UnsafePickleError`; any other failure (empty, truncated or garbage data) a
+    `DatasetError`; both name `source` (the file) when given."""
+    where = f"{source}: " if source else ""
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data)).load()
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{where}unsafe dataset pickle, refused without running it: {e}") from None
+    except RecursionError:
+        raise DatasetError(f"{where}not a readable dataset pickle (nested too deeply)") from None
+    except Exception as e:  # noqa: BLE001 - anything the unpickler trips over means a damaged file
+        what = "empty file" if not data else f"{type(e).__name__}: {e}"
+        raise DatasetError(f"{where}not a readable dataset pickle ({what}); expected upstream's pickled "
+                           "(feature_paths, labels); recreate or re-download it") from None
 
 
 def remap_root(path: str, feature_root: str | os.PathLike | None) -> str:
@@ -136,14 +216,21 @@ class VideoIndex:
         )
 
 
-def _as_label(x: object, i: int) -> int:
+_INT64 = np.iinfo(np.int64)
+
+
+def _as_label(x: object, i: int, source: str) -> int:
     if isinstance(x, bool):
-        raise DatasetError(f"label {i} is a bool ({x!r}), expected an int")
-    if isinstance(x, int):
-        return x
+        raise DatasetError(f"{source}: label {i} is a bool ({x!r}), expected an int")
     if isinstance(x, float) and x.is_integer():
-        return int(x)
-    raise DatasetError(f"label {i} is {x!r} ({type(x).__name__}), expected an int")
+        x = int(x)
+    if isinstance(x, int):
+        if not _INT64.min <= x <= _INT64.max:
+            raise DatasetError(f"{source}: label {i} is {x}, too large for a class index (expected an int in "
+                               "[0, num_classes))")
+        return x
+    shown = repr(x) if len(repr(x)) <= 80 else repr(x)[:77] + "..."
+    raise DatasetError(f"{source}: label {i} is {shown} ({type(x).__name__}), expected an int")
 
 
 def parse_index(obj: object, *, variant: Variant = "two", feature_root=None, base_dir=None,
@@ -165,13 +252,15 @@ def parse_index(obj: object, *, variant: Variant = "two", feature_root=None, bas
     for i, p in enumerate(paths):
         if not isinstance(p, str):
             raise DatasetError(f"{source}: path {i} is {type(p).__name__}, expected str")
+        if "\x00" in p:
+            raise DatasetError(f"{source}: path {i} ({p!r}) contains a NUL character")
         if TEMPLATE_DIR not in p:
             raise DatasetError(f"{source}: path {i} ({p!r}) has no '{TEMPLATE_DIR}' component")
         p = remap_root(p, feature_root)
         if not os.path.isabs(p) and base_dir is not None:
             p = os.path.join(os.fspath(base_dir), p)
         templates.append(p)
-    labs = [_as_label(x, i) for i, x in enumerate(labels)]
+    labs = [_as_label(x, i, source) for i, x in enumerate(labels)]
     return VideoIndex(variant, templates, np.array(labs, np.int64), np.arange(len(labs)), source)
 
 
@@ -180,9 +269,17 @@ def load_index(pickle_path: str | os.PathLike, *, variant: Variant = "two",
     """Read an upstream dataset pickle safely; remap its prefix with `feature_root` (--feature_root).
 
     Relative paths in the pickle (our synthetic set writes them) are taken relative to the pickle's folder.
+    Any problem with the file is a `DatasetError` naming it (`UnsafePickleError` for a refused global).
     """
     pickle_path = Path(pickle_path)
-    obj = safe_load_pickle(pickle_path.read_bytes())
+    try:
+        with open_regular(pickle_path) as f:
+            data = f.read()
+    except BadFileError as e:
+        raise BadFileError(pickle_path, f"cannot read the dataset pickle: {e.reason}") from None
+    except OSError as e:
+        raise BadFileError(pickle_path, f"cannot read the dataset pickle ({e.strerror or e})") from None
+    obj = safe_load_pickle(data, source=str(pickle_path))
     return parse_index(obj, variant=variant, feature_root=feature_root, base_dir=pickle_path.parent,
                        source=str(pickle_path))
 
@@ -201,16 +298,21 @@ def npy_header(path: str) -> tuple[int, tuple[int, ...], np.dtype, bool]:
 
     numpy parses headers with `ast.literal_eval`, which CPython 3.11 can fail spuriously when threads run it
     at once (SystemError "AST constructor recursion depth mismatch"), so parsing is serialised here; every
-    threaded reader of this package goes through this function.
+    threaded reader of this package goes through this function. Only a regular file is opened
+    (`open_regular`); any problem is a `BadFileError` ("not a .npy file", "unreadable .npy header ...").
+    The header is parsed as a literal, so an object dtype is only reported, never unpickled.
     """
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         if f.read(6) != b"\x93NUMPY":
-            raise ValueError("not a .npy file")
+            raise BadFileError(path, "not a .npy file")
         f.seek(0)
-        with _HEADER_LOCK:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        try:
+            with _HEADER_LOCK:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        except (ValueError, TypeError, OSError, SyntaxError, MemoryError, RecursionError) as e:
+            raise BadFileError(path, f"unreadable .npy header ({type(e).__name__}: {e})") from None
         return f.tell(), tuple(shape), dtype, bool(fortran)

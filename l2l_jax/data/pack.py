@@ -4,8 +4,11 @@ Layout of `<out>/` (default `<pickle dir>/<stem>.pack/`, where the loader finds 
 `meta.json`, `offsets.npy` (N+1,) int64 (video i is rows offsets[i]:offsets[i+1]), `labels.npy`, `ids.npy`
 (row in the pickle), `names.json` (video names), and `image.npy`/`audio.npy` (two-modality) or `features.npy`
 (single), each (total_clips, width) float32, or float16 with `--float16` (half the bytes; values must fit in float16).
-The split is validated first, so a pack never holds a bad video (bad ones are refused, or dropped with
-`--skip_bad_videos`).
+`sources.json` records every source feature file (absolute path) with the fingerprint it had when the split
+was validated (size, mtime, content digest: `fingerprint.py`); a pack whose sources changed since is not used
+(`source.open_split`). The split is validated first, so a pack never holds a bad video (bad ones are refused,
+or dropped with `--skip_bad_videos`). Format v2 (v1 packs, without `sources.json`, are not used: re-run
+l2l-pack). Errors are one line naming the file and exit status 2 (`l2l_jax.cli.run_program`).
 """
 
 from __future__ import annotations
@@ -14,13 +17,23 @@ import argparse
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from .fingerprint import fingerprint
 from .index import DatasetError, Variant, load_index
-from .source import PACK_FORMAT, PACK_VERSION, FileSource, _root_key, default_pack_dir, file_sha256
+from .source import (
+    PACK_FORMAT,
+    PACK_VERSION,
+    FileSource,
+    _root_key,
+    default_pack_dir,
+    file_sha256,
+    write_pack_sources,
+)
 from .validate import check_split
 
 F16_MAX = float(np.finfo(np.float16).max)
@@ -29,8 +42,12 @@ F16_MAX = float(np.finfo(np.float16).max)
 def write_pack(source: FileSource, out_dir: str | os.PathLike, *, float16: bool = False,
                pickle_path: str | os.PathLike | None = None, feature_root: str | os.PathLike | None = None,
                progress: bool = True) -> Path:
-    """Pack a validated per-file split into `out_dir` (written to a temporary folder, then renamed)."""
+    """Pack a validated per-file split into `out_dir` (written to a temporary folder, then renamed).
+
+    The source files are recorded with the fingerprints the validation scan saw (`source.fingerprints`;
+    taken now for any it lacks), so a file changed after it was validated makes the pack stale at once."""
     out_dir = Path(out_dir)
+    sources = {p: source.fingerprints.get(p) or fingerprint(p) for paths in source.index.paths for p in paths}
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -61,12 +78,13 @@ def write_pack(source: FileSource, out_dir: str | os.PathLike, *, float16: bool 
     np.save(tmp / "labels.npy", source.labels.astype(np.int64))
     np.save(tmp / "ids.npy", source.ids.astype(np.int64))
     (tmp / "names.json").write_text(json.dumps(list(source.names)))
+    write_pack_sources(tmp, sources)
     meta = {
         "format": PACK_FORMAT, "version": PACK_VERSION, "variant": source.variant, "keys": list(source.keys),
         "width": source.width, "dtype": np.dtype(dtype).name, "num_videos": len(source), "total_clips": total,
         "pickle": None if pickle_path is None else os.path.abspath(pickle_path),
         "pickle_sha256": None if pickle_path is None else file_sha256(pickle_path),
-        "feature_root": _root_key(feature_root),
+        "feature_root": _root_key(feature_root), "num_sources": len(sources),
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     if out_dir.exists():
@@ -90,7 +108,14 @@ def pack_pickle(pickle_path: str | os.PathLike, out_dir: str | os.PathLike | Non
                       feature_root=feature_root, progress=progress)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs `l2l-pack`; returns the exit status (2 with a one-line message naming the file for bad input)."""
+    from l2l_jax.cli import run_program
+
+    return run_program("pack", lambda: _main(argv), argv)
+
+
+def _main(argv: Sequence[str] | None) -> None:
     ap = argparse.ArgumentParser(prog="l2l-pack", description=__doc__.split("\n")[0])
     ap.add_argument("pickles", nargs="+", help="upstream dataset pickles (train.pkl, val.pkl, ...)")
     ap.add_argument("--out", default=None, help="pack directory (one pickle only; default <stem>.pack beside it)")
@@ -101,19 +126,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--float16", action="store_true", help="store float16 (half the bytes)")
     ap.add_argument("--skip_bad_videos", action="store_true", help="drop bad videos instead of failing")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     args = ap.parse_args(argv)
     if args.out and len(args.pickles) > 1:
         ap.error("--out needs a single pickle")
     for p in args.pickles:
-        try:
-            out = pack_pickle(p, args.out, variant=args.variant, feature_root=args.feature_root,
-                              num_classes=args.num_classes, width=args.width or None, float16=args.float16,
-                              skip_bad_videos=args.skip_bad_videos, progress=not args.quiet)
-        except DatasetError as e:
-            raise SystemExit(f"l2l-pack: {p}: {e}") from None
+        out = pack_pickle(p, args.out, variant=args.variant, feature_root=args.feature_root,
+                          num_classes=args.num_classes, width=args.width or None, float16=args.float16,
+                          skip_bad_videos=args.skip_bad_videos, progress=not args.quiet)
         meta = json.loads((out / "meta.json").read_text())
         print(f"{p} -> {out} ({meta['num_videos']} videos, {meta['total_clips']} clips, {meta['dtype']})")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -2,8 +2,17 @@
 
 Both give the loader the same interface: labels, ids, lengths (clips per video), and `read_into`, which
 copies rows [start, stop) (every `step`-th, for --feature_subsample) of one video straight into slices of
-the batch arrays. Per-file reading parses each `.npy` header once and then reads only the requested rows.
-`open_split` picks a packed copy of a pickle when one is up to date, else the validated per-file split.
+the batch arrays. Per-file reading parses each `.npy` header once and then reads only the requested rows;
+every read checks first that the file is still a regular file (a FIFO or device is never opened).
+
+`open_split` picks a packed copy of a pickle only when it is up to date: packed from this very pickle
+(SHA-256), with the same variant and --feature_root, by this pack format (v2, which records its sources), and
+every source feature file still has the size, mtime and content digest recorded when it was packed
+(`fingerprint.py`: a stat and a few small reads per file, never a full read). A pack found beside the pickle
+that fails any of these is not used: a `StalePackWarning` names it and the first changed files, and the
+validated per-file features are read instead (re-run `l2l-pack` to refresh the pack; nothing is rebuilt on
+its own). A pack the caller names explicitly (a pack directory, `packed=<dir>` or `packed=True`) that fails
+them is a `DatasetError`, since the caller asked for exactly that pack.
 """
 
 from __future__ import annotations
@@ -11,16 +20,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from .index import MODALITY_KEYS, DatasetError, Variant, load_index, npy_header
+from .fingerprint import FINGERPRINT_VERSION, Fingerprint, what_changed
+from .index import MODALITY_KEYS, BadFileError, DatasetError, Variant, load_index, npy_header, open_regular
 from .validate import ScanResult, check_split
 
 PACK_FORMAT = "l2l-pack"
-PACK_VERSION = 1
+PACK_VERSION = 2  # 2: sources.json records each source file's fingerprint (v1 packs cannot be checked)
+SOURCES_FILE = "sources.json"
+SHOW_CHANGED = 5  # how many changed source files a message names
+
+
+class StalePackWarning(UserWarning):
+    """A pack beside the pickle is not used (out of date or not verifiable); per-file features are read."""
 
 
 class FeatureSource:
@@ -74,12 +92,17 @@ class FileSource(FeatureSource):
         self.ids = scan.index.ids
         self.lengths = np.asarray(scan.lengths, np.int64)
         self.names = [Path(t).stem for t in scan.index.templates]
+        self.fingerprints = dict(scan.fingerprints)  # as scanned; a pack records them for its sources
         self._headers: dict[str, tuple[int, tuple[int, ...], np.dtype, bool]] = {}
 
     def _header(self, path: str):
         h = self._headers.get(path)
         if h is None:
-            h = npy_header(path)
+            try:
+                h = npy_header(path)
+            except BadFileError as e:
+                raise BadFileError(path, f"{e.reason} (it was fine when the split was scanned; file changed?)") \
+                    from None
             _, shape, dtype, _ = h
             if dtype.name not in ("float32", "float16") or len(shape) != 2 or shape[1] != self.width:
                 raise DatasetError(f"{path}: now {dtype} {shape}, not what the validation scan saw; file changed?")
@@ -89,18 +112,25 @@ class FileSource(FeatureSource):
     def read_into(self, i: int, start: int, stop: int, step: int, dests: Sequence[np.ndarray]) -> None:
         for path, dest in zip(self.index.paths[i], dests, strict=True):
             offset, shape, dtype, fortran = self._header(path)
-            if fortran:
-                arr = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F")
-                dest[...] = arr[start:stop:step]
-                del arr
-                continue
-            rows = stop - start
-            row_bytes = shape[1] * dtype.itemsize
-            direct = step == 1 and dtype == dest.dtype and dest.flags.c_contiguous
-            buf = dest if direct else np.empty((rows, shape[1]), dtype)
-            with open(path, "rb", buffering=0) as f:
-                f.seek(offset + start * row_bytes)
-                got = f.readinto(buf)
+            try:
+                # open_regular stats the path first: a file replaced by a FIFO or device is never opened
+                with open_regular(path, buffering=0) as f:
+                    if fortran:
+                        arr = np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape, order="F")
+                        dest[...] = arr[start:stop:step]
+                        del arr
+                        continue
+                    rows = stop - start
+                    row_bytes = shape[1] * dtype.itemsize
+                    direct = step == 1 and dtype == dest.dtype and dest.flags.c_contiguous
+                    buf = dest if direct else np.empty((rows, shape[1]), dtype)
+                    f.seek(offset + start * row_bytes)
+                    got = f.readinto(buf)
+            except BadFileError as e:
+                raise BadFileError(path, f"{e.reason} (it was fine when the split was scanned; file changed?)") \
+                    from None
+            except (OSError, ValueError) as e:
+                raise DatasetError(f"{path}: cannot read ({type(e).__name__}: {e}); file changed?") from None
             if got != rows * row_bytes:
                 raise DatasetError(f"{path}: short read ({got} of {rows * row_bytes} bytes); file changed?")
             if not direct:
@@ -108,7 +138,8 @@ class FileSource(FeatureSource):
 
 
 class PackedSource(FeatureSource):
-    """A split packed by `l2l-pack`: one memory-mapped (total_clips, width) array per modality plus offsets."""
+    """A split packed by `l2l-pack`: one memory-mapped (total_clips, width) array per modality plus offsets.
+    Opening one checks its files' format; whether it still matches its sources is `stale_sources`."""
 
     kind = "packed"
 
@@ -117,17 +148,22 @@ class PackedSource(FeatureSource):
         self.meta = read_pack_meta(self.dir)
         self.variant = self.meta["variant"]
         self.keys = tuple(self.meta["keys"])
-        self.arrays = [np.load(self.dir / f"{k}.npy", mmap_mode="r", allow_pickle=False) for k in self.keys]
-        self.offsets = np.load(self.dir / "offsets.npy", allow_pickle=False).astype(np.int64)
-        self.labels = np.load(self.dir / "labels.npy", allow_pickle=False).astype(np.int64)
-        self.ids = np.load(self.dir / "ids.npy", allow_pickle=False).astype(np.int64)
+        self.arrays = [_pack_array(self.dir / f"{k}.npy", mmap=True, kinds="f", ndim=2) for k in self.keys]
+        self.offsets = _pack_array(self.dir / "offsets.npy", kinds="iu", ndim=1).astype(np.int64)
+        self.labels = _pack_array(self.dir / "labels.npy", kinds="iu", ndim=1).astype(np.int64)
+        self.ids = _pack_array(self.dir / "ids.npy", kinds="iu", ndim=1).astype(np.int64)
         self.lengths = np.diff(self.offsets)
         names_file = self.dir / "names.json"
-        self.names = json.loads(names_file.read_text()) if names_file.exists() else [str(i) for i in self.ids]
+        self.names = _pack_json(names_file) if names_file.exists() else [str(i) for i in self.ids]
         self.width = int(self.arrays[0].shape[1])
         self.dtype = self.arrays[0].dtype
-        if len(self.offsets) != len(self.labels) + 1 or self.offsets[-1] != self.arrays[0].shape[0]:
-            raise DatasetError(f"{self.dir}: offsets do not match the packed arrays")
+        if (len(self.offsets) != len(self.labels) + 1 or len(self.ids) != len(self.labels)
+                or not isinstance(self.names, list) or len(self.names) != len(self.labels)
+                or self.offsets[0] != 0 or np.any(self.lengths < 0)
+                or any(a.shape != self.arrays[0].shape or a.dtype != self.dtype for a in self.arrays)
+                or self.offsets[-1] != self.arrays[0].shape[0]):
+            raise DatasetError(f"{self.dir}: offsets, labels, ids, names and the packed arrays do not agree; "
+                               "the pack is damaged: re-run l2l-pack")
 
     def read_into(self, i: int, start: int, stop: int, step: int, dests: Sequence[np.ndarray]) -> None:
         base = int(self.offsets[i])
@@ -135,23 +171,112 @@ class PackedSource(FeatureSource):
             dest[...] = arr[base + start : base + stop : step]
 
 
+def _pack_array(path: Path, *, kinds: str, ndim: int, mmap: bool = False) -> np.ndarray:
+    """One `.npy` of a pack (never unpickled; a non-regular file is not opened)."""
+    try:
+        _, _, dtype, _ = npy_header(path)  # a regular .npy file (np.load would try other formats)
+        if dtype.hasobject:
+            raise BadFileError(path, "an object array (pickled Python objects), refused without unpickling")
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except BadFileError as e:
+        raise DatasetError(f"{path}: {e.reason}; the pack is damaged: re-run l2l-pack") from None
+    except Exception as e:  # noqa: BLE001 - any failure to load is a damaged pack
+        raise DatasetError(f"{path}: cannot load ({type(e).__name__}: {e}); the pack is damaged: "
+                           "re-run l2l-pack") from None
+    if arr.dtype.kind not in kinds or arr.ndim != ndim:
+        raise DatasetError(f"{path}: {arr.dtype} array of shape {arr.shape}, not what l2l-pack writes; the pack "
+                           "is damaged: re-run l2l-pack")
+    return arr
+
+
+def _pack_json(path: Path) -> object:
+    try:
+        with open_regular(path) as f:
+            return json.loads(f.read())
+    except BadFileError as e:
+        raise DatasetError(f"{path}: {e.reason}; the pack is damaged: re-run l2l-pack") from None
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: unreadable ({type(e).__name__}: {e}); the pack is damaged: "
+                           "re-run l2l-pack") from None
+
+
 def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a whole regular file (`BadFileError` for anything else)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
-def read_pack_meta(pack_dir: str | os.PathLike) -> dict:
-    meta_path = Path(pack_dir) / "meta.json"
+class _Unusable(Exception):
+    """Why a pack cannot be used (a reason without the pack's name)."""
+
+
+def _read_meta(pack_dir: Path) -> dict:
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{pack_dir}: not a packed split ({e})") from e
-    if meta.get("format") != PACK_FORMAT or meta.get("version") != PACK_VERSION:
-        raise DatasetError(f"{pack_dir}: unknown pack format {meta.get('format')} v{meta.get('version')}")
+        meta = _pack_json(pack_dir / "meta.json")
+    except DatasetError as e:
+        raise _Unusable(f"not a packed split ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != PACK_FORMAT:
+        raise _Unusable("not a packed split (meta.json is not an l2l-pack record)")
+    version = meta.get("version")
+    if type(version) is int and version < PACK_VERSION:
+        raise _Unusable(f"packed by an older l2l-pack (format v{version}) that did not record its source files, "
+                        "so it cannot be checked against them; re-run l2l-pack to rebuild it")
+    if version != PACK_VERSION:
+        raise _Unusable(f"unknown pack format {meta.get('format')} v{version}; re-run l2l-pack to rebuild it")
+    variant = meta.get("variant")
+    if variant not in MODALITY_KEYS or meta.get("keys") != list(MODALITY_KEYS[variant]):
+        raise _Unusable(f"meta.json names variant {variant!r} with keys {meta.get('keys')!r}; the pack is "
+                        "damaged: re-run l2l-pack")
     return meta
+
+
+def read_pack_meta(pack_dir: str | os.PathLike) -> dict:
+    """A pack's meta.json, checked: `DatasetError` for anything that is not a current-format pack (an older
+    pack without source fingerprints cannot be verified and is refused with a message to re-run l2l-pack)."""
+    try:
+        return _read_meta(Path(pack_dir))
+    except _Unusable as e:
+        raise DatasetError(f"{pack_dir}: {e}") from None
+
+
+def read_pack_sources(pack_dir: str | os.PathLike) -> dict[str, Fingerprint]:
+    """The source feature files of a pack and their fingerprints as packed (`DatasetError` if unreadable)."""
+    path = Path(pack_dir) / SOURCES_FILE
+    data = _pack_json(path)
+    try:
+        if not isinstance(data, dict) or data.get("fingerprint") != FINGERPRINT_VERSION:
+            raise ValueError("unknown fingerprint version")
+        return {str(p): Fingerprint.from_json(fp) for p, fp in data["files"].items()}
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise DatasetError(f"{path}: not a record of source fingerprints ({e}); re-run l2l-pack") from None
+
+
+def write_pack_sources(pack_dir: str | os.PathLike, fingerprints: dict[str, Fingerprint]) -> None:
+    """Record the pack's source files (absolute paths) and their fingerprints."""
+    files = {os.path.abspath(p): fp.to_json() for p, fp in sorted(fingerprints.items())}
+    data = {"fingerprint": FINGERPRINT_VERSION, "files": files}
+    (Path(pack_dir) / SOURCES_FILE).write_text(json.dumps(data))
+
+
+def stale_sources(pack_dir: str | os.PathLike, *, num_threads: int = 8) -> str | None:
+    """Why the pack no longer matches the feature files it was packed from (None: every one still has the size,
+    mtime and content digest recorded at packing). Cheap: a stat per file, and a few small reads for files
+    whose stat matches. Raises `DatasetError` if the record itself is unreadable."""
+    sources = list(read_pack_sources(pack_dir).items())
+    if not sources:
+        return "it records no source files, so it cannot be checked; re-run l2l-pack to rebuild it"
+    with ThreadPoolExecutor(max_workers=num_threads) as pool:
+        whys = list(pool.map(lambda kv: what_changed(*kv), sources))
+    changed = [(p, why) for (p, _), why in zip(sources, whys, strict=True) if why is not None]
+    if not changed:
+        return None
+    shown = "; ".join(f"{p}: {why}" for p, why in changed[:SHOW_CHANGED])
+    more = f"; and {len(changed) - SHOW_CHANGED} more" if len(changed) > SHOW_CHANGED else ""
+    return (f"{len(changed)} of {len(sources)} source feature file(s) changed since it was packed: "
+            f"{shown}{more}")
 
 
 def default_pack_dir(pickle_path: str | os.PathLike) -> Path:
@@ -164,14 +289,42 @@ def _root_key(feature_root) -> str | None:
     return None if feature_root is None else os.path.abspath(os.fspath(feature_root))
 
 
-def pack_matches(pack_dir: Path, pickle_path: str | os.PathLike, variant: Variant, feature_root) -> bool:
-    """Whether `pack_dir` was packed from this very pickle (by content), variant and feature root."""
+def pack_problem(pack_dir: str | os.PathLike, pickle_path: str | os.PathLike, variant: Variant,
+                 feature_root) -> str | None:
+    """Why `pack_dir` cannot stand for this pickle (None: it can): not a current-format pack, another
+    variant or --feature_root, another pickle (by content), or source feature files changed since packing."""
+    pack_dir = Path(pack_dir)
     try:
-        meta = read_pack_meta(pack_dir)
-    except DatasetError:
-        return False
-    return (meta.get("variant") == variant and meta.get("feature_root") == _root_key(feature_root)
-            and meta.get("pickle_sha256") == file_sha256(pickle_path))
+        meta = _read_meta(pack_dir)
+    except _Unusable as e:
+        return str(e)
+    if meta.get("variant") != variant:
+        return f"it holds the {meta.get('variant')!r} variant, not {variant!r}"
+    if meta.get("feature_root") != _root_key(feature_root):
+        def flag(root):
+            return "without --feature_root" if root is None else f"with --feature_root {root}"
+        return f"it was packed {flag(meta.get('feature_root'))}, not {flag(_root_key(feature_root))}"
+    if meta.get("pickle_sha256") != file_sha256(pickle_path):
+        return f"it was not packed from {pickle_path} as it is now (the pickle's content differs)"
+    try:
+        return stale_sources(pack_dir)
+    except DatasetError as e:
+        return str(e)
+
+
+def pack_matches(pack_dir: Path, pickle_path: str | os.PathLike, variant: Variant, feature_root) -> bool:
+    """Whether `pack_dir` is an up-to-date pack of this very pickle (`pack_problem` finds nothing)."""
+    return pack_problem(pack_dir, pickle_path, variant, feature_root) is None
+
+
+def repack_command(pickle_path: str | os.PathLike | None, variant: Variant, feature_root) -> str:
+    """The `l2l-pack` command line that rebuilds the pack of a pickle."""
+    cmd = f"l2l-pack {pickle_path if pickle_path else '<pickle>'}"
+    if variant != "two":
+        cmd += f" --variant {variant}"
+    if feature_root is not None:
+        cmd += f" --feature_root {feature_root}"
+    return cmd
 
 
 def open_split(path: str | os.PathLike, *, variant: Variant = "two", num_classes: int,
@@ -180,35 +333,49 @@ def open_split(path: str | os.PathLike, *, variant: Variant = "two", num_classes
                cache: str | os.PathLike | bool | None = True, progress: bool = True) -> FeatureSource:
     """A split ready for the loader, from an upstream pickle or a pack directory.
 
-    For a pickle, `packed=None` uses `<stem>.pack/` beside it when it was packed from the same pickle
-    (same variant and --feature_root), else validates the per-file features (scan, cached); `packed=False`
-    forces per-file reading; a path names the pack directory to use. Labels are checked against
-    `num_classes`; the feature width against `width` (None: any, consistent).
+    For a pickle, `packed=None` uses `<stem>.pack/` beside it when it is up to date (`pack_problem`: packed
+    from the same pickle, variant and --feature_root, and its source feature files unchanged), else warns
+    (`StalePackWarning`, naming the first changed files) and validates the per-file features (scan, cached);
+    `packed=True` requires that pack (`DatasetError` when missing or out of date); `packed=False` forces
+    per-file reading; a path names the pack directory to use, which must match its source files. Labels are
+    checked against `num_classes`; the feature width against `width` (None: any, consistent).
     """
     path = Path(path)
     pack_dir: Path | None = None
-    if path.is_dir():
-        pack_dir = path
-    elif packed not in (None, False, True):
-        pack_dir = Path(packed)
+    if path.is_dir() or packed not in (None, False, True):
+        pack_dir = path if path.is_dir() else Path(packed)
+        meta = read_pack_meta(pack_dir)
+        why = stale_sources(pack_dir)
+        if why is not None:
+            raise DatasetError(f"{pack_dir}: {why}; the pack no longer matches the files it was packed from: "
+                               f"re-run {repack_command(meta.get('pickle'), meta['variant'], meta.get('feature_root'))}"
+                               " (or name the pickle to read the per-file features)")
     elif packed is not False:
         cand = default_pack_dir(path)
         if (cand / "meta.json").exists():
-            if pack_matches(cand, path, variant, feature_root):
+            why = pack_problem(cand, path, variant, feature_root)
+            if why is None:
                 pack_dir = cand
             elif packed is True:
-                raise DatasetError(f"{cand} was not packed from {path} (variant/feature_root/content differ)")
-            elif progress:
-                print(f"note: {cand} is out of date for {path}; reading per-file features")
+                raise DatasetError(f"{cand} cannot be used for {path}: {why}; re-run "
+                                   f"{repack_command(path, variant, feature_root)}")
+            else:
+                cmd = repack_command(path, variant, feature_root)
+                warnings.warn(f"{cand} is out of date for {path} and is not used: {why}. Reading the per-file "
+                              f"features instead; re-run {cmd} to refresh the pack",
+                              StalePackWarning, stacklevel=2)
         elif packed is True:
-            raise DatasetError(f"no packed copy at {cand}; run l2l-pack {path}")
+            raise DatasetError(f"no packed copy at {cand}; run {repack_command(path, variant, feature_root)}")
     if pack_dir is not None:
         src = PackedSource(pack_dir)
         if src.variant != variant:
             raise DatasetError(f"{pack_dir} holds the {src.variant!r} variant, not {variant!r}")
         if width is not None and src.width != width:
             raise DatasetError(f"{pack_dir}: width {src.width}; expected {width}")
-        src.check_labels(num_classes)
+        try:
+            src.check_labels(num_classes)
+        except DatasetError as e:
+            raise DatasetError(f"{pack_dir}: {e}") from None
         return src
     index = load_index(path, variant=variant, feature_root=feature_root)
     scan = check_split(index, num_classes=num_classes, width=width, skip_bad_videos=skip_bad_videos,

@@ -1,9 +1,12 @@
 """Validation scan of a split before anything is compiled.
 
-Every feature file is opened once: it must exist, load without pickles, be a 2-D float32/float16 array of the
-expected width with T >= 1 rows, all finite; image and audio lengths must agree; labels must lie in [0, C).
-All problems are collected and reported together (file and reason). Per-file facts are cached by
-(path, size, mtime) in a JSON file, so a second scan of unchanged files reads nothing.
+Every feature file is opened once: it must exist, be a regular file (a FIFO, device, socket or directory is
+reported and never opened), load without pickles (an object-dtype `.npy` is refused, never unpickled), be a
+2-D float32/float16 array of the expected width with T >= 1 rows, all finite; image and audio lengths must
+agree; labels must lie in [0, C). All problems are collected and reported together (file and reason).
+Per-file facts are cached in a JSON file keyed by path and the file's fingerprint (size, mtime and a content
+digest of its header and sampled blocks: `fingerprint.py`), so a second scan of unchanged files reads only a
+few small blocks per file, and a file rewritten with its size and mtime restored is still scanned again.
 After a clean scan no batch built from the split can make a jitted step fail.
 """
 
@@ -11,18 +14,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .index import DatasetError, VideoIndex, npy_header
+from .fingerprint import Fingerprint, fingerprint
+from .index import BadFileError, DatasetError, VideoIndex, npy_header, open_regular
 
 ALLOWED_DTYPES = ("float32", "float16")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: keyed by (size, mtime_ns, content digest)
+OBJECT_ARRAY = ("an object array (pickled Python objects), refused without unpickling; feature files must "
+                "hold plain float32/float16 arrays")
 
 
 @dataclass(frozen=True)
@@ -41,20 +48,22 @@ class Problem:
 @dataclass
 class ScanResult:
     """A checked split: `index` (bad videos removed when skipping), `lengths` (N,) clip counts of the kept
-    videos, `width` of the features, and every problem found (before skipping)."""
+    videos, `width` of the features, every problem found (before skipping), and the fingerprint of every
+    good file as it was when scanned (a pack records these for its sources)."""
 
     index: VideoIndex
     lengths: np.ndarray
     width: int
     problems: list[Problem]
+    fingerprints: dict[str, Fingerprint] = field(default_factory=dict)
 
     def report(self) -> str:
         return format_problems(self.problems)
 
 
-def format_problems(problems: list[Problem]) -> str:
-    """A readable multi-line list of problems."""
-    head = f"{len(problems)} problem(s) in the dataset:"
+def format_problems(problems: list[Problem], source: str = "") -> str:
+    """A readable multi-line list of problems (`source`: the dataset pickle they come from)."""
+    head = f"{len(problems)} problem(s) in the dataset{f' {source}' if source else ''}:"
     return "\n".join([head] + [f"  [{p.id}] {p}" for p in problems])
 
 
@@ -72,12 +81,13 @@ def _read_cache(path: Path | None) -> dict:
     if path is None or not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        with open_regular(path) as f:
+            data = json.loads(f.read())
+    except (OSError, ValueError):  # BadFileError is a ValueError: a cache that is not a plain file is ignored
         return {}
-    if data.get("version") != CACHE_VERSION:
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("files"), dict):
         return {}
-    return data.get("files", {})
+    return data["files"]
 
 
 def _write_cache(path: Path | None, files: dict) -> None:
@@ -91,26 +101,28 @@ def _write_cache(path: Path | None, files: dict) -> None:
 
 def inspect_file(path: str) -> dict:
     """Facts about one .npy file: shape, dtype, whether every value is finite, or a load error.
-    The header goes through `index.npy_header` (thread-safe); the data is memory-mapped, never unpickled."""
+    Only a regular file is opened; the header goes through `index.npy_header` (thread-safe); the data is
+    memory-mapped, never unpickled."""
     try:
         try:
             offset, shape, dtype, fortran = npy_header(path)
-        except ValueError as e:
-            if str(e) == "not a .npy file":
-                return {"error": "not a .npy file"}
-            raise
+        except BadFileError as e:
+            return {"error": e.reason}
         if dtype.hasobject:
-            return {"error": "cannot load (an object array: pickled data is refused)"}
+            return {"error": f"cannot load ({OBJECT_ARRAY})"}
         info = {"shape": list(shape), "dtype": dtype.name}
         if dtype.kind != "f":
             return info
-        size = int(np.prod(shape, dtype=np.int64))
-        if os.path.getsize(path) < offset + size * dtype.itemsize:
-            return {"error": f"cannot load (file truncated: {shape} {dtype.name} needs more bytes)"}
-        if size == 0:
-            info["finite"] = True
-            return info
-        arr = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+        size = math.prod(shape)
+        with open_regular(path) as f:
+            if os.fstat(f.fileno()).st_size < offset + size * dtype.itemsize:
+                return {"error": f"cannot load (file truncated: {shape} {dtype.name} needs more bytes)"}
+            if size == 0:
+                info["finite"] = True
+                return info
+            arr = np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+    except BadFileError as e:
+        return {"error": e.reason}
     except Exception as e:  # noqa: BLE001 - any failure to load is reported, not raised
         return {"error": f"cannot load ({type(e).__name__}: {e})"}
     rows = shape[0] if len(shape) else 1
@@ -121,12 +133,12 @@ def inspect_file(path: str) -> dict:
     return info
 
 
-def _stat_key(path: str) -> tuple[int, int] | None:
+def _fingerprint_or_problem(path: str) -> Fingerprint | str:
+    """The file's fingerprint (the cache key), or why it cannot be read (missing, not a regular file...)."""
     try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
+        return fingerprint(path)
+    except BadFileError as e:
+        return e.reason
 
 
 def _file_problem(info: dict, width: int | None) -> str | None:
@@ -154,32 +166,52 @@ def scan(index: VideoIndex, *, num_classes: int, width: int | None = 512,
     `width=None` accepts any width as long as all files agree (the most common one is expected).
     `cache`: True for the default location, a path, or False/None for no cache.
     """
+    lengths, width, problems, _ = _scan(index, num_classes=num_classes, width=width, cache=cache,
+                                        progress=progress, num_threads=num_threads)
+    return lengths, width, problems
+
+
+def _cached_info(entry: object, key: Fingerprint) -> dict | None:
+    """The cached facts of a file if `entry` was recorded for this very fingerprint (else None)."""
+    try:
+        if Fingerprint.from_json(entry["key"]) == key and isinstance(entry["info"], dict) \
+                and "error" not in entry["info"]:
+            return entry["info"]
+    except (TypeError, KeyError, ValueError):
+        pass
+    return None
+
+
+def _scan(index: VideoIndex, *, num_classes: int, width: int | None, cache, progress: bool,
+          num_threads: int) -> tuple[np.ndarray, int, list[Problem], dict[str, Fingerprint]]:
     cache_path = _cache_file_for(index) if cache is True else (Path(cache) if cache else None)
     cached = _read_cache(cache_path)
     files = sorted({p for paths in index.paths for p in paths})
-    keys = {p: _stat_key(p) for p in files}
     infos: dict[str, dict] = {}
+    keys: dict[str, Fingerprint] = {}
     todo = []
-    for p in files:
-        k = keys[p]
-        if k is None:
-            infos[p] = {"error": "missing file"}
-            continue
-        c = cached.get(p)
-        if c is not None and tuple(c["key"]) == k and "error" not in c["info"]:
-            infos[p] = c["info"]
-        else:
-            todo.append(p)
-    if todo:
-        with ThreadPoolExecutor(max_workers=num_threads) as pool:
+    with ThreadPoolExecutor(max_workers=num_threads) as pool:
+        # the fingerprint is taken before the file is inspected: a file changed in between is scanned again
+        for p, key in zip(files, pool.map(_fingerprint_or_problem, files), strict=True):
+            if isinstance(key, str):
+                infos[p] = {"error": key}
+                continue
+            keys[p] = key
+            info = _cached_info(cached.get(p), key)
+            if info is not None:
+                infos[p] = info
+            else:
+                todo.append(p)
+        if todo:
             results = pool.map(inspect_file, todo)
             for p, info in tqdm(zip(todo, results, strict=True), total=len(todo), desc="scanning features",
                                 unit="file", disable=not progress, leave=False):
                 infos[p] = info
+    if todo:
         new_cache = {p: c for p, c in cached.items() if p not in infos}
         # files that failed to load are not cached: they are checked again on the next scan
-        new_cache.update({p: {"key": list(keys[p]), "info": infos[p]} for p in files
-                          if keys[p] is not None and "error" not in infos[p]})
+        new_cache.update({p: {"key": keys[p].to_json(), "info": infos[p]} for p in files
+                          if p in keys and "error" not in infos[p]})
         _write_cache(cache_path, new_cache)
 
     if width is None:
@@ -208,17 +240,19 @@ def scan(index: VideoIndex, *, num_classes: int, width: int | None = 512,
             bad = True
         if not bad:
             lengths[pos] = infos[paths[0]]["shape"][0]
-    return lengths, width, problems
+    good = {p: keys[p] for p in files if p in keys and _file_problem(infos[p], width) is None}
+    return lengths, width, problems, good
 
 
 def check_split(index: VideoIndex, *, num_classes: int, width: int | None = 512,
                 skip_bad_videos: bool = False, cache: str | os.PathLike | bool | None = True,
                 progress: bool = True) -> ScanResult:
     """Scan `index`; raise DatasetError listing every problem, or with `skip_bad_videos` drop them."""
-    lengths, width, problems = scan(index, num_classes=num_classes, width=width, cache=cache,
-                                    progress=progress)
+    lengths, width, problems, fingerprints = _scan(index, num_classes=num_classes, width=width, cache=cache,
+                                                   progress=progress, num_threads=8)
     if problems and not skip_bad_videos:
-        raise DatasetError(format_problems(problems) + "\n(use --skip_bad_videos to drop these videos)")
+        raise DatasetError(format_problems(problems, index.source)
+                           + "\n(use --skip_bad_videos to drop these videos)")
     keep = np.flatnonzero(lengths >= 0)
     if len(keep) < len(index):
         print(f"skip_bad_videos: dropped {len(index) - len(keep)} of {len(index)} videos "
@@ -227,4 +261,5 @@ def check_split(index: VideoIndex, *, num_classes: int, width: int | None = 512,
         lengths = lengths[keep]
     if len(index) == 0:
         raise DatasetError(f"{index.source}: no usable videos")
-    return ScanResult(index, lengths, width, problems)
+    kept = {p for paths in index.paths for p in paths}
+    return ScanResult(index, lengths, width, problems, {p: fp for p, fp in fingerprints.items() if p in kept})
