@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=2, help="runs of ours per row; the last one is reported")
     ap.add_argument("--layout", choices=["auto", "dense", "chunk"], default="auto",
                     help="feature layout of our evaluator (auto: chunk on CPU, dense on GPU/TPU)")
+    ap.add_argument("--precisions", nargs="+", choices=["exact", "fast"], default=["exact", "fast"],
+                    help="our precisions to time: rows without baselines for each, with baselines for the first")
     args = ap.parse_args(argv)
     data = Path(args.data) if args.data else ROOT / "runs" / f"bench_{args.preset}"
     if not (data / "val.pkl").exists():
@@ -95,9 +97,12 @@ def main(argv: list[str] | None = None) -> None:
     loaded = weights.load(args.model, "two", "--model") if args.model else None
     if loaded is not None:
         num_classes = loaded.meta["num_classes"]
-    run_cfg = cli.resolve("eval", [*README_EVAL, "--num_classes", str(num_classes), "--batch_size",
-                                   str(args.batch_size), "--seed", str(args.seed), "--decode_threads", "2",
-                                   "--feature_root", str(data), "--layout", args.layout])
+    def flags(precision: str):
+        return cli.resolve("eval", [*README_EVAL, "--num_classes", str(num_classes), "--batch_size",
+                                    str(args.batch_size), "--seed", str(args.seed), "--decode_threads", "2",
+                                    "--feature_root", str(data), "--layout", args.layout, "--precision", precision])
+
+    run_cfg = flags(args.precisions[0])
     cfg = config.model_config(run_cfg)
     if loaded is not None:
         variables = loaded.variables
@@ -106,19 +111,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.packed and not (data / "val.pack").exists():
         pack_pickle(data / "val.pkl", feature_root=data, num_classes=cfg.num_classes, float16=True)
     source = open_split(data / "val.pkl", packed=args.packed, **config.split_options(run_cfg, progress=False))
-    loader = config.make_eval_loader(run_cfg, source)
-    model = build_model(cfg, "two")
     rows = []
     ours = None
-    for with_baselines in (False, True):
-        evaluator = Evaluator(model, cfg, "two", with_baselines=with_baselines, seed=args.seed,
-                              layout=config.layout(run_cfg))
+    runs = [(p, False) for p in args.precisions] + [(args.precisions[0], True)]
+    for precision, with_baselines in runs:
+        p_cfg = flags(precision)
+        loader = config.make_eval_loader(p_cfg, source)
+        evaluator = Evaluator(build_model(config.model_config(p_cfg), "two"), config.model_config(p_cfg), "two",
+                              with_baselines=with_baselines, seed=args.seed, layout=config.layout(p_cfg))
         compile_s = 0.0
         for _ in range(args.repeats):  # the last run is reported (the first also reads the files into memory)
             res = evaluator.run(variables, loader, progress=False)
             compile_s += res.compile_seconds  # only the first run compiles
         res.compile_seconds = compile_s
-        rows.append((f"l2l-jax evaluator ({'with' if with_baselines else 'no'} baselines)", res))
+        rows.append((f"l2l-jax {precision} ({'with' if with_baselines else 'no'} baselines)", res))
         ours = ours or res
     starts = dict(zip(ours.videos["index"].tolist(), ours.videos["start_idx"].tolist(), strict=True))
     t_metrics, t_seconds = torch_eval(variables, source, cfg, args.batch_size, starts)
@@ -135,8 +141,10 @@ def main(argv: list[str] | None = None) -> None:
               f"{r.compile_seconds:10.1f}")
     print("\nmetrics (same starts):  torch " + ", ".join(f"{k} {t_metrics[k]:.6f}" for k in
                                                       ("avgpool_acc", "lstm_acc", "avgpool_map", "lstm_map")))
-    print("                        ours  " + ", ".join(f"{k} {ours[k]:.6f}" for k in
-                                                      ("avgpool_acc", "lstm_acc", "avgpool_map", "lstm_map")))
+    for name, r in rows:
+        if "no baselines" in name:
+            print(f"{name:>29}: " + ", ".join(f"{k} {r[k]:.6f}" for k in
+                                              ("avgpool_acc", "lstm_acc", "avgpool_map", "lstm_map")))
 
 
 if __name__ == "__main__":
