@@ -41,7 +41,7 @@ class WeightsRef:
     def where(self) -> Path:
         """The exact file or directory the weights come from (a run's step directory for runs)."""
         if self.kind == "run" and self.step is not None:
-            from l2l_jax.run_checkpoint import CHECKPOINT_DIR
+            from l2l_jax.training.checkpoints import CHECKPOINT_DIR
 
             return self.path / CHECKPOINT_DIR / str(self.step)
         return self.path
@@ -61,7 +61,7 @@ def resolve(path: str | Path, flag: str = "weights") -> WeightsRef:
     """The `WeightsRef` of a weights argument (see the module docstring). `flag` names the argument in
     errors (e.g. ``--pretrained_model``)."""
     from l2l_jax import model_dir
-    from l2l_jax.run_checkpoint import RunCheckpoints, find_run_checkpoint
+    from l2l_jax.training.checkpoints import RunCheckpoints, find_run_checkpoint
 
     p = Path(path).absolute()
     if not p.exists():
@@ -107,7 +107,7 @@ def load(path: str | Path | WeightsRef, variant: str, flag: str = "weights") -> 
                 raise WeightsError(f"{flag} {ref.path} holds a {meta['variant']!r} model, not {variant!r} "
                                    "(check --variant)")
         else:
-            from l2l_jax.run_checkpoint import read_run_params
+            from l2l_jax.training.checkpoints import read_run_params
 
             variables, step = read_run_params(ref.path, ref.step)
             ref = dataclasses.replace(ref, step=step)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,10 +22,9 @@ import numpy as np
 import pytest
 from test_train_parity import RUNS, recipe_of
 
-from l2l_jax import cli
+from l2l_jax import cli, config
 from l2l_jax.model_dir import load_model_dir
-from l2l_jax.run_checkpoint import RunCheckpoints
-from l2l_jax.train import recipe_from_config
+from l2l_jax.training.checkpoints import RunCheckpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def _run_flags(run: dict) -> list[str]:
 @pytest.mark.parametrize("variant,run", RUNS, ids=[r["name"] for _, r in RUNS])
 def test_cli_builds_the_fixture_recipe(variant, run):
     cfg = cli.resolve("train", _run_flags(run))
-    got = recipe_from_config(cfg, run["iters_per_epoch"])
+    got = config.recipe(cfg, run["iters_per_epoch"])
     assert got == recipe_of(run)
     for k in range(len(run["steps"])):
         assert got.group_lrs(k) == pytest.approx(run["steps"][k]["lr"], rel=1e-12, abs=0.0)
@@ -59,13 +59,12 @@ def test_cli_builds_the_fixture_recipe(variant, run):
 _SAVE_RUN = """
 import logging, sys
 import jax
-from l2l_jax import cli, parallel
-from l2l_jax.run_checkpoint import RunCheckpoints
+from l2l_jax import cli, config, parallel
 from l2l_jax.steps import create_train_state
-from l2l_jax.train import initial_variables, recipe_from_config
+from l2l_jax.training.checkpoints import RunCheckpoints
 assert jax.device_count() == int(sys.argv[1]), jax.devices()
 cfg = cli.resolve("train", sys.argv[3:])
-state = create_train_state(initial_variables(cfg, logging.getLogger("save")), recipe_from_config(cfg, 4).optimizer(),
+state = create_train_state(config.initial_variables(cfg, logging.getLogger("save")), config.recipe(cfg, 4).optimizer(),
                            cfg.seed)
 ckpts = RunCheckpoints(sys.argv[2])
 ckpts.save(4, parallel.replicate(state, parallel.make_mesh()), {"epoch": 0, "next_epoch": 1, "final": True})
@@ -75,13 +74,13 @@ ckpts.close()
 
 def test_pretrained_run_directory_loads_on_another_device_count(tmp_path):
     """A run checkpoint saved on 4 (fake CPU) devices is read by `l2l-train --pretrained_model` (run directory or
-    its checkpoints/) and `l2l-eval --pretrained_model` in this process, which has another device count."""
+    its checkpoints/ or one step's directory) and `l2l-eval --pretrained_model` in this process, which has
+    another device count."""
     import logging
 
     import jax
 
-    from l2l_jax import evaluate
-    from l2l_jax.train import initial_variables, read_weights
+    from l2l_jax import weights
 
     n_save = 4 if jax.device_count() != 4 else 2
     run_dir = tmp_path / "run"
@@ -92,15 +91,17 @@ def test_pretrained_run_directory_loads_on_another_device_count(tmp_path):
                           env=e, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     log = logging.getLogger("test_pretrained")
-    want = initial_variables(cli.resolve("train", [*small, "--seed", "7"]), log)  # what the run saved
+    want = config.initial_variables(cli.resolve("train", [*small, "--seed", "7"]), log)  # what the run saved
 
-    assert_trees_equal(read_weights(str(run_dir), "two"), want)
+    assert_trees_equal(weights.load(run_dir, "two").variables, want)
     for path in (run_dir, run_dir / "checkpoints", run_dir / "checkpoints" / "4"):
-        got = initial_variables(cli.resolve("train", [*small, "--seed", "3", "--pretrained_model", str(path)]), log)
+        got = config.initial_variables(cli.resolve("train", [*small, "--seed", "3", "--pretrained_model", str(path)]),
+                                       log)
         assert_trees_equal(got, want)
-        variables, meta, where = evaluate.load_model(path, "two")
-        assert_trees_equal(variables, want)
-        assert (meta["num_classes"], meta["step"], where) == (6, 4, run_dir / "checkpoints" / "4")
+        loaded = config.eval_weights(cli.resolve("eval", ["--num_classes", "6", "--pretrained_model", str(path)]))
+        assert_trees_equal(loaded.variables, want)
+        assert (loaded.meta["num_classes"], loaded.meta["step"]) == (6, 4)
+        assert loaded.ref.where == run_dir / "checkpoints" / "4"
 
 
 # ---------------------------------------------------------------------------------------------- end to end
@@ -182,7 +183,7 @@ def test_train_checkpoints_resume_final_validation(env, reference):
     from l2l_jax.train import main
 
     run_dir = env["base"] / "e2e"
-    main(flags(env, run_dir, "--epochs", "2", "--visualization", "--keep_checkpoints", "2"))
+    assert main(flags(env, run_dir, "--epochs", "2", "--visualization", "--keep_checkpoints", "2")) == 0
     steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [4, 8]  # 4 iterations per epoch, one checkpoint per epoch (epoch 0 included)
     assert [r["epoch"] for r in epoch_records(run_dir)] == [0, 1]
@@ -194,7 +195,7 @@ def test_train_checkpoints_resume_final_validation(env, reference):
     assert (run_dir / "curves.png").stat().st_size > 0
     assert any((run_dir / "tensorboard").iterdir())
     # a third epoch: resumes after epoch 1, keeps the newest 2, ends where the uninterrupted run ends
-    main(flags(env, run_dir, "--epochs", "3", "--keep_checkpoints", "2"))
+    assert main(flags(env, run_dir, "--epochs", "3", "--keep_checkpoints", "2")) == 0
     steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [8, 12]
     assert "Resuming after epoch 1 at step 8" in (run_dir / "run.log").read_text()
@@ -224,15 +225,38 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(env, reference):
 
 
 @pytest.mark.slow
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(env, reference):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(env, reference, capsys):
+    """The program's contract: exit status 2 and one line on stderr with the message, no traceback."""
     from l2l_jax.train import main
 
     run_dir = env["base"] / "nan"
     shutil.copytree(reference, run_dir)
     good = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    with pytest.raises(SystemExit, match="non-finite training loss at step 1[2-5] .*last good checkpoint is .*12"):
-        main(flags(env, run_dir, "--epochs", "5", "--lr", "1e30", val=False))
+    assert main(flags(env, run_dir, "--epochs", "5", "--lr", "1e30", val=False)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    ours = [line for line in err.splitlines() if line.startswith("l2l-train:")]
+    assert len(ours) == 1, err[-2000:]
+    assert re.fullmatch(r"l2l-train: non-finite training loss at step 1[2-5] .*last good checkpoint is .*12\. .*",
+                        ours[0]), ours[0]
+    assert err.rstrip().endswith(ours[0])  # the last thing the program says
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == good
+
+
+def test_flag_errors_stop_before_any_data_is_read(tmp_path, capsys):
+    """A flag problem is one line and exit status 2, before the run directory is made or a split is read."""
+    from l2l_jax.train import main
+
+    run_dir = tmp_path / "run"
+    missing = tmp_path / "missing.pkl"
+    for argv, said in ((["--epochs", "0"], "--epochs"), (["--checkpoint_freq", "0"], "--checkpoint_freq"),
+                       (["--train_dataset_file", str(missing)], str(missing))):
+        base = ["--train_dataset_file", str(tmp_path), "--with_lstm_ce_loss", "--workdir", str(run_dir)]
+        assert main([*base, *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("l2l-train: ") and said in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1, err
+        assert not run_dir.exists()
 
 
 # ---------------------------------------------------------------------------------------------- devices

@@ -4,6 +4,8 @@
   rows, numbered by step (1..E), the start clip marked (unless the mean start), padding/fill positions shaded.
 * ``map_vs_steps.png``: mAP after k = 1..E steps, the policy vs k uniformly spaced clips
   (`l2l_jax.evaluation.baselines` says how the k-step logits are formed).
+* ``curves.png`` of a training run (`training_curves`, written by `l2l-train`): training loss and accuracy
+  and the validation accuracy/mAP per epoch.
 """
 
 from __future__ import annotations
@@ -95,3 +97,35 @@ def write_all(result: Any, out_dir: str | os.PathLike, names: Mapping[int, str] 
     finally:
         plt.close(fig)
     return written
+
+
+def training_curves(path: str | os.PathLike, epochs: Sequence[Mapping[str, Any]]) -> Path | None:
+    """The training loss, the training accuracy and the validation accuracy/mAP per epoch, from a run's
+    ``"kind": "epoch"`` records (``metrics.jsonl``, `l2l_jax.training.log`); None without records."""
+    if not epochs:
+        return None
+    x = [r["epoch"] for r in epochs]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    axes[0].plot(x, [r["train/loss"] for r in epochs], "o-", label="loss")
+    axes[0].plot(x, [r["train/avgpool_ce"] for r in epochs], ".--", label="avgpool CE")
+    axes[0].plot(x, [r["train/lstm_ce"] for r in epochs], ".--", label="LSTM CE")
+    axes[0].set_title("training loss")
+    axes[1].plot(x, [r["train/avgpool_acc"] for r in epochs], "o-", label="avgpool")
+    axes[1].plot(x, [r["train/lstm_acc"] for r in epochs], "o-", label="LSTM")
+    axes[1].set_title("training accuracy")
+    for key, label in (("val/avgpool_acc", "avgpool acc"), ("val/lstm_acc", "LSTM acc"),
+                       ("val/avgpool_map", "avgpool mAP"), ("val/lstm_map", "LSTM mAP")):
+        pts = [(r["epoch"], r[key]) for r in epochs if key in r]
+        if pts:
+            axes[2].plot(*zip(*pts, strict=True), "o-", label=label)
+    axes[2].set_title("validation")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -6,7 +6,7 @@ epoch, the epoch just finished, whether it is the final checkpoint). ``<step>`` 
 taken. orbax writes into a temporary directory and renames it when complete, so a run killed while saving
 leaves the previous checkpoints intact and the partial one is ignored. The newest ``keep`` are kept.
 
-Unlike upstream (which reruns from ``--start_epoch`` with a restored schedule, UPSTREAM.md §6 "Resume"), a
+Unlike upstream (which reruns from ``--start_epoch`` with a restored schedule, docs/UPSTREAM.md §6 "Resume"), a
 restored run continues exactly where the checkpoint was taken: same step, same next batch, same draws.
 
 `restore_params` (``--pretrained_model`` of `l2l-train` and `l2l-eval`) reads the variables as host numpy arrays,

@@ -1,0 +1,17 @@
+"""Training the preview policy (`l2l-train`, docs/UPSTREAM.md §6), in four modules:
+
+* `l2l_jax.training.loop`: `train(cfg)`, the recipe as a loop: check the flags, set up, restore, epochs of
+  jitted steps, checkpoint and validate after each epoch, finish;
+* `l2l_jax.training.log`: the run's outputs (`RunLog`): upstream's ``run.log`` and ``epoch.log`` lines and
+  meters, ``metrics.jsonl``, TensorBoard, ``curves.png``;
+* `l2l_jax.training.checkpoints`: orbax checkpoints of the whole train state and the loader position
+  (`RunCheckpoints`), readable on any device count;
+* `l2l_jax.training.validation`: the per-epoch validation through the evaluator (`Validation`).
+
+The flags become model, recipe, loaders and initial weights in `l2l_jax.config`; the program is
+`l2l_jax.train`.
+"""
+
+from l2l_jax.training.loop import train
+
+__all__ = ["train"]

@@ -1,0 +1,313 @@
+"""A training run's outputs, written by process 0 into the run directory (``--checkpoint_path``):
+
+* ``run.log``: upstream's log lines (docs/UPSTREAM.md §6 "Logs"): DEBUG lines with upstream's prefix, INFO
+  lines bare, mirrored to stdout; at every print point upstream's ``Epoch: [e][i/N_it]`` line with its
+  AverageMeter arithmetic (`_Meter`);
+* ``epoch.log``: the header ``epoch,loss,acc,lr``, one ``epoch, loss, lr`` line per epoch and the
+  validation lines (`l2l_jax.training.validation.validation_lines`);
+* ``metrics.jsonl``: one JSON record per print point (``"kind": "train"``) and per epoch (``"kind":
+  "epoch"``); on resume the records of epochs that will be trained again are dropped first;
+* ``config.json`` (the resolved flags), ``tensorboard/`` (with ``--visualization``) and ``curves.png``
+  (`l2l_jax.evaluation.plots.training_curves`).
+
+`RunLog` owns all of them; the other processes get a `RunLog` that writes nothing. The numbers it logs come
+from the epoch sums that the train step accumulates on the device (`SUMS`), fetched at print points only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+#: upstream's format of DEBUG lines (docs/UPSTREAM.md §6 "Logs"); INFO lines are bare.
+DEBUG_FORMAT = "%(asctime)s %(module)s: %(lineno)d: %(levelname)s:: %(msg)s"
+#: The epoch's running sums, accumulated on the device by the train loop (losses weighted by row count).
+SUMS = ("loss", "avgpool_ce", "lstm_ce", "avgpool_correct", "lstm_correct", "count")
+#: The meters of upstream's print line, in its order.
+METERS = ("avgpool_ce", "lstm_ce", "loss", "avgpool_acc", "lstm_acc")
+
+
+# ------------------------------------------------------------------------------------------------ loggers
+class _UpstreamFormatter(logging.Formatter):
+    """DEBUG lines with upstream's prefix, INFO lines bare (docs/UPSTREAM.md §6 "Logs")."""
+
+    def __init__(self):
+        super().__init__(DEBUG_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno == logging.INFO:
+            return record.getMessage()
+        return super().format(record)
+
+
+class _TqdmHandler(logging.Handler):
+    """Mirrors log lines to stdout without breaking the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stdout)
+
+
+def _logger(name: str, path: Path | None, fmt: logging.Formatter, echo: bool) -> logging.Logger:
+    """A private logger writing to `path` (if any) and, with `echo`, to stdout."""
+    log = logging.getLogger(f"l2l_jax.training.{name}.{id(fmt)}")
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    for h in list(log.handlers):
+        log.removeHandler(h)
+    if path is not None:
+        fh = logging.FileHandler(path)
+        fh.setFormatter(fmt)
+        log.addHandler(fh)
+    if echo:
+        sh = _TqdmHandler()
+        sh.setFormatter(fmt)
+        log.addHandler(sh)
+    return log
+
+
+def _close(log: logging.Logger) -> None:
+    for h in list(log.handlers):
+        h.close()
+        log.removeHandler(h)
+
+
+# ------------------------------------------------------------------------------------------------ meters
+class _Meter:
+    """Upstream's AverageMeter: last value and sample-weighted mean."""
+
+    def __init__(self):
+        self.val, self.sum, self.n = 0.0, 0.0, 0.0
+
+    def update(self, val: float, n: float = 1.0) -> None:
+        self.val, self.sum, self.n = val, self.sum + val * n, self.n + n
+
+    @property
+    def avg(self) -> float:
+        return self.sum / self.n if self.n else 0.0
+
+
+class _Epoch:
+    """One epoch's clocks, meters and progress bar. Upstream's Data time runs from the end of the previous
+    step to the batch being on the device, its (batch) Time from the end of the previous step to the end of
+    this one; the step's end is when the jitted call returns (dispatch, not completion)."""
+
+    def __init__(self, epoch: int, n_it: int, show: bool):
+        self.batch_time, self.data_time = _Meter(), _Meter()
+        self.meters = {k: _Meter() for k in METERS}
+        self.seen = dict.fromkeys(SUMS, 0.0)  # the sums at the previous print point
+        self.videos = 0.0
+        self.bar = tqdm(total=n_it, desc=f"epoch {epoch}", unit="batch", disable=not show, leave=False,
+                        dynamic_ncols=True)
+        self.start = self.end = time.perf_counter()
+
+    def update_meters(self, host_sums: Mapping[str, Any]) -> None:
+        """Upstream's meters weight by sample count; the batches since the last print point count as one
+        update (their sums, divided by their rows)."""
+        delta = {k: float(host_sums[k]) - self.seen[k] for k in SUMS}
+        self.seen = {k: float(host_sums[k]) for k in SUMS}
+        dn = max(delta["count"], 1.0)
+        self.meters["avgpool_ce"].update(delta["avgpool_ce"] / dn, dn)
+        self.meters["lstm_ce"].update(delta["lstm_ce"] / dn, dn)
+        self.meters["loss"].update(delta["loss"] / dn, dn)
+        self.meters["avgpool_acc"].update(delta["avgpool_correct"] / dn, dn)
+        self.meters["lstm_acc"].update(delta["lstm_correct"] / dn, dn)
+
+    def videos_per_s(self) -> float:
+        return self.videos / max(self.end - self.start, 1e-9)
+
+
+def upstream_line(epoch: int, i: int, n_it: int, lr: float, e: _Epoch, m: Mapping[str, Any]) -> str:
+    """Upstream's print line (docs/UPSTREAM.md §6 "Logs"): this batch's values (`m`, its metrics) and the
+    meters' averages in parentheses."""
+    n = max(float(m["count"]), 1.0)
+    bt, dt, meters = e.batch_time, e.data_time, e.meters
+    return (f"Epoch: [{epoch}][{i}/{n_it}]\tLR: {lr}\t"
+            f"Time {bt.val:.3f} ({bt.avg:.3f})\tData {dt.val:.3f} ({dt.avg:.3f})\t"
+            f"Avgpool CE Loss {float(m['avgpool_ce']):.4f} ({meters['avgpool_ce'].avg:.4f})\t"
+            f"LSTM CE Loss {float(m['lstm_ce']):.4f} ({meters['lstm_ce'].avg:.4f})\t"
+            f"Loss {float(m['loss']):.4f} ({meters['loss'].avg:.4f})\t"
+            f"Avgpool Acc {float(m['avgpool_correct']) / n:.3f} ({meters['avgpool_acc'].avg:.3f})\t"
+            f"LSTM Acc {float(m['lstm_correct']) / n:.3f} ({meters['lstm_acc'].avg:.3f})\n")
+
+
+def epoch_record(epoch: int, step: int, lr: float, host_sums: Mapping[str, Any], seconds: float) -> dict:
+    """The epoch's ``metrics.jsonl`` record before validation: means of the epoch sums per row."""
+    count = max(float(host_sums["count"]), 1.0)
+    return {"kind": "epoch", "epoch": epoch, "step": step, "lr": lr, "train/loss": float(host_sums["loss"]) / count,
+            "train/avgpool_ce": float(host_sums["avgpool_ce"]) / count,
+            "train/lstm_ce": float(host_sums["lstm_ce"]) / count,
+            "train/avgpool_acc": float(host_sums["avgpool_correct"]) / count,
+            "train/lstm_acc": float(host_sums["lstm_correct"]) / count,
+            "train/videos_per_s": float(host_sums["count"]) / seconds, "train/seconds": seconds}
+
+
+# ------------------------------------------------------------------------------------------------ metrics.jsonl
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl ([] if there is none)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _rewrite_metrics(path: Path, keep_before_epoch: int) -> None:
+    """On resume: drop the records of epochs that will be trained again (written before an interruption)."""
+    records = [r for r in read_metrics(path) if r.get("epoch", -1) < keep_before_epoch]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------ the run's outputs
+class RunLog:
+    """Every output of a training run but its checkpoints and final model (see the module docstring).
+
+    ``log`` is the ``run.log`` logger (upstream's DEBUG/INFO lines): ``run.log.debug(...)``. On processes
+    other than 0 nothing is written and nothing is echoed."""
+
+    def __init__(self, run_dir: str | os.PathLike, *, main_process: bool):
+        self.run_dir = Path(run_dir).absolute()
+        self.main = main_process
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.log = _logger("run", self.run_dir / "run.log" if self.main else None, _UpstreamFormatter(), self.main)
+        self.epochs = _logger("epoch", self.run_dir / "epoch.log" if self.main else None,
+                              logging.Formatter("%(message)s"), self.main)
+        self._metrics = None  # the open metrics.jsonl (process 0, once `open_outputs` ran)
+        self._tb = None  # the TensorBoard writer (process 0, with --visualization)
+        self._epoch: _Epoch | None = None
+
+    # ---- start of the run
+    def write_config(self, cfg: Any) -> None:
+        """upstream's Namespace line in run.log; the resolved flags as config.json."""
+        self.log.debug(f"Namespace: {json.dumps(cfg.to_dict(), sort_keys=True)}")
+        if self.main:
+            (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
+
+    def resumed(self, next_epoch: int) -> None:
+        """A resumed run trains `next_epoch` and later again: drop their records from metrics.jsonl."""
+        if self.main:
+            _rewrite_metrics(self.metrics_path, next_epoch)
+
+    def open_outputs(self, *, visualization: bool) -> None:
+        """Open metrics.jsonl (appending), the TensorBoard writer, and start epoch.log with its header."""
+        if not self.main:
+            return
+        if visualization:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self._metrics = open(self.metrics_path, "a")  # noqa: SIM115 (closed by close())
+        if not (self.run_dir / "epoch.log").stat().st_size:
+            self.epochs.info("epoch,loss,acc,lr")
+
+    # ---- during an epoch
+    def epoch_start(self, epoch: int, n_it: int) -> None:
+        """New meters, clocks and progress bar for `epoch`."""
+        self._epoch = _Epoch(epoch, n_it, self.main)
+
+    def batch_on_device(self) -> None:
+        """The batch is loaded and on the device (upstream's Data time)."""
+        e = self._epoch
+        e.data_time.update(time.perf_counter() - e.end)
+
+    def batch_stepped(self, videos: float) -> None:
+        """The train step of a batch of `videos` real rows was dispatched (upstream's batch Time)."""
+        e = self._epoch
+        e.bar.update(1)
+        now = time.perf_counter()
+        e.batch_time.update(now - e.end)
+        e.end = now
+        e.videos += videos
+
+    def print_point(self, epoch: int, i: int, n_it: int, step: int, lr: float, host_sums: Mapping[str, Any],
+                    host_m: Mapping[str, Any], *, upstream: bool) -> None:
+        """At a print point (after batch `i`, `step` optimizer steps done): update the meters from the epoch
+        sums, write upstream's line to run.log (with `upstream`: every --print_freq batches), a ``train``
+        record to metrics.jsonl and the TensorBoard scalars. `host_m` are the last batch's metrics."""
+        e = self._epoch
+        e.update_meters(host_sums)
+        rate = e.videos_per_s()
+        e.bar.set_postfix(loss=f"{float(host_m['loss']):.4f}", videos_s=f"{rate:.0f}")
+        if upstream:
+            self.log.info(upstream_line(epoch, i, n_it, lr, e, host_m))
+        if self._metrics is not None:
+            self._write_record({"kind": "train", "epoch": epoch, "iteration": i, "step": step, "lr": lr,
+                                "loss": float(host_m["loss"]), "avgpool_ce": float(host_m["avgpool_ce"]),
+                                "lstm_ce": float(host_m["lstm_ce"]), "videos_per_s": rate})
+        if self._tb is not None:
+            for key in ("loss", "avgpool_ce", "lstm_ce"):
+                self._tb.add_scalar(f"train/{key}", float(host_m[key]), step)
+            self._tb.add_scalar("train/lr", lr, step)
+            self._tb.add_scalar("train/videos_per_s", rate, step)
+
+    def batches_done(self) -> None:
+        """The epoch's batches are all stepped: close the progress bar."""
+        self._epoch.bar.close()
+
+    def epoch_seconds(self) -> float:
+        """Seconds since the epoch started."""
+        return time.perf_counter() - self._epoch.start
+
+    # ---- end of an epoch
+    def epoch_end(self, epoch: int, step: int, lr: float, host_sums: Mapping[str, Any], seconds: float,
+                  validation: Mapping[str, float] | None = None, validation_lines: list[str] = ()) -> None:
+        """Upstream's epoch line (mean loss, group-0 lr after the epoch) and the validation lines in
+        epoch.log; the ``epoch`` record in metrics.jsonl; the epoch's scalars in TensorBoard."""
+        record = epoch_record(epoch, step, lr, host_sums, seconds)
+        self.epochs.info(f"{epoch}, {record['train/loss']}, {lr}")
+        for line in validation_lines:
+            self.epochs.info(line)
+        if validation is not None:
+            record.update({f"val/{k}": float(v) for k, v in validation.items()})
+        if self._metrics is not None:
+            self._write_record(record)
+        if self._tb is not None:
+            for key, value in record.items():
+                if "/" in key:
+                    self._tb.add_scalar(key, value, epoch)
+            self._tb.flush()
+
+    # ---- end of the run
+    def write_curves(self) -> None:
+        """curves.png from the epoch records of metrics.jsonl (process 0; `plots.training_curves`)."""
+        if not self.main:
+            return
+        from l2l_jax.evaluation import plots  # loads matplotlib
+
+        self._close_metrics()
+        epochs = [r for r in read_metrics(self.metrics_path) if r.get("kind") == "epoch"]
+        png = plots.training_curves(self.run_dir / "curves.png", epochs)
+        if png is not None:
+            self.log.debug(f"Training curves: {png}")
+
+    def close(self) -> None:
+        """Close every file (also after an error)."""
+        if self._epoch is not None:
+            self._epoch.bar.close()
+        self._close_metrics()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        _close(self.log)
+        _close(self.epochs)
+
+    def _write_record(self, record: Mapping[str, Any]) -> None:
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+
+    def _close_metrics(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+
+
+__all__ = ["DEBUG_FORMAT", "SUMS", "RunLog", "epoch_record", "read_metrics", "upstream_line"]

@@ -1,0 +1,242 @@
+"""`train(cfg)`: upstream's training driver (docs/UPSTREAM.md §6) as a jitted, data-parallel JAX loop.
+
+It reads as the recipe: check the flags (`l2l_jax.config.check`) -> set up (data, model, recipe, the jitted
+step, validation) -> the train state from the initial weights, or restored from the newest checkpoint of the
+run directory -> for each epoch: for each batch a step, log lines at print points -> end of the epoch:
+checkpoint, validation, the epoch's log lines and record -> finish: final model directory and curves.
+
+* Devices: one `Mesh` over every device of every process, batch on ``data``, state replicated and donated
+  (`l2l_jax.parallel`). The global batch (``--batch_size``) and every random draw are independent of the
+  device and process count.
+* Host syncs: only at print points (every ``--print_freq`` iterations) and at the end of an epoch; the
+  epoch sums (losses, accuracies, the first non-finite step) accumulate on the device.
+* Checkpoints (`l2l_jax.training.checkpoints`): every ``--checkpoint_freq`` epochs (epoch 0 included) and
+  after the last epoch; a restarted run resumes from the newest one with the same state, the same next
+  batch and the same random draws, so it ends exactly as an uninterrupted run.
+* Outputs: `l2l_jax.training.log`; at the end ``model_final/``, a converted-model directory for
+  ``l2l-eval --pretrained_model``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from l2l_jax import config, parallel
+from l2l_jax import model_dir as model_dirs
+from l2l_jax.data import open_split
+from l2l_jax.errors import ConfigError, NonFiniteLossError
+from l2l_jax.model import build_model
+from l2l_jax.recipe import Recipe
+from l2l_jax.steps import TrainState, create_train_state, make_train_step
+from l2l_jax.training.checkpoints import RunCheckpoints
+from l2l_jax.training.log import SUMS, RunLog
+from l2l_jax.training.validation import Validation
+
+
+# ------------------------------------------------------------------------------------------------ the run
+def train(cfg: config.Config) -> dict[str, Any]:
+    """Run (or resume) a training run; returns a summary (epochs, final step, last validation, run dir)."""
+    parallel.init_distributed(cfg)  # before anything touches the devices
+    config.check(cfg, "train")  # every flag problem, before any data is read or anything compiles
+    mesh = parallel.make_mesh()
+    run_log = RunLog(cfg["checkpoint_path"], main_process=parallel.is_main_process())
+    ckpts = None
+    try:
+        run_log.write_config(cfg)
+        run = set_up(cfg, mesh, run_log)
+        ckpts = RunCheckpoints(run_log.run_dir, keep=cfg["keep_checkpoints"])
+        state, first_epoch = restore(run, ckpts, run_log)
+        run_log.open_outputs(visualization=bool(cfg["visualization"]))
+        run_log.log.debug("Entering the training loop")
+        last_val: dict[str, float] = {}
+        for epoch in range(first_epoch, cfg["epochs"]):
+            state, host_sums, seconds = train_epoch(run, state, epoch, ckpts, run_log)
+            last_val = end_epoch(run, state, epoch, host_sums, seconds, ckpts, run_log)
+        return finish(run, state, last_val, run_log)
+    finally:
+        if ckpts is not None:
+            ckpts.close()
+        run_log.close()
+
+
+# ------------------------------------------------------------------------------------------------ set-up
+@dataclasses.dataclass
+class Run:
+    """What the loop works with, built once by `set_up`."""
+
+    cfg: config.Config
+    mesh: Any
+    layout: str  # "dense" | "chunk": how batches reach the device
+    loader: Any  # the training BatchLoader
+    batches: Any  # its iterator over all epochs (checkpointed with the state)
+    model: Any
+    recipe: Recipe
+    epoch_step: Any  # jitted (state, sums, batch) -> (state, sums, metrics)
+    validation: Validation | None
+
+    @property
+    def n_it(self) -> int:
+        """Iterations per epoch (upstream's N_it)."""
+        return self.loader.batches_per_epoch
+
+    def steps_before(self, epoch: int) -> int:
+        """Optimizer steps taken before `epoch` began."""
+        return (epoch - self.cfg["start_epoch"]) * self.n_it
+
+    def lr(self, step: int) -> float:
+        """Learning rate of parameter group 0 after `step` steps (what upstream logs)."""
+        return self.recipe.group_lrs(step)[0]
+
+
+def set_up(cfg: config.Config, mesh: Any, run_log: RunLog) -> Run:
+    """The data (splits checked, loaders), the model, the recipe, the jitted step and the validation."""
+    t0 = time.time()
+    options = config.split_options(cfg, progress=run_log.main)
+    train_src = open_split(cfg["train_dataset_file"], **options)
+    val_src = open_split(cfg["test_dataset_file"], **options) if cfg.get("test_dataset_file") else None
+    run_log.log.debug(f"Time to load paths: {time.time() - t0:.3f}")
+    run_log.log.debug(f"Number of videos: {len(train_src)}")
+    if val_src is not None:
+        run_log.log.debug(f"Number of videos: {len(val_src)}")
+    if len(train_src) % cfg["batch_size"] == 1:
+        raise ConfigError(f"{cfg['train_dataset_file']}: {len(train_src)} videos leave a last batch of 1 video at "
+                          f"--batch_size {cfg['batch_size']}; BatchNorm cannot train on one row (upstream crashes, "
+                          "quirk 17): change --batch_size")
+    loader = config.make_train_loader(cfg, train_src)
+    model = build_model(config.model_config(cfg), cfg["variant"])
+    recipe = config.recipe(cfg, loader.batches_per_epoch)
+    rep = parallel.replicated(mesh)
+    epoch_step = jax.jit(make_epoch_step(make_train_step(model, recipe)), donate_argnums=(0, 1),
+                         out_shardings=(rep, rep, rep), compiler_options=parallel.compiler_options())
+    batches = loader.iterator(num_epochs=cfg["epochs"] - cfg["start_epoch"], start_epoch=cfg["start_epoch"])
+    validation = Validation(cfg, model, val_src, mesh) if val_src is not None else None
+    return Run(cfg=cfg, mesh=mesh, layout=config.layout(cfg), loader=loader, batches=batches, model=model,
+               recipe=recipe, epoch_step=epoch_step, validation=validation)
+
+
+def restore(run: Run, ckpts: RunCheckpoints, run_log: RunLog) -> tuple[TrainState, int]:
+    """The replicated train state from the initial weights (`config.initial_variables`: fresh, then
+    --weights_audioImageModel and --pretrained_model), replaced by the newest checkpoint of the run directory
+    if there is one (the loader's position too); returns (state, first epoch to train)."""
+    variables = config.initial_variables(run.cfg, run_log.log)
+    state = create_train_state(variables, run.recipe.optimizer(), run.cfg["seed"])
+    state = parallel.replicate(state, run.mesh)
+    first_epoch = run.cfg["start_epoch"]
+    if ckpts.latest_step() is not None:
+        run_log.log.debug(f"Loading last checkpoint: {ckpts.directory / str(ckpts.latest_step())}")
+        state, progress = ckpts.restore(state)
+        first_epoch = int(progress["next_epoch"])
+        run.batches.set_state(progress["data"])
+        run_log.log.debug(f"Resuming after epoch {progress['epoch']} at step {int(parallel.to_host(state.step))}")
+        run_log.resumed(first_epoch)
+    run_log.log.debug(f"Model: {type(run.model).__name__} ({run.cfg['variant']}), {jax.device_count()} device(s) "
+                      f"({jax.devices()[0].platform}), {jax.process_count()} process(es)")
+    return state, first_epoch
+
+
+# ------------------------------------------------------------------------------------------------ the epoch
+def make_epoch_step(train_step):
+    """Wrap the train step so that the epoch's sums (`SUMS`: losses weighted by rows, correct counts, rows)
+    and the first non-finite step accumulate on the device."""
+
+    def step(state: TrainState, acc: dict, batch: dict):
+        k = state.step
+        state, m = train_step(state, batch)
+        n = m["count"]
+        finite = jnp.isfinite(m["loss"])
+        new = {key: acc[key] + (m[key] * n if key in ("loss", "avgpool_ce", "lstm_ce") else m[key])
+               for key in SUMS}
+        new["first_bad"] = jnp.where((acc["first_bad"] < 0) & ~finite, k, acc["first_bad"])
+        return state, new, m
+
+    return step
+
+
+def zero_sums() -> dict:
+    return {**{k: jnp.zeros((), jnp.float32) for k in SUMS}, "first_bad": -jnp.ones((), jnp.int32)}
+
+
+def train_epoch(run: Run, state: TrainState, epoch: int, ckpts: RunCheckpoints,
+                run_log: RunLog) -> tuple[TrainState, dict, float]:
+    """One epoch of steps, logging at print points; returns (state, the epoch sums on the host, seconds)."""
+    cfg, n_it = run.cfg, run.n_it
+    sums = parallel.replicate(zero_sums(), run.mesh)
+    run_log.epoch_start(epoch, n_it)
+    for i in range(1, n_it + 1):
+        batch = next(run.batches)
+        videos = float(np.sum(batch["valid"])) * jax.process_count()
+        batch = parallel.shard_batch(batch, run.mesh, run.layout)
+        run_log.batch_on_device()
+        state, sums, m = run.epoch_step(state, sums, batch)
+        run_log.batch_stepped(videos)
+        if i % cfg["print_freq"] == 0 or i == n_it:
+            host_sums, host_m = parallel.to_host((sums, m))  # the print point: one sync
+            check_finite(host_sums, epoch, n_it, ckpts, run_log)
+            step = run.steps_before(epoch) + i
+            run_log.print_point(epoch, i, n_it, step, run.lr(step), host_sums, host_m,
+                                upstream=i % cfg["print_freq"] == 0)
+    run_log.batches_done()
+    host_sums = parallel.to_host(sums)
+    check_finite(host_sums, epoch, n_it, ckpts, run_log)
+    return state, host_sums, run_log.epoch_seconds()
+
+
+def check_finite(host_sums: Mapping[str, Any], epoch: int, n_it: int, ckpts: RunCheckpoints,
+                 run_log: RunLog) -> None:
+    """Stop (`NonFiniteLossError`, nothing saved) at the first NaN or infinite loss."""
+    bad = int(host_sums["first_bad"])
+    if bad < 0 and math.isfinite(float(host_sums["loss"])):
+        return
+    last = ckpts.latest_step()
+    where = f"the last good checkpoint is {ckpts.directory / str(last)}" if last is not None else "no checkpoint yet"
+    msg = (f"non-finite training loss at step {bad} (epoch {epoch}, {n_it} iterations per epoch): stopping without "
+           f"saving; {where}. Lower --lr or check the input features.")
+    run_log.log.error(msg)
+    raise NonFiniteLossError(msg)
+
+
+def end_epoch(run: Run, state: TrainState, epoch: int, host_sums: Mapping[str, Any], seconds: float,
+              ckpts: RunCheckpoints, run_log: RunLog) -> dict[str, float]:
+    """After an epoch: the checkpoint (every --checkpoint_freq epochs and after the last; before validation,
+    as upstream), the validation, the epoch's lines and record. Returns the validation's numbers ({} without
+    a validation split)."""
+    cfg = run.cfg
+    step = run.steps_before(epoch + 1)
+    last = epoch == cfg["epochs"] - 1
+    if epoch % cfg["checkpoint_freq"] == 0 or last:
+        run_log.log.info(f"Saving checkpoint to {ckpts.directory / str(step)}")
+        ckpts.save(step, state, {"data": run.batches.get_state(), "next_epoch": epoch + 1, "epoch": epoch,
+                                 "final": last})
+    if run.validation is None:
+        run_log.epoch_end(epoch, step, run.lr(step), host_sums, seconds)
+        return {}
+    result = run.validation(state.variables)
+    run_log.epoch_end(epoch, step, run.lr(step), host_sums, seconds, result, run.validation.lines(epoch, result))
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ the end
+def finish(run: Run, state: TrainState, last_val: dict[str, float], run_log: RunLog) -> dict[str, Any]:
+    """A converted-model directory of the final weights (``model_final/``) and the training curves; returns
+    the run's summary."""
+    cfg = run.cfg
+    summary = {"epochs": cfg["epochs"], "step": int(parallel.to_host(state.step)), "validation": last_val,
+               "run_dir": str(run_log.run_dir)}
+    variables = parallel.to_host(state.variables)  # every process (a collective if not replicated)
+    if run_log.main:  # process 0 alone writes the model directory (save_model_dir is a one-process writer)
+        meta = {"variant": cfg["variant"], "num_classes": cfg["num_classes"], "feature_dim": config.feature_width(cfg),
+                "source": str(run_log.run_dir), "epoch": cfg["epochs"] - 1}
+        model_dirs.save_model_dir(run_log.run_dir / "model_final", variables, meta, overwrite=True)
+    run_log.write_curves()
+    return summary
+
+
+__all__ = ["Run", "end_epoch", "make_epoch_step", "restore", "set_up", "train", "train_epoch", "zero_sums"]

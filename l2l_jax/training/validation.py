@@ -1,0 +1,58 @@
+"""Validation after every training epoch: upstream's validate() (docs/UPSTREAM.md §7) on the validation
+split, through the evaluator, and its lines in ``epoch.log`` (docs/UPSTREAM.md §6 "Logs").
+
+`Validation` is built once per run (its loader and the evaluator's compiled executables are reused every
+epoch). The start clips depend on --seed and the video only, so every epoch is measured on the same draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from l2l_jax import config, parallel
+from l2l_jax.evaluation import Evaluator
+
+
+class Validation:
+    """The per-epoch validation of a run: ``validation(variables)`` -> {avgpool_acc, lstm_acc, avgpool_map,
+    lstm_map, num_videos, videos_per_s[, gt_map]} (fractions); `lines` gives upstream's epoch.log lines.
+    Built once per run: the loader and the evaluator (with its compiled executables) serve every epoch."""
+
+    def __init__(self, cfg: config.Config, model: Any, source: Any, mesh: Any):
+        self.variant = cfg["variant"]
+        self.loader = config.make_eval_loader(cfg, source)
+        self.evaluator = Evaluator(model, config.model_config(cfg), self.variant, hard=bool(cfg["gt_feature_eval"]),
+                                   with_baselines=False, mesh=mesh, seed=int(cfg["seed"]), layout=config.layout(cfg))
+
+    def __call__(self, variables: Mapping[str, Any]) -> dict[str, float]:
+        res = self.evaluator.run(parallel.to_host(variables), self.loader, progress=parallel.is_main_process(),
+                                 desc="validation")
+        out = {"avgpool_acc": res.avgpool_acc, "lstm_acc": res.lstm_acc, "avgpool_map": res.avgpool_map,
+               "lstm_map": res.lstm_map, "num_videos": res.num_videos, "videos_per_s": res.videos_per_second}
+        if res.gt_map is not None:
+            out["gt_map"] = res.gt_map
+        return out
+
+    def lines(self, epoch: int, result: Mapping[str, float]) -> list[str]:
+        """Upstream's validate lines for `epoch` (`validation_lines`)."""
+        return validation_lines(self.variant, epoch, result)
+
+
+def validation_lines(variant: str, epoch: int, r: Mapping[str, float]) -> list[str]:
+    """validate()'s lines in epoch.log (docs/UPSTREAM.md §6 "Logs"), per variant."""
+    if variant == "single":
+        lines = [f"Final accuracy from avgpooling at epoch {epoch}: {r['avgpool_acc']}",
+                 f"Final accuracy from lstm  at epoch {epoch}: {r['lstm_acc']}",
+                 f"mAP from avgpooling at epoch {epoch}: {r['avgpool_map']}",
+                 f"mAP from lstm at epoch {epoch}: {r['lstm_map']}"]
+        if "gt_map" in r:  # the evaluator gives the gt mAP only (quirk 19)
+            lines.append(f"mAP from gt predictions at epoch {epoch}: {r['gt_map']}\n")
+        return lines
+    return [f"Final accuracy from avgpooling at epoch {epoch}: {r['avgpool_acc']}",
+            f"Final accuracy from lstm final prediction at epoch {epoch}: {r['lstm_acc']}",
+            f"mAP from avgpooling at epoch {epoch}: {r['avgpool_map']}",
+            f"mAP from lstm final prediction at epoch {epoch}: {r['lstm_map']}\n"]
+
+
+__all__ = ["Validation", "validation_lines"]
