@@ -1,6 +1,6 @@
 """`l2l-demo`: the whole system end to end on the embedded synthetic dataset, with no downloads.
 
-    l2l-demo --out runs/demo [--preset default|tiny] [--seed N]
+    l2l-demo --out runs/demo [--preset default|tiny] [--seed N] [--precision exact|fast] [--layout auto|dense|chunk]
 
 Five steps, each through the program a user would run (the equivalent command line is printed before each):
 1. `l2l-synth` writes the dataset to OUT/data (skipped when a complete one of the same preset and seed is there);
@@ -114,7 +114,8 @@ def step_imageaudionet(out: Path, data: Path, num_classes: int, preset: str, see
     return {"pth": pth, "converted": conv, "seconds": time.perf_counter() - t0, **info}
 
 
-def step_train(out: Path, data: Path, num_classes: int, weights: Path, preset: str, seed: int) -> dict[str, Any]:
+def step_train(out: Path, data: Path, num_classes: int, weights: Path, preset: str, seed: int,
+               compute: list[str] = ()) -> dict[str, Any]:
     """Step 3: l2l-train with configs/synthetic.py from the converted fusion net; returns time and speed."""
     from l2l_jax import train
 
@@ -126,7 +127,7 @@ def step_train(out: Path, data: Path, num_classes: int, weights: Path, preset: s
     argv = ["--config", _shown(config_file()), "--train_dataset_file", _shown(data / "train.pkl"),
             "--test_dataset_file", _shown(data / "val.pkl"), "--num_classes", str(num_classes),
             "--weights_audioImageModel", _shown(weights), "--checkpoint_path", _shown(run_dir),
-            "--seed", str(seed), *PRESETS[preset]["train"]]
+            "--seed", str(seed), *PRESETS[preset]["train"], *compute]
     seconds = _run("l2l-train", train.main, argv)
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     epochs = [r for r in epochs if r.get("kind") == "epoch"]
@@ -136,7 +137,8 @@ def step_train(out: Path, data: Path, num_classes: int, weights: Path, preset: s
     return {"dir": run_dir, "seconds": seconds, "videos_per_s": rate, "epochs": len(epochs)}
 
 
-def step_eval(out: Path, data: Path, num_classes: int, run_dir: Path, seed: int) -> dict[str, Any]:
+def step_eval(out: Path, data: Path, num_classes: int, run_dir: Path, seed: int,
+              compute: list[str] = ()) -> dict[str, Any]:
     """Step 4: l2l-eval of the final model with baselines, metrics JSON, per-video export and plots."""
     from l2l_jax import cli, evaluate
 
@@ -147,7 +149,9 @@ def step_eval(out: Path, data: Path, num_classes: int, run_dir: Path, seed: int)
     argv = ["--test_dataset_file", _shown(data / "val.pkl"), "--num_classes", str(num_classes),
             "--episode_length", str(EPISODE_LENGTH), "--pretrained_model", _shown(run_dir / "model_final"),
             *flags, "--batch_size", str(cfg.batch_size), "--buckets", *map(str, cfg.buckets), "--seed", str(seed),
-            "--metrics_json", _shown(metrics), "--plot", _shown(plots), "--export", _shown(export)]
+            "--metrics_json", _shown(metrics), "--plot", _shown(plots), "--export", _shown(export), *compute]
+    for path in (metrics, export):  # a previous demo's outputs (l2l-eval never overwrites silently)
+        path.unlink(missing_ok=True)
     seconds = _run("l2l-eval", evaluate.main, argv)
     return {"metrics": metrics, "plots": plots, "export": export, "seconds": seconds,
             "result": json.loads(metrics.read_text())}
@@ -198,14 +202,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output folder (data, weights, run, metrics, plots)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="default", help="synthetic dataset size")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data, the fit, training and evaluation")
+    ap.add_argument("--precision", choices=["exact", "fast"], default="exact",
+                    help="matmul precision of training and evaluation (see l2l-train --help)")
+    ap.add_argument("--layout", choices=["auto", "dense", "chunk"], default="auto",
+                    help="feature layout of training and evaluation (see l2l-train --help)")
     args = ap.parse_args(argv)
+    compute = ["--precision", args.precision, "--layout", args.layout]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data, num_classes = step_data(out, args.preset, args.seed)
     fit = step_imageaudionet(out, data, num_classes, args.preset, args.seed)
-    trained = step_train(out, data, num_classes, fit["converted"], args.preset, args.seed)
-    ev = step_eval(out, data, num_classes, trained["dir"], args.seed)
+    trained = step_train(out, data, num_classes, fit["converted"], args.preset, args.seed, compute)
+    ev = step_eval(out, data, num_classes, trained["dir"], args.seed, compute)
     _header(5, "results")
     print(final_screen(out, fit, trained, ev, time.perf_counter() - t0), flush=True)
     return 0

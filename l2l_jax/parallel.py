@@ -24,6 +24,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from l2l_jax.errors import ConfigError
+
 DATA = "data"
 
 _initialized = False
@@ -55,12 +57,12 @@ def init_distributed(cfg: Mapping[str, Any] | None = None) -> bool:
             _initialized = True
         return _initialized
     if num is None or pid is None:
-        raise SystemExit("multi-host: --coordinator_address needs --num_processes and --process_id "
+        raise ConfigError("multi-host: --coordinator_address needs --num_processes and --process_id "
                          "(or JAX_NUM_PROCESSES / JAX_PROCESS_ID)")
     if num == 1:
         return False
     if not 0 <= pid < num:
-        raise SystemExit(f"multi-host: --process_id {pid} is outside [0, {num})")
+        raise ConfigError(f"multi-host: --process_id {pid} is outside [0, {num})")
     jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
     _initialized = True
     return True
