@@ -1,0 +1,231 @@
+"""Decoding a video file into what the clip networks take: one RGB frame and one mono waveform per clip.
+
+PyAV (FFmpeg) reads any container and codec FFmpeg reads (mp4, mkv, webm, avi, mov, ...), in one pass over the
+file (video and audio packets demuxed together). Clip k covers ``[k, k + 1) * clip_seconds`` of the video
+stream's time line (0 = the first decoded frame), and the number of clips is ``ceil(duration / clip_seconds)``
+(a last partial clip counts, as `l2l_jax.video.frames.first_frame_indices` and
+`l2l_jax.video.audio.split_clips` count it); duration = last frame's time + one frame duration.
+
+- Frame of clip k: the first decoded frame whose time is at or after the clip's start (1 ms tolerance); when
+  a clip has no frame of its own (frame rate below one per clip, or a gap), the frame before it is repeated.
+  Converted to RGB (uint8) at the video's own size (the size of the first frame; a later frame of another
+  size is rescaled to it).
+- Audio of clip k: the first audio stream, resampled to mono float32 at `sample_rate` by PyAV's
+  ``AudioResampler`` (FFmpeg's swresample; channels averaged by its downmix), placed on the video's time line
+  (an audio stream that starts later is preceded by silence, one that starts earlier is cut), zero-padded or
+  cut to ``num_clips * clip_samples``, then one row per clip.
+- No audio stream: silence (all zeros) and ``has_audio = False``.
+- `DecodeError` (an `l2l_jax.errors.L2LError`) with a one-line reason for a file that cannot be opened or
+  decoded, has no video stream, or holds no decodable frame (fewer than one clip).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from fractions import Fraction
+
+import numpy as np
+
+from l2l_jax.errors import L2LError
+
+TIME_TOLERANCE = 1e-3  # seconds: a frame this much before a clip's start still counts as its first frame
+
+
+class DecodeError(L2LError):
+    """A video cannot be used; ``reason`` says why in a few words."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = os.fspath(path)
+        self.reason = reason
+
+
+@dataclasses.dataclass
+class DecodedVideo:
+    """One video, one row per clip: ``frames`` (T, H, W, 3) uint8 RGB, ``audio`` (T, clip_samples) float32."""
+
+    path: str
+    frames: np.ndarray
+    audio: np.ndarray
+    has_audio: bool
+    fps: float
+    duration: float
+
+    @property
+    def num_clips(self) -> int:
+        return len(self.frames)
+
+
+def _frame_time(frame, index: int, fps: float) -> float:
+    if frame.pts is not None and frame.time_base is not None:
+        return float(frame.pts * frame.time_base)
+    return index / fps
+
+
+def _rate(stream) -> float:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:
+            return float(rate)
+    return 0.0
+
+
+def decode_video(path: str | os.PathLike, *, clip_seconds: float = 1.0, sample_rate: int = 16000,
+                 threads: bool = True) -> DecodedVideo:
+    """Decode `path` (see the module docstring). `threads`: let FFmpeg decode with its own frame threads."""
+    import av
+
+    path = os.fspath(path)
+    clip_samples = int(round(clip_seconds * sample_rate))
+    try:
+        container = av.open(path)
+    except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as e:
+        raise DecodeError(path, f"cannot open ({_why(e)})") from None
+    try:
+        with container:
+            if not container.streams.video:
+                raise DecodeError(path, "no video stream")
+            vstream = container.streams.video[0]
+            if threads:
+                vstream.thread_type = "AUTO"
+            astream = container.streams.audio[0] if container.streams.audio else None
+            fps = _rate(vstream)
+            resampler = (av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+                         if astream is not None else None)
+            picked: list[np.ndarray] = []  # frame of clip k, k = 0, 1, ...
+            size: tuple[int, int] | None = None
+            t0: float | None = None
+            last_t, last_rgb, n_frames, prev_t = 0.0, None, 0, None
+            deltas: list[float] = []
+            chunks: list[np.ndarray] = []
+            audio_t0: float | None = None
+            streams = [vstream] + ([astream] if astream is not None else [])
+            for packet in container.demux(streams):
+                for frame in packet.decode():
+                    if packet.stream is vstream:
+                        t = _frame_time(frame, n_frames, fps or 25.0)
+                        if t0 is None:
+                            t0 = t
+                            size = (frame.width, frame.height)
+                        t -= t0
+                        if prev_t is not None and t > prev_t and len(deltas) < 64:
+                            deltas.append(t - prev_t)
+                        prev_t = t
+                        n_frames += 1
+                        last_t = max(last_t, t)
+                        rgb = None
+                        while t >= len(picked) * clip_seconds - TIME_TOLERANCE:
+                            if rgb is None:
+                                if (frame.width, frame.height) != size:
+                                    frame = frame.reformat(width=size[0], height=size[1])
+                                rgb = frame.to_ndarray(format="rgb24")
+                            # clips without a frame of their own take the frame before them
+                            while last_rgb is not None and t >= (len(picked) + 1) * clip_seconds - TIME_TOLERANCE:
+                                picked.append(last_rgb)
+                            picked.append(rgb)
+                        if rgb is not None:
+                            last_rgb = rgb
+                    else:
+                        if audio_t0 is None:
+                            audio_t0 = _frame_time(frame, 0, 1.0) if frame.pts is not None else None
+                            audio_t0 = 0.0 if audio_t0 is None else audio_t0
+                        for out in resampler.resample(frame):
+                            chunks.append(out.to_ndarray().reshape(-1))
+            if resampler is not None:
+                for out in resampler.resample(None):
+                    chunks.append(out.to_ndarray().reshape(-1))
+    except DecodeError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, MemoryError, EOFError) as e:
+        raise DecodeError(path, f"cannot decode ({_why(e)})") from None
+    if n_frames == 0 or not picked:
+        raise DecodeError(path, "no decodable video frame (fewer than one clip)")
+    frame_dt = 1.0 / fps if fps > 0 else (float(np.median(deltas)) if deltas else clip_seconds)
+    duration = last_t + frame_dt
+    num_clips = max(1, math.ceil(duration / clip_seconds - 1e-6))
+    while len(picked) < num_clips:
+        picked.append(picked[-1])
+    frames = np.stack(picked[:num_clips])
+    audio = np.zeros((num_clips, clip_samples), np.float32)
+    has_audio = astream is not None
+    if chunks:
+        wave = np.concatenate(chunks).astype(np.float32, copy=False)
+        offset = int(round(((audio_t0 or 0.0) - (t0 or 0.0)) * sample_rate))
+        flat = audio.reshape(-1)
+        if offset >= 0:
+            n = min(len(wave), flat.size - offset)
+            if n > 0:
+                flat[offset:offset + n] = wave[:n]
+        else:
+            wave = wave[-offset:]
+            n = min(len(wave), flat.size)
+            flat[:n] = wave[:n]
+    return DecodedVideo(path, frames, audio, has_audio, fps, duration)
+
+
+def _why(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def write_test_video(path: str | os.PathLike, *, seconds: float = 3.0, fps: int = 8, width: int = 64,
+                     height: int = 48, audio: str | None = "aac", sample_rate: int = 22050, seed: int = 0,
+                     draw=None, sound=None) -> None:
+    """A small video for tests and the demo: H.264 (or MPEG-4 Part 2 when no H.264 encoder exists) frames
+    from ``draw(i, t) -> (height, width, 3) uint8`` (default: noise with a moving square), and an audio track
+    (``"aac"``, ``"pcm"`` or None) from ``sound(t) -> float32 samples in [-1, 1]`` at `sample_rate` (default:
+    a tone). Container from the suffix (.mp4, .mkv, .mov, ...)."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * fps))
+    if draw is None:
+        base = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+        def draw(i, t):
+            img = base.copy()
+            x = int(i * 3) % max(1, width - 8)
+            img[8:16, x:x + 8] = 255
+            return img
+    if sound is None:
+        freq = 220.0 * (1 + seed % 4)
+
+        def sound(t):
+            return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    with av.open(os.fspath(path), mode="w") as out:
+        try:
+            vs = out.add_stream("libx264", rate=fps)
+        except (av.FFmpegError, ValueError):
+            vs = out.add_stream("mpeg4", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        as_ = None
+        if audio is not None:
+            codec = {"aac": "aac", "pcm": "pcm_s16le"}[audio]
+            as_ = out.add_stream(codec, rate=sample_rate)
+            as_.layout = "mono"
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(draw(i, i / fps)), format="rgb24")
+            for p in vs.encode(frame):
+                out.mux(p)
+        for p in vs.encode():
+            out.mux(p)
+        if as_ is not None:
+            total = int(round(seconds * sample_rate))
+            block = 1024
+            fmt = "fltp" if audio == "aac" else "s16"
+            for start in range(0, total, block):
+                t = (np.arange(start, min(total, start + block)) / sample_rate).astype(np.float64)
+                x = np.clip(sound(t), -1, 1).astype(np.float32)
+                data = x[None, :] if fmt == "fltp" else (x * 32767).astype(np.int16)[None, :]
+                af = av.AudioFrame.from_ndarray(data, format=fmt, layout="mono")
+                af.sample_rate = sample_rate
+                af.pts = start
+                af.time_base = Fraction(1, sample_rate)
+                for p in as_.encode(af):
+                    out.mux(p)
+            for p in as_.encode():
+                out.mux(p)
+
+
+__all__ = ["DecodeError", "DecodedVideo", "decode_video", "write_test_video"]

@@ -1,0 +1,201 @@
+"""l2l-extract (decode -> VisualNet / AudioNet -> upstream's layout) on tiny videos made here with PyAV.
+
+Videos: 64 x 48, 8 fps, 3 s (one 2.5 s), AAC / PCM / no audio, plus a corrupt file and a missing one; frames
+shrunk to 32 x 32 (``--frame_size 40 --crop 32``: VisualNet is resolution-agnostic) to keep the file short.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("av")
+
+from l2l_jax.data import open_split  # noqa: E402
+from l2l_jax.video import decode as D  # noqa: E402
+from l2l_jax.video import extract as X  # noqa: E402
+from l2l_jax.video import frames as F  # noqa: E402
+from l2l_jax.video import networks as N  # noqa: E402
+
+SMALL = ["--frame_size", "40", "--crop", "32", "--batch_size", "4", "--workers", "2", "--no_progress"]
+LABELS = "video,label,split\na.mp4,0,train\nsub/b.mkv,1,train\nc.mp4,1,val\nd.mp4,0,train\ne.mp4,1,val\n"
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("extract")
+    videos = tmp / "videos"
+    (videos / "sub").mkdir(parents=True)
+    D.write_test_video(videos / "a.mp4", audio="aac", seed=0)
+    D.write_test_video(videos / "sub" / "b.mkv", audio="pcm", seed=1)
+    D.write_test_video(videos / "c.mp4", audio=None, seconds=2.5, seed=2)
+    (videos / "d.mp4").write_bytes(b"not a video " * 64)
+    (tmp / "labels.csv").write_text(LABELS)
+    root = tmp / "root"
+    argv = [str(videos), "--labels", str(tmp / "labels.csv"), "--out", str(root), *SMALL]
+    with pytest.warns(X.RandomWeightsWarning):
+        rc = X.main(argv)
+    return {"tmp": tmp, "videos": videos, "root": root, "argv": argv, "rc": rc}
+
+
+def test_layout_shapes_and_report(extracted, capsys):
+    root = extracted["root"]
+    assert extracted["rc"] == 0
+    lengths = {"a": 3, "sub__b": 3, "c": 3}  # 2.5 s: the last partial clip counts
+    for name, t in lengths.items():
+        for d in ("image_features", "audio_features"):
+            x = np.load(root / d / f"{name}.npy")
+            assert x.dtype == np.float32 and x.shape == (t, 512), (d, name)
+            assert np.isfinite(x).all()
+    assert not list(root.rglob("*.tmp"))  # atomic writes leave nothing behind
+    train = pickle.loads((root / "train.pkl").read_bytes())
+    val = pickle.loads((root / "val.pkl").read_bytes())
+    assert train == ([str(root / "imageAudio_features" / "a.npy"), str(root / "imageAudio_features" / "sub__b.npy")],
+                     [0, 1])
+    assert val == ([str(root / "imageAudio_features" / "c.npy")], [1])
+    # silent clips (no audio track) all give the same audio feature; clips with sound do not
+    silent = np.load(root / "audio_features" / "c.npy")
+    assert np.allclose(silent, silent[:1], atol=1e-6)
+
+
+def test_report_lists_silence_and_skipped(tmp_path, extracted, capsys):
+    # a fresh run over the same videos, to see its report
+    root = tmp_path / "root"
+    argv = [str(extracted["videos"]), "--labels", str(extracted["tmp"] / "labels.csv"), "--out", str(root), *SMALL]
+    with pytest.warns(X.RandomWeightsWarning):
+        assert X.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "extracted 3 videos (9 clips" in out
+    assert "1 video(s) without an audio track got silence: c.mp4" in out
+    assert "skipped 2 video(s):" in out
+    assert "d.mp4: cannot open (InvalidDataError" in out
+    assert "e.mp4: no such file" in out
+    # same seed, same weights, same bytes
+    for d in ("image_features", "audio_features"):
+        for name in ("a", "sub__b", "c"):
+            assert np.array_equal(np.load(root / d / f"{name}.npy"), np.load(extracted["root"] / d / f"{name}.npy"))
+
+
+def test_resume_skips_finished_and_redoes_broken(extracted, capsys):
+    root = extracted["root"]
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*.npy")}
+    with pytest.warns(X.RandomWeightsWarning):
+        assert X.main(extracted["argv"]) == 0
+    out = capsys.readouterr().out
+    assert "extracted 0 videos" in out and "already done: 3" in out
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*.npy")} == before
+    # a truncated feature file is not "finished": that video is extracted again, the others are not
+    good = np.load(root / "image_features" / "a.npy")
+    (root / "image_features" / "a.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.warns(X.RandomWeightsWarning):
+        assert X.main(extracted["argv"]) == 0
+    out = capsys.readouterr().out
+    assert "extracted 1 videos (3 clips" in out and "already done: 2" in out
+    assert np.array_equal(np.load(root / "image_features" / "a.npy"), good)
+
+
+def test_loaders_read_it(extracted):
+    src = open_split(extracted["root"] / "train.pkl", variant="two", num_classes=2, width=512, progress=False,
+                     cache=False)
+    assert len(src) == 2 and list(src.labels) == [0, 1]
+    image, audio = src.read(1)
+    assert image.shape == audio.shape == (3, 512)
+
+
+def test_features_equal_the_networks_on_each_clip(extracted):
+    """The batched, padded, scattered features are VisualNet(preprocess(frame of clip k)) row by row."""
+    video = D.decode_video(extracted["videos"] / "sub" / "b.mkv")
+    variables = X.fresh_variables("visualnet", 0)
+    cfg = F.FrameConfig(resize=40, crop=32)
+    frames = np.concatenate([video.frames, np.zeros_like(video.frames[:1])])  # the batch of 4 the run used
+    ref = jax.jit(lambda v, x: N.VisualNet().apply(v, F.preprocess_frames(x, cfg)))(variables, frames)[:3]
+    got = np.load(extracted["root"] / "image_features" / "sub__b.npy")
+    np.testing.assert_allclose(got, np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_imagenet_weights(extracted, tmp_path, capsys):
+    """--weights_resnet18: a torchvision-named resnet18 .pth (random here) through the safe loader; no warning."""
+    import warnings
+
+    import torch
+    import torch_video_reference as tvr
+
+    torch.manual_seed(0)
+    pth = tmp_path / "resnet18.pth"
+    torch.save(tvr.ResNet18().state_dict(), pth)
+    (tmp_path / "l.csv").write_text("a.mp4,0\n")
+    root = tmp_path / "root"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", X.RandomWeightsWarning)
+        assert X.main([str(extracted["videos"]), "--labels", str(tmp_path / "l.csv"), "--out", str(root),
+                       "--weights_resnet18", str(pth), *SMALL]) == 0
+    assert "weights: ImageNet resnet18 from" in capsys.readouterr().out
+    got = np.load(root / "image_features" / "a.npy")
+    assert got.shape == (3, 512)
+    assert not np.allclose(got, np.load(extracted["root"] / "image_features" / "a.npy"))
+
+
+def test_decode_picks_each_clips_first_frame_and_resamples_audio(tmp_path):
+    def draw(i, t):  # frame i has brightness 10 * i
+        return np.full((48, 64, 3), 10 * i, np.uint8)
+
+    def tone(t):
+        return (0.5 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
+
+    path = tmp_path / "v.mp4"
+    D.write_test_video(path, seconds=3, fps=8, audio="pcm", draw=draw, sound=tone)
+    v = D.decode_video(path)
+    assert v.num_clips == 3 and v.has_audio and v.fps == 8.0
+    assert v.frames.shape == (3, 48, 64, 3) and v.frames.dtype == np.uint8
+    np.testing.assert_allclose(v.frames.reshape(3, -1).mean(1), [0, 80, 160], atol=3)  # frames 0, 8, 16
+    assert v.audio.shape == (3, 16000) and v.audio.dtype == np.float32
+    rms = np.sqrt(np.mean(v.audio[:, 1000:-1000] ** 2, axis=1))
+    np.testing.assert_allclose(rms, 0.5 / np.sqrt(2), rtol=0.02)  # the tone, resampled 22.05 -> 16 kHz
+    with pytest.raises(D.DecodeError, match="cannot open"):
+        D.decode_video(tmp_path / "missing.mp4")
+
+
+def test_fresh_variables_have_the_networks_structure():
+    for net, module, x in (("visualnet", N.VisualNet(), jnp.zeros((1, 32, 32, 3))),
+                           ("audionet", N.AudioNet(), jnp.zeros((1, 16, 40)))):
+        ref = jax.eval_shape(lambda k, m=module, x=x: m.init(k, x), jax.random.key(0))
+        got = X.fresh_variables(net, 3)
+        assert jax.tree_util.tree_structure(ref) == jax.tree_util.tree_structure(got)
+        for r, g in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got), strict=True):
+            assert r.shape == g.shape and r.dtype == g.dtype
+        again = jax.tree_util.tree_leaves(X.fresh_variables(net, 3))
+        assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(got), again, strict=True))
+
+
+def test_labels_csv_variants(tmp_path):
+    f = tmp_path / "l.csv"
+    f.write_text("x/a.mp4,walk\nb.webm,run\nc.avi,walk\n")
+    entries, names = X.read_labels(f, None)
+    assert names == ["run", "walk"]
+    assert [(e.name, e.label, e.split) for e in entries] == [("x__a", 1, "train"), ("b", 0, "train"),
+                                                           ("c", 1, "train")]
+    entries, _ = X.read_labels(f, ["val"])
+    assert {e.split for e in entries} == {"val"}
+    f.write_text("a.mp4,0,train\nb.mp4,1,val\n")
+    assert [e.video for e in X.read_labels(f, ["val"])[0]] == ["b.mp4"]
+    f.write_text("a.mp4,0\na.mkv,1\n")
+    with pytest.raises(X.ConfigError, match="unique"):
+        X.read_labels(f, None)
+
+
+@pytest.mark.parametrize("case", ["no_labels", "no_videos", "bad_crop", "no_weights_file"])
+def test_input_errors_are_one_line(tmp_path, capsys, case):
+    (tmp_path / "v").mkdir()
+    (tmp_path / "l.csv").write_text("a.mp4,0\n")
+    base = [str(tmp_path / "v"), "--labels", str(tmp_path / "l.csv"), "--out", str(tmp_path / "o")]
+    argv = {"no_labels": [str(tmp_path / "v"), "--labels", str(tmp_path / "none.csv"), "--out", "o"],
+            "no_videos": [str(tmp_path / "none"), *base[1:]],
+            "bad_crop": [*base, "--frame_size", "32", "--crop", "40"],
+            "no_weights_file": [*base, "--weights_resnet18", str(tmp_path / "none.pth")]}[case]
+    assert X.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("l2l-extract: ")
