@@ -6,6 +6,7 @@ shrunk to 32 x 32 (``--frame_size 40 --crop 32``: VisualNet is resolution-agnost
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import jax
@@ -199,3 +200,57 @@ def test_input_errors_are_one_line(tmp_path, capsys, case):
     assert X.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("l2l-extract: ")
+
+
+# ---------------------------------------------------------------------------------------------- l2l-finetune
+
+
+@pytest.fixture(scope="module")
+def finetuned(extracted, tmp_path_factory):
+    from l2l_jax.video import finetune as FT
+
+    out = tmp_path_factory.mktemp("finetune")
+    rc = FT.main(["--data", str(extracted["root"]), "--num_classes", "2", "--out", str(out), "--epochs", "3",
+                  "--batch_size", "4", "--name", "tiny", "--no_progress"])
+    return {"out": out, "rc": rc, **{k: extracted[k] for k in ("root", "videos", "tmp")}}
+
+
+def test_finetune_writes_pth_model_dir_and_fused_features(finetuned):
+    from convert.torch_io import read_state_dict
+    from l2l_jax import weights
+
+    out, root = finetuned["out"], finetuned["root"]
+    assert finetuned["rc"] == 0
+    pth = out / "ImageAudioNet_tiny.pth"
+    sd, _ = read_state_dict(pth)
+    assert any(k.startswith("net_imageAudio.") for k in sd) and any(k.startswith("net_classifier.") for k in sd)
+    for name, t in {"a": 3, "sub__b": 3, "c": 3}.items():
+        x = np.load(root / "imageAudio_features" / f"{name}.npy")
+        assert x.dtype == np.float32 and x.shape == (t, 512) and np.isfinite(x).all()
+    report = json.loads((out / "finetune.json").read_text())
+    assert report["train_clips"] == 6 and set(report["fused"]) == {"train", "val"}
+    # both forms are what --weights_audioImageModel takes, with the same numbers
+    a = weights.load(str(pth), "imageaudionet", "--weights_audioImageModel")
+    b = weights.load(str(out / "imageaudionet"), "imageaudionet", "--weights_audioImageModel")
+    for x, y in zip(jax.tree_util.tree_leaves(a.variables), jax.tree_util.tree_leaves(b.variables), strict=True):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_finetune_fused_features_are_the_fitted_nets_output(finetuned):
+    from l2l_jax.model import ImageAudioClassifier
+    from l2l_jax.model_dir import load_model_dir
+
+    root = finetuned["root"]
+    variables, meta = load_model_dir(finetuned["out"] / "imageaudionet")
+    image, audio = (np.load(root / d / "c.npy") for d in ("image_features", "audio_features"))
+    fused, _ = ImageAudioClassifier(2).apply({"params": variables["params"]}, image, audio)
+    np.testing.assert_allclose(np.load(root / "imageAudio_features" / "c.npy"), np.asarray(fused), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_finetune_input_errors(tmp_path, capsys):
+    from l2l_jax.video import finetune as FT
+
+    assert FT.main(["--data", str(tmp_path), "--num_classes", "2", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no train.pkl" in err[0]
