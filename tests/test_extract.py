@@ -75,6 +75,7 @@ def test_report_lists_silence_and_skipped(tmp_path, extracted, capsys):
     assert "skipped 2 video(s):" in out
     assert "d.mp4: cannot open (InvalidDataError" in out
     assert "e.mp4: no such file" in out
+    assert "note: 3 video(s) have fewer than 10 clips" in out
     # same seed, same weights, same bytes
     for d in ("image_features", "audio_features"):
         for name in ("a", "sub__b", "c"):

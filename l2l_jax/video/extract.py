@@ -474,6 +474,12 @@ def _report(summary: Summary, root: Path, written: dict[str, int], weights_desc:
             print(f"  {video}: {reason}")
     for split, n in written.items():
         print(f"wrote {root / (split + '.pkl')}: {n} videos")
+    from l2l_jax.data.collate import MIN_CLIPS
+
+    short = sum(1 for t in s.lengths.values() if t < MIN_CLIPS)
+    if short:
+        print(f"note: {short} video(s) have fewer than {MIN_CLIPS} clips; l2l-train and l2l-eval need a video of at "
+              f"least {MIN_CLIPS} clips in every batch (upstream's collate)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
