@@ -243,6 +243,95 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(env, reference
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == good
 
 
+@pytest.fixture(scope="module")
+def two_epochs(env):
+    """A finished 2-epoch run (checkpoints 4 and 8), copied by the tests that damage or truncate it."""
+    run_dir = env["base"] / "two_epochs"
+    run_ok(env, flags(env, run_dir, "--epochs", "2"))
+    return run_dir
+
+
+def _program_output(capsys) -> tuple[str, str]:
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err, captured.err[-4000:]
+    return captured.out, captured.err
+
+
+@pytest.mark.slow
+def test_validation_lost_to_a_kill_is_written_on_resume(env, reference, two_epochs, capsys):
+    """Killed during epoch 1's validation, after its checkpoint: no epoch line, no validation lines, no epoch
+    record for epoch 1, and the dead process's lock left behind. The resumed run takes the lock over (one
+    warning), validates epoch 1 with the restored state, writes what was lost, and ends as the uninterrupted
+    run: the same epoch.log, the same records (each epoch once), the same parameters."""
+    from l2l_jax.train import main
+    from l2l_jax.training.lock import LOCK_NAME
+
+    run_dir = env["base"] / "lost_validation"
+    shutil.copytree(two_epochs, run_dir)
+    shutil.rmtree(run_dir / "model_final")
+    metrics = run_dir / "metrics.jsonl"
+    records = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [0, 1]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records if (r["kind"], r["epoch"]) != ("epoch", 1)))
+    epoch_log = (run_dir / "epoch.log").read_text()
+    cut = epoch_log.index("\n1, ") + 1
+    (run_dir / "epoch.log").write_text(epoch_log[:cut])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run_dir / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "started": "t"}))
+
+    assert main(flags(env, run_dir, "--epochs", "3")) == 0
+    _, err = _program_output(capsys)
+    warned = [line for line in err.splitlines() if line.startswith("l2l-train: warning:")]
+    assert len(warned) == 1 and f"pid {dead.pid}" in warned[0] and "no longer running" in warned[0], err[-2000:]
+    assert not (run_dir / LOCK_NAME).exists()
+    assert "Epoch 1's record and validation were not written" in (run_dir / "run.log").read_text()
+    assert epoch_records(run_dir) == epoch_records(reference)
+    assert (run_dir / "epoch.log").read_text() == (reference / "epoch.log").read_text()
+    assert_trees_equal(final_params(run_dir), final_params(reference))
+
+
+@pytest.mark.slow
+def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one(env, reference, two_epochs, capsys):
+    """Flipped bytes in the newest checkpoint's data file: one warning (step, reason) on stderr and in
+    run.log, the checkpoint moved aside, epochs 1 and 2 trained from checkpoint 4, ending as the uninterrupted
+    run. With every checkpoint damaged: one error line, exit 2, nothing moved."""
+    from l2l_jax.train import main
+
+    def flip(step_dir: Path) -> None:
+        data = max((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
+                   key=lambda p: p.stat().st_size)
+        b = bytearray(data.read_bytes())
+        b[len(b) // 2] ^= 0x40
+        data.write_bytes(bytes(b))
+
+    run_dir = env["base"] / "damaged"
+    shutil.copytree(two_epochs, run_dir)
+    flip(run_dir / "checkpoints" / "8")
+    assert main(flags(env, run_dir, "--epochs", "3")) == 0
+    _, err = _program_output(capsys)
+    warned = [line for line in err.splitlines() if line.startswith("l2l-train: warning:")]
+    assert len(warned) == 1, err[-2000:]
+    assert re.fullmatch(r"l2l-train: warning: checkpoint \S+/checkpoints/8 \(step 8\) does not restore: the tensors' "
+                        r"checksum does not match .*; moved aside to corrupt-8-\S+, resuming from step 4", warned[0])
+    assert "WARNING:: checkpoint " in (run_dir / "run.log").read_text()
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert [n for n in names if n.isdigit()] == ["12", "4", "8"] and any(n.startswith("corrupt-8-") for n in names)
+    assert_trees_equal(final_params(run_dir), final_params(reference))
+    assert epoch_records(run_dir) == epoch_records(reference)
+    assert (run_dir / "epoch.log").read_text() == (reference / "epoch.log").read_text()
+
+    none_left = env["base"] / "all_damaged"
+    shutil.copytree(two_epochs, none_left)
+    for step in ("4", "8"):
+        flip(none_left / "checkpoints" / step)
+    assert main(flags(env, none_left, "--epochs", "3")) == 2
+    _, err = _program_output(capsys)
+    assert err.strip().splitlines()[-1].startswith(f"l2l-train: {none_left / 'checkpoints'}: no checkpoint restores "
+                                                   "(step 8: the tensors' checksum"), err[-2000:]
+    assert sorted(p.name for p in (none_left / "checkpoints").iterdir()) == ["4", "8"]
+
+
 def test_flag_errors_stop_before_any_data_is_read(tmp_path, capsys):
     """A flag problem is one line and exit status 2, before the run directory is made or a split is read."""
     from l2l_jax.train import main

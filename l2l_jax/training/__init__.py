@@ -6,7 +6,12 @@
   meters, ``metrics.jsonl``, TensorBoard, ``curves.png``;
 * `l2l_jax.training.checkpoints`: orbax checkpoints of the whole train state and the loader position
   (`RunCheckpoints`), readable on any device count;
-* `l2l_jax.training.validation`: the per-epoch validation through the evaluator (`Validation`).
+* `l2l_jax.training.validation`: the per-epoch validation through the evaluator (`Validation`);
+* `l2l_jax.training.lock`: the run directory's lock (`RunLock`): one run writes into a directory at a time.
+
+A run is never lost, corrupted or silently wrong: checkpoints carry a checksum of their tensors, verified on
+restore; a newest checkpoint that does not restore is reported, moved aside and the previous one used; an
+epoch whose validation and record a kill cut off after its checkpoint is validated and written on resume.
 
 The flags become model, recipe, loaders and initial weights in `l2l_jax.config`; the program is
 `l2l_jax.train`.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -33,6 +34,8 @@ DEBUG_FORMAT = "%(asctime)s %(module)s: %(lineno)d: %(levelname)s:: %(msg)s"
 SUMS = ("loss", "avgpool_ce", "lstm_ce", "avgpool_correct", "lstm_correct", "count")
 #: The meters of upstream's print line, in its order.
 METERS = ("avgpool_ce", "lstm_ce", "loss", "avgpool_acc", "lstm_acc")
+#: upstream's epoch line in epoch.log: ``<epoch>, <mean loss>, <lr>``
+_EPOCH_LINE = re.compile(r"^(\d+), \S+, \S+$")
 
 
 # ------------------------------------------------------------------------------------------------ loggers
@@ -157,12 +160,46 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _rewrite_metrics(path: Path, keep_before_epoch: int) -> None:
-    """On resume: drop the records of epochs that will be trained again (written before an interruption)."""
-    records = [r for r in read_metrics(path) if r.get("epoch", -1) < keep_before_epoch]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+def _read_records(path: Path) -> list[dict]:
+    """`read_metrics`, skipping a line cut short by a kill (the last one)."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def _replace_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _epoch_complete(records: list[dict], epoch: int, validated: bool) -> bool:
+    """Whether metrics.jsonl holds `epoch`'s record (with its validation, if the run validates). The record is
+    the last thing written for an epoch, so its epoch.log lines are then complete too."""
+    return any(r.get("kind") == "epoch" and r.get("epoch") == epoch
+               and (not validated or any(k.startswith("val/") for k in r)) for r in records)
+
+
+def _epoch_log_blocks(text: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """epoch.log as (header lines, [(epoch, its lines: the epoch line, the validation lines after it)])."""
+    head: list[str] = []
+    blocks: list[tuple[int, list[str]]] = []
+    for line in text.splitlines(keepends=True):
+        m = _EPOCH_LINE.match(line)
+        if m:
+            blocks.append((int(m.group(1)), [line]))
+        elif blocks:
+            blocks[-1][1].append(line)
+        else:
+            head.append(line)
+    return head, blocks
 
 
 # ------------------------------------------------------------------------------------------------ the run's outputs
@@ -192,10 +229,54 @@ class RunLog:
         if self.main:
             (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
 
-    def resumed(self, next_epoch: int) -> None:
-        """A resumed run trains `next_epoch` and later again: drop their records from metrics.jsonl."""
-        if self.main:
-            _rewrite_metrics(self.metrics_path, next_epoch)
+    def resumed(self, next_epoch: int, last_epoch: int | None = None, validated: bool = False) -> bool:
+        """A resumed run trains `next_epoch` and later again: drop their records from metrics.jsonl and their
+        lines from epoch.log (written before an interruption). `last_epoch`, the epoch of the restored
+        checkpoint: if its record is missing or lacks its validation (`validated`: the run validates), a kill
+        came between its checkpoint and its record; its partial lines and record are dropped too and True is
+        returned: the caller writes them again (`epoch_end`). Process 0 decides; others return False."""
+        if not self.main:
+            return False
+        records = _read_records(self.metrics_path)
+        redo = last_epoch is not None and not _epoch_complete(records, last_epoch, validated)
+        keep_epoch = last_epoch if redo else next_epoch
+
+        def kept(r: dict) -> bool:
+            e = r.get("epoch", -1)
+            return e < keep_epoch or (redo and e == last_epoch and r.get("kind") != "epoch")
+
+        if self.metrics_path.exists():
+            _replace_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records if kept(r)))
+        epoch_log = self.run_dir / "epoch.log"
+        if epoch_log.exists():
+            head, blocks = _epoch_log_blocks(epoch_log.read_text())
+            text = "".join(head) + "".join("".join(lines) for e, lines in blocks if e < keep_epoch)
+            if text != epoch_log.read_text():
+                _replace_text(epoch_log, text)
+                self._reopen_epoch_log()
+        return redo
+
+    def _reopen_epoch_log(self) -> None:
+        """epoch.log was replaced: its handler must write into the new file."""
+        for h in self.epochs.handlers:
+            if isinstance(h, logging.FileHandler):
+                h.acquire()
+                try:
+                    if h.stream is not None:
+                        h.stream.close()
+                    h.stream = h._open()
+                finally:
+                    h.release()
+
+    def warn(self, message: str) -> None:
+        """One warning line in run.log and on stderr (not on stdout); process 0 only."""
+        if not self.main:
+            return
+        record = self.log.makeRecord(self.log.name, logging.WARNING, __file__, 0, message, None, None)
+        for h in self.log.handlers:
+            if isinstance(h, logging.FileHandler):
+                h.handle(record)
+        tqdm.write(f"l2l-train: warning: {message}", file=sys.stderr)
 
     def open_outputs(self, *, visualization: bool) -> None:
         """Open metrics.jsonl (appending), the TensorBoard writer, and start epoch.log with its header."""

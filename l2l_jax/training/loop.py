@@ -11,8 +11,12 @@ checkpoint, validation, the epoch's log lines and record -> finish: final model 
 * Host syncs: only at print points (every ``--print_freq`` iterations) and at the end of an epoch; the
   epoch sums (losses, accuracies, the first non-finite step) accumulate on the device.
 * Checkpoints (`l2l_jax.training.checkpoints`): every ``--checkpoint_freq`` epochs (epoch 0 included) and
-  after the last epoch; a restarted run resumes from the newest one with the same state, the same next
-  batch and the same random draws, so it ends exactly as an uninterrupted run.
+  after the last epoch, with a checksum of the state and the epoch's sums; a restarted run resumes from the
+  newest one that restores (newer damaged ones are reported and moved aside) with the same state, the same
+  next batch and the same random draws, so it ends exactly as an uninterrupted run. If a kill came between
+  a checkpoint and its epoch's validation lines and record, the resumed run validates that epoch with the
+  restored state and writes them first.
+* The run directory is locked (`l2l_jax.training.lock`, process 0) from before any data is read to the end.
 * Outputs: `l2l_jax.training.log`; at the end ``model_final/``, a converted-model directory for
   ``l2l-eval --pretrained_model``.
 """
@@ -37,6 +41,7 @@ from l2l_jax.model import build_model
 from l2l_jax.recipe import Recipe
 from l2l_jax.steps import TrainState, create_train_state, make_train_step
 from l2l_jax.training.checkpoints import RunCheckpoints
+from l2l_jax.training.lock import RunLock
 from l2l_jax.training.log import SUMS, RunLog
 from l2l_jax.training.validation import Validation
 
@@ -46,25 +51,56 @@ def train(cfg: config.Config) -> dict[str, Any]:
     """Run (or resume) a training run; returns a summary (epochs, final step, last validation, run dir)."""
     parallel.init_distributed(cfg)  # before anything touches the devices
     config.check(cfg, "train")  # every flag problem, before any data is read or anything compiles
-    mesh = parallel.make_mesh()
-    run_log = RunLog(cfg["checkpoint_path"], main_process=parallel.is_main_process())
-    ckpts = None
+    lock = lock_run_directory(cfg["checkpoint_path"])  # one run per directory, before any data is read
     try:
-        run_log.write_config(cfg)
-        run = set_up(cfg, mesh, run_log)
-        ckpts = RunCheckpoints(run_log.run_dir, keep=cfg["keep_checkpoints"])
-        state, first_epoch = restore(run, ckpts, run_log)
-        run_log.open_outputs(visualization=bool(cfg["visualization"]))
-        run_log.log.debug("Entering the training loop")
-        last_val: dict[str, float] = {}
-        for epoch in range(first_epoch, cfg["epochs"]):
-            state, host_sums, seconds = train_epoch(run, state, epoch, ckpts, run_log)
-            last_val = end_epoch(run, state, epoch, host_sums, seconds, ckpts, run_log)
-        return finish(run, state, last_val, run_log)
+        mesh = parallel.make_mesh()
+        run_log = RunLog(cfg["checkpoint_path"], main_process=parallel.is_main_process())
+        for line in lock.warnings if lock is not None else ():
+            run_log.warn(line)
+        ckpts = None
+        try:
+            run_log.write_config(cfg)
+            run = set_up(cfg, mesh, run_log)
+            ckpts = RunCheckpoints(run_log.run_dir, keep=cfg["keep_checkpoints"])
+            state, first_epoch, redo = restore(run, ckpts, run_log)
+            run_log.open_outputs(visualization=bool(cfg["visualization"]))
+            last_val: dict[str, float] = {}
+            if redo is not None:  # killed between a checkpoint and its epoch's record: write them now
+                last_val = end_epoch(run, state, redo["epoch"], redo["sums"], redo["seconds"], ckpts, run_log,
+                                     save=False)
+            run_log.log.debug("Entering the training loop")
+            for epoch in range(first_epoch, cfg["epochs"]):
+                state, host_sums, seconds = train_epoch(run, state, epoch, ckpts, run_log)
+                last_val = end_epoch(run, state, epoch, host_sums, seconds, ckpts, run_log)
+            return finish(run, state, last_val, run_log)
+        finally:
+            if ckpts is not None:
+                ckpts.close()
+            run_log.close()
     finally:
-        if ckpts is not None:
-            ckpts.close()
-        run_log.close()
+        if lock is not None:
+            lock.release()
+
+
+def lock_run_directory(run_dir: str) -> RunLock | None:
+    """Process 0 locks the run directory (`l2l_jax.training.lock`); the others learn whether it could and
+    stop with it if not. Returns process 0's lock (None elsewhere)."""
+    lock, error = None, None
+    if parallel.is_main_process():
+        try:
+            lock = RunLock(run_dir).acquire()
+        except ConfigError as e:
+            error = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+        if failed and error is None:
+            raise ConfigError(f"--checkpoint_path {run_dir}: process 0 could not lock the run directory (see its "
+                              "message)")
+    if error is not None:
+        raise error
+    return lock
 
 
 # ------------------------------------------------------------------------------------------------ set-up
@@ -122,24 +158,40 @@ def set_up(cfg: config.Config, mesh: Any, run_log: RunLog) -> Run:
                recipe=recipe, epoch_step=epoch_step, validation=validation)
 
 
-def restore(run: Run, ckpts: RunCheckpoints, run_log: RunLog) -> tuple[TrainState, int]:
+def restore(run: Run, ckpts: RunCheckpoints, run_log: RunLog) -> tuple[TrainState, int, dict | None]:
     """The replicated train state from the initial weights (`config.initial_variables`: fresh, then
     --weights_audioImageModel and --pretrained_model), replaced by the newest checkpoint of the run directory
-    if there is one (the loader's position too); returns (state, first epoch to train)."""
+    that restores if there is one (the loader's position too; newer ones that do not restore are reported
+    and moved aside, `RunCheckpoints.restore_newest`); returns (state, first epoch to train, redo). `redo`
+    is the restored epoch's {"epoch", "sums", "seconds"} when its record and validation were lost to a kill
+    after its checkpoint (`RunLog.resumed`), else None."""
     variables = config.initial_variables(run.cfg, run_log.log)
     state = create_train_state(variables, run.recipe.optimizer(), run.cfg["seed"])
     state = parallel.replicate(state, run.mesh)
     first_epoch = run.cfg["start_epoch"]
-    if ckpts.latest_step() is not None:
-        run_log.log.debug(f"Loading last checkpoint: {ckpts.directory / str(ckpts.latest_step())}")
-        state, progress = ckpts.restore(state)
+    redo = None
+    restored = ckpts.restore_newest(state, run_log.warn, main_process=run_log.main)
+    if restored is not None:
+        state, progress, step = restored
+        run_log.log.debug(f"Loading last checkpoint: {ckpts.directory / str(step)}")
         first_epoch = int(progress["next_epoch"])
         run.batches.set_state(progress["data"])
         run_log.log.debug(f"Resuming after epoch {progress['epoch']} at step {int(parallel.to_host(state.step))}")
-        run_log.resumed(first_epoch)
+        resumable = isinstance(progress.get("sums"), Mapping) and "seconds" in progress
+        missing = run_log.resumed(first_epoch, int(progress["epoch"]) if resumable else None,
+                                  validated=run.validation is not None)
+        if jax.process_count() > 1:  # every process validates (collectives): process 0 decided
+            from jax.experimental import multihost_utils
+
+            missing = bool(multihost_utils.broadcast_one_to_all(np.int32(missing)))
+        if missing:
+            run_log.log.debug(f"Epoch {progress['epoch']}'s record and validation were not written before the run "
+                              "stopped: writing them now")
+            redo = {"epoch": int(progress["epoch"]), "sums": dict(progress["sums"]),
+                    "seconds": float(progress["seconds"])}
     run_log.log.debug(f"Model: {type(run.model).__name__} ({run.cfg['variant']}), {jax.device_count()} device(s) "
                       f"({jax.devices()[0].platform}), {jax.process_count()} process(es)")
-    return state, first_epoch
+    return state, first_epoch, redo
 
 
 # ------------------------------------------------------------------------------------------------ the epoch
@@ -197,24 +249,32 @@ def check_finite(host_sums: Mapping[str, Any], epoch: int, n_it: int, ckpts: Run
         return
     last = ckpts.latest_step()
     where = f"the last good checkpoint is {ckpts.directory / str(last)}" if last is not None else "no checkpoint yet"
+    if bad == 0:  # before any update: not the learning rate
+        hint = ("The loss is non-finite before any update, from weights and features that were checked finite when "
+                "read (NaN or infinite weights are refused by name when loaded): the forward pass overflows; check "
+                "the scale of --pretrained_model / --weights_audioImageModel and of the input features.")
+    else:
+        hint = "Lower --lr or check the input features."
     msg = (f"non-finite training loss at step {bad} (epoch {epoch}, {n_it} iterations per epoch): stopping without "
-           f"saving; {where}. Lower --lr or check the input features.")
+           f"saving; {where}. {hint}")
     run_log.log.error(msg)
     raise NonFiniteLossError(msg)
 
 
 def end_epoch(run: Run, state: TrainState, epoch: int, host_sums: Mapping[str, Any], seconds: float,
-              ckpts: RunCheckpoints, run_log: RunLog) -> dict[str, float]:
+              ckpts: RunCheckpoints, run_log: RunLog, *, save: bool = True) -> dict[str, float]:
     """After an epoch: the checkpoint (every --checkpoint_freq epochs and after the last; before validation,
-    as upstream), the validation, the epoch's lines and record. Returns the validation's numbers ({} without
-    a validation split)."""
+    as upstream; with the epoch's sums, so that a run killed before its record is written can write it on
+    resume), the validation, the epoch's lines and record. Returns the validation's numbers ({} without a
+    validation split). `save=False`: the lines and record of a restored checkpoint's epoch only."""
     cfg = run.cfg
     step = run.steps_before(epoch + 1)
     last = epoch == cfg["epochs"] - 1
-    if epoch % cfg["checkpoint_freq"] == 0 or last:
+    if save and (epoch % cfg["checkpoint_freq"] == 0 or last):
         run_log.log.info(f"Saving checkpoint to {ckpts.directory / str(step)}")
         ckpts.save(step, state, {"data": run.batches.get_state(), "next_epoch": epoch + 1, "epoch": epoch,
-                                 "final": last})
+                                 "final": last, "sums": {k: float(host_sums[k]) for k in SUMS},
+                                 "seconds": float(seconds)})
     if run.validation is None:
         run_log.epoch_end(epoch, step, run.lr(step), host_sums, seconds)
         return {}

@@ -1,0 +1,133 @@
+"""The run directory's lock: one training run writes into a ``--checkpoint_path`` at a time.
+
+``<run>/.lock`` holds JSON ``{"host", "pid", "started"}``. It is created atomically with its content (written
+to a private temporary file, then hard-linked to ``.lock``, which fails if the lock exists: the effect of
+``O_CREAT | O_EXCL`` without a window in which the lock is empty) and removed when the run ends, also on
+errors. A second run into the same directory is refused with the holder's host and pid. A lock left by a
+dead process of this host (its pid answers ``os.kill(pid, 0)`` with ProcessLookupError) is taken over with
+a warning; a lock of another host cannot be checked from here and is always refused. In multi-process runs
+only process 0 takes the lock (`l2l_jax.training.loop`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from l2l_jax.errors import ConfigError
+
+LOCK_NAME = ".lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+class RunLock:
+    """``with RunLock(run_dir) as lock:`` (or `acquire` / `release`); `warnings` lists what was taken over."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir).absolute()
+        self.path = self.run_dir / LOCK_NAME
+        self.warnings: list[str] = []
+        self._mine: dict[str, Any] | None = None
+
+    def _read(self) -> dict[str, Any] | None:
+        """The holder's record; None if the lock vanished meanwhile."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise ConfigError(f"--checkpoint_path {self.run_dir}: cannot read its lock {self.path} ({e})") from None
+        try:
+            holder = json.loads(text)
+            if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"--checkpoint_path {self.run_dir}: its lock {self.path} is not a run's lock record; "
+                              "if no run writes there, remove the file") from None
+        return holder
+
+    def _create(self, record: dict[str, Any]) -> bool:
+        tmp = self.run_dir / f"{LOCK_NAME}.{record['host']}.{record['pid']}.{time.monotonic_ns()}.tmp"
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(record))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    def acquire(self) -> RunLock:
+        """Take the lock or raise `ConfigError` naming the holder."""
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--checkpoint_path {self.run_dir}: cannot create the run directory ({e})") from None
+        record = {"host": socket.gethostname(), "pid": os.getpid(),
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        for _ in range(3):
+            try:
+                if self._create(record):
+                    self._mine = record
+                    return self
+            except OSError as e:
+                raise ConfigError(f"--checkpoint_path {self.run_dir}: cannot create its lock {self.path} ({e})") \
+                    from None
+            holder = self._read()
+            if holder is None:  # released meanwhile: try again
+                continue
+            where = f"host {holder.get('host')} pid {holder['pid']} (since {holder.get('started', '?')})"
+            if holder.get("host") != record["host"] or _alive(holder["pid"]):
+                raise ConfigError(f"--checkpoint_path {self.run_dir}: another run writes there ({where}; lock "
+                                  f"{self.path}). Wait for it to end or choose another --checkpoint_path; if it is "
+                                  "not running, remove the lock")
+            # a dead process's lock: take it over (rename first, so two takers cannot both remove a live lock)
+            stale = self.path.with_name(f"{LOCK_NAME}.stale.{os.getpid()}")
+            try:
+                os.rename(self.path, stale)
+            except FileNotFoundError:
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(stale)
+            self.warnings.append(f"--checkpoint_path {self.run_dir}: took over the lock of a run that is no longer "
+                                 f"running ({where})")
+        raise ConfigError(f"--checkpoint_path {self.run_dir}: could not take the lock {self.path}; another run is "
+                          "starting there")
+
+    def release(self) -> None:
+        """Remove the lock if it is still ours."""
+        if self._mine is None:
+            return
+        with contextlib.suppress(OSError, ConfigError):
+            if self._read() == self._mine:
+                self.path.unlink()
+        self._mine = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+__all__ = ["LOCK_NAME", "RunLock"]
