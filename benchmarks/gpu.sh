@@ -10,6 +10,8 @@
 #    (L2L_TORCH_SPEC, default torch==2.13.0: give a CPU wheel there to skip the CUDA build's download; PyTorch
 #    only reads .pth files and runs the reference side of eval_speed) and the project (pip install -e .).
 #    If the venv cannot be made (no network), a python3 whose jax sees a GPU is used instead, with a warning.
+#    L2L_GPU_WHEELS=DIR: wheels (e.g. the project's dependencies that such a python lacks: grain,
+#    ml_collections, tensorboardX) installed without index or dependencies into runs/gpu_site, put on PYTHONPATH.
 # 2. machine_peak.py (matmul rate and bandwidth of the card, float32 HIGHEST, as the exact precision runs).
 # 3. train_speed.py --skip_torch at batch 256 and 64 (bucket 512 only: one compile per run), and eval_speed.py
 #    (the 1024-video ActivityNet-sized synthetic val set, with and without baselines), for each layout (dense,
@@ -71,6 +73,11 @@ if [ -z "$PY" ]; then
 fi
 gpu_ok "$PY" || { say "$PY: jax does not see a GPU"; exit 1; }
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if [ -n "${L2L_GPU_WHEELS:-}" ]; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target runs/gpu_site \
+    "$L2L_GPU_WHEELS"/*.whl || { say "could not install the wheels in $L2L_GPU_WHEELS"; exit 1; }
+  export PYTHONPATH="$PYTHONPATH:$PWD/runs/gpu_site"
+fi
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$PWD/runs/jax_cache}
 "$PY" -c 'import l2l_jax' || { say "$PY cannot import l2l_jax (its dependencies?)"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | sed "s/^/[$CARD] /"
