@@ -11,6 +11,10 @@ Five steps, each through the program a user would run (the equivalent command li
 3. `l2l-train --config configs/synthetic.py` trains the preview policy from OUT/imageaudionet into OUT/train;
 4. `l2l-eval` evaluates it with the baselines, writing OUT/metrics.json, OUT/clips.jsonl and OUT/plots/;
 5. the last screen: policy vs uniform vs random vs all clips at E = 10, speeds, and where everything is.
+
+`--preset videos` starts from raw video files instead (steps 1-2: `step_videos`): it writes small synthetic
+videos to OUT/videos, extracts their clip features with `l2l-extract` (random networks) and fits the fusion net
+with `l2l-finetune` (OUT/finetune/ImageAudioNet_videos.pth and OUT/finetune/imageaudionet); steps 3-5 follow.
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"train": ["--epochs", "2", "--batch_size", "16", "--milestones", "1", "--warmup_epochs", "0",
                        "--checkpoint_freq", "1", "--buckets", "512", "--print_freq", "2"],
              "pretrain": {"epochs": 2, "clips_per_video": 16}},
+    # raw videos -> l2l-extract -> l2l-finetune (step_videos) instead of l2l-synth and the fit
+    "videos": {"train": ["--epochs", "6", "--batch_size", "8", "--milestones", "5", "--warmup_epochs", "0",
+                         "--checkpoint_freq", "3", "--buckets", "32", "--print_freq", "4"],
+               "videos": {"classes": 4, "train": 32, "val": 16, "seconds": (12, 18)},
+               "extract": ["--frame_size", "48", "--crop", "48", "--batch_size", "32", "--calibrate_bn"],
+               "finetune": ["--epochs", "20", "--batch_size", "64", "--lr", "1e-3"]},
 }
 EPISODE_LENGTH = 10
 
@@ -112,6 +122,45 @@ def step_imageaudionet(out: Path, data: Path, num_classes: int, preset: str, see
     _run("l2l-convert", convert_cli.main,
          ["imageaudionet", "--torch", _shown(pth), "--out", _shown(conv), "--overwrite"])
     return {"pth": pth, "converted": conv, "seconds": time.perf_counter() - t0, **info}
+
+
+def step_videos(out: Path, seed: int) -> tuple[Path, int, dict[str, Any]]:
+    """Steps 1-2 of `--preset videos`: small synthetic videos (`l2l_jax.video.decode.write_synthetic_video`:
+    class-specific moving shapes and tones in a few seconds of filler footage, plus a silent distractor) ->
+    `l2l-extract` (random networks: nothing is downloaded) -> `l2l-finetune`; returns (data, classes, fit)."""
+    import numpy as np
+
+    from l2l_jax.video import decode, extract, finetune
+
+    spec = PRESETS["videos"]["videos"]
+    videos, data, ft = out / "videos", out / "data", out / "finetune"
+    _header(1, f"synthetic videos -> {_shown(videos)} -> l2l-extract -> {_shown(data)}")
+    videos.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = ["video,label,split"]
+    for split in ("train", "val"):
+        for i in range(spec[split]):
+            label, seconds = i % spec["classes"], int(rng.integers(spec["seconds"][0], spec["seconds"][1] + 1))
+            name = f"{split}_{i:03d}_class{label}.mp4"
+            if not (videos / name).is_file():
+                decode.write_synthetic_video(videos / f".{name}.tmp.mp4", label, spec["classes"], seconds=seconds,
+                                             seed=seed * 100003 + i + (0 if split == "train" else 50000))
+                (videos / f".{name}.tmp.mp4").replace(videos / name)
+            rows.append(f"{name},{label},{split}")
+    (videos / "labels.csv").write_text("\n".join(rows) + "\n")
+    print(f"{spec['train']} train and {spec['val']} val videos of {spec['classes']} classes in {_shown(videos)}")
+    t0 = time.perf_counter()
+    _run("l2l-extract", extract.main, [_shown(videos), "--labels", _shown(videos / "labels.csv"), "--out",
+                                       _shown(data), "--seed", str(seed), *PRESETS["videos"]["extract"]])
+    _header(2, "l2l-finetune: fusion net + classifier on the clips -> upstream-format .pth + converted directory")
+    _run("l2l-finetune", finetune.main, ["--data", _shown(data), "--num_classes", str(spec["classes"]), "--out",
+                                         _shown(ft), "--name", "videos", "--seed", str(seed),
+                                         *PRESETS["videos"]["finetune"]])
+    report = json.loads((ft / "finetune.json").read_text())
+    fit = {"pth": ft / "ImageAudioNet_videos.pth", "converted": ft / "imageaudionet",
+           "seconds": time.perf_counter() - t0, "clips": report["train_clips"],
+           "train_clip_acc": report["train_clip_acc_last_epoch"]}
+    return data, spec["classes"], fit
 
 
 def step_train(out: Path, data: Path, num_classes: int, weights: Path, preset: str, seed: int,
@@ -200,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: run the five steps and print the final screen."""
     ap = argparse.ArgumentParser(prog="l2l-demo", description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="output folder (data, weights, run, metrics, plots)")
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="default", help="synthetic dataset size")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                    help="synthetic dataset size, or videos: from raw video files")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data, the fit, training and evaluation")
     ap.add_argument("--precision", choices=["exact", "fast"], default="exact",
                     help="matmul precision of training and evaluation (see l2l-train --help)")
@@ -211,8 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    data, num_classes = step_data(out, args.preset, args.seed)
-    fit = step_imageaudionet(out, data, num_classes, args.preset, args.seed)
+    if args.preset == "videos":
+        data, num_classes, fit = step_videos(out, args.seed)
+    else:
+        data, num_classes = step_data(out, args.preset, args.seed)
+        fit = step_imageaudionet(out, data, num_classes, args.preset, args.seed)
     trained = step_train(out, data, num_classes, fit["converted"], args.preset, args.seed, compute)
     ev = step_eval(out, data, num_classes, trained["dir"], args.seed, compute)
     _header(5, "results")

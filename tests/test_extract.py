@@ -255,3 +255,57 @@ def test_finetune_input_errors(tmp_path, capsys):
     assert FT.main(["--data", str(tmp_path), "--num_classes", "2", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no train.pkl" in err[0]
+
+
+# ---------------------------------------------------------------------------------------------- demo material
+
+
+def test_synthetic_video_shows_and_sounds_its_class_where_planned(tmp_path):
+    plan = D.write_synthetic_video(tmp_path / "s.mp4", 2, 4, seconds=12, seed=5)
+    v = D.decode_video(tmp_path / "s.mp4")
+    assert v.num_clips == 12 and v.has_audio
+    s0, s1 = plan["segment"]
+    colour = np.array(D.PALETTE[2], np.float32)
+    hits = [(np.abs(f.astype(np.float32) - colour).sum(-1) < 60).sum() for f in v.frames]
+    assert all(hits[t] > 10 for t in range(s0, s1))
+    assert all(hits[t] == 0 for t in range(12) if not s0 <= t < s1)
+    tone = 330.0 * 2 ** (2 * 5 / 12)
+    power = np.abs(np.fft.rfft(v.audio, axis=1))[:, int(round(tone))]  # 1 Hz bins (1 s at 16 kHz)
+    assert s0 <= int(np.argmax(power)) < s1  # loudest inside the segment, fading away from it
+    assert power.min() < 0.01 * power.max()
+
+
+def test_calibrate_bn(extracted, capsys):
+    visual, audio = X.fresh_variables("visualnet", 0), X.fresh_variables("audionet", 1)
+    entries, _ = X.read_labels(extracted["tmp"] / "labels.csv", None)
+    v2, a2, n = X.calibrate_batchnorm(extracted["videos"], entries, visual, audio, frame_size=40, crop=32)
+    assert n == 9  # the clips of the three readable videos
+    for before, after in ((visual, v2), (audio, a2)):
+        bn = after["batch_stats"]["resnet"]["bn1"]
+        assert not np.allclose(bn["mean"], 0) and (bn["var"] > 0).all() and not np.allclose(bn["var"], 1)
+        assert before["params"] is after["params"]
+    base = [str(extracted["videos"]), "--labels", str(extracted["tmp"] / "labels.csv"), "--out", "o"]
+    assert X.main([*base, "--calibrate_bn", "--weights_resnet18", "x.pth"]) == 2
+    assert "--calibrate_bn is for random networks" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_videos_preset_wiring(tmp_path, monkeypatch, capsys):
+    """`l2l-demo --preset videos` at a smaller size: videos -> l2l-extract -> l2l-finetune -> l2l-train -> l2l-eval."""
+    from l2l_jax import demo
+
+    preset = dict(demo.PRESETS["videos"])
+    preset["videos"] = {"classes": 2, "train": 4, "val": 2, "seconds": (10, 11)}
+    preset["train"] = ["--epochs", "1", "--batch_size", "4", "--milestones", "1", "--warmup_epochs", "0",
+                       "--checkpoint_freq", "1", "--buckets", "16", "--print_freq", "1"]
+    preset["finetune"] = ["--epochs", "2", "--batch_size", "16"]
+    monkeypatch.setitem(demo.PRESETS, "videos", preset)
+    monkeypatch.chdir(tmp_path)
+    assert demo.main(["--out", "demo", "--preset", "videos"]) == 0
+    screen = capsys.readouterr().out
+    for cmd in ("$ l2l-extract ", "$ l2l-finetune ", "$ l2l-train --config ", "$ l2l-eval "):
+        assert cmd in screen
+    out = tmp_path / "demo"
+    assert (out / "finetune" / "ImageAudioNet_videos.pth").is_file()
+    assert len(list((out / "data" / "imageAudio_features").glob("*.npy"))) == 6
+    assert (out / "metrics.json").is_file() and "policy (avgpool head)" in screen

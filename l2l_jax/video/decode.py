@@ -228,4 +228,86 @@ def write_test_video(path: str | os.PathLike, *, seconds: float = 3.0, fps: int 
                 out.mux(p)
 
 
-__all__ = ["DecodeError", "DecodedVideo", "decode_video", "write_test_video"]
+PALETTE = ((255, 40, 40), (40, 220, 40), (60, 90, 255), (250, 220, 30), (230, 60, 230), (40, 220, 230),
+           (255, 140, 0), (150, 80, 255))
+
+
+SCENES = (((60, 70, 90), (110, 100, 80)), ((90, 60, 60), (60, 90, 110)), ((70, 90, 70), (120, 120, 120)))
+
+
+def synthetic_clip_plan(label: int, num_classes: int, seconds: int, seed: int) -> dict:
+    """Where `write_synthetic_video` puts things (seconds on the clip grid): ``segment`` (start, stop) of the
+    class's shape and sound, ``distractor`` (start, stop, other class) shown silently, or None."""
+    rng = np.random.default_rng(seed)
+    length = int(rng.integers(2, 4))
+    start = int(rng.integers(0, seconds - length + 1))
+    plan = {"label": label, "segment": (start, start + length), "distractor": None}
+    free = [t for t in range(seconds - 1) if t + 2 <= start or t >= start + length + 1]
+    if free and num_classes > 1:
+        d = int(rng.choice(free))
+        other = int((label + rng.integers(1, num_classes)) % num_classes)
+        plan["distractor"] = (d, d + 2, other)
+    return plan
+
+
+def write_synthetic_video(path: str | os.PathLike, label: int, num_classes: int, *, seconds: int = 12,
+                          fps: int = 8, width: int = 64, height: int = 48, seed: int = 0) -> dict:
+    """A demo video of class `label` (`l2l-demo --preset videos`): filler footage (a drifting colour gradient
+    of one of three scenes shared by all classes, with noise; a quiet hum and noise on the sound track), one
+    class-specific segment of 2-3 s (a moving shape of the class's colour and kind, and the class's tone, which
+    is audible over a wider window than the shape is visible: a preview of where to look), and a silent
+    distractor (another class's shape, no tone) elsewhere. H.264 (or MPEG-4) + AAC. Returns
+    `synthetic_clip_plan`."""
+    plan = synthetic_clip_plan(label, num_classes, seconds, seed)
+    rng = np.random.default_rng(seed + 7919)
+    k = int(rng.integers(len(SCENES)))  # the background: one of a few scenes shared by all classes
+    scene, hum = np.array(SCENES[k], np.float32), 90.0 + 30.0 * k
+    yy, xx = np.mgrid[0:height, 0:width]
+    grad = (xx / max(width - 1, 1))[..., None]
+
+    def shape(img, cls, t, t0, t1):
+        colour = np.array(PALETTE[cls % len(PALETTE)], np.float32)
+        u = (t - t0) / max(t1 - t0, 1e-6)
+        cx, cy, r = 8 + u * (width - 16), height / 2 + (height / 4) * np.sin(2 * np.pi * u), max(4, height // 6)
+        kind = (cls // len(PALETTE) + cls) % 4
+        if kind == 0:
+            m = (abs(xx - cx) < r) & (abs(yy - cy) < r)
+        elif kind == 1:
+            m = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+        elif kind == 2:
+            m = (abs(yy - cy) < r / 2) & (abs(xx - cx) < 2 * r)
+        else:
+            m = (abs(xx - cx) < r / 2) & (abs(yy - cy) < 2 * r)
+        img[m] = colour
+
+    def draw(i, t):
+        drift = 0.5 + 0.5 * np.sin(2 * np.pi * t / seconds)
+        img = (scene[0] * (1 - grad) + scene[1] * grad) * (0.7 + 0.3 * drift)
+        img = img + rng.normal(0, 6, img.shape)
+        s0, s1 = plan["segment"]
+        if s0 <= t < s1:
+            shape(img, label, t, s0, s1)
+        if plan["distractor"] is not None:
+            d0, d1, other = plan["distractor"]
+            if d0 <= t < d1:
+                shape(img, other, t, d0, d1)
+        return np.clip(img, 0, 255).astype(np.uint8)
+
+    s0, s1 = plan["segment"]
+    centre, width_s = (s0 + s1) / 2, 0.75 * (s1 - s0)
+    tone = 330.0 * 2 ** (label * 5 / 12)  # the class's note: a fourth apart
+
+    noise_rng = np.random.default_rng(seed + 104729)
+
+    def sound(t):
+        env = np.exp(-((t - centre) ** 2) / (2 * width_s ** 2))
+        x = 0.05 * np.sin(2 * np.pi * hum * t) + 0.03 * noise_rng.standard_normal(t.shape)
+        return (x + 0.4 * env * np.sin(2 * np.pi * tone * t)).astype(np.float32)
+
+    write_test_video(path, seconds=seconds, fps=fps, width=width, height=height, audio="aac", sample_rate=16000,
+                     seed=seed, draw=draw, sound=sound)
+    return plan
+
+
+__all__ = ["PALETTE", "SCENES", "DecodeError", "DecodedVideo", "decode_video", "synthetic_clip_plan",
+           "write_synthetic_video", "write_test_video"]

@@ -2,7 +2,7 @@
 
     l2l-extract VIDEOS --labels CSV --out ROOT [--split train val] [--weights_resnet18 resnet18.pth]
                 [--seed 0] [--batch_size 64] [--workers 4] [--frame_size 256] [--crop 224]
-                [--precision exact|fast] [--debug]
+                [--precision exact|fast] [--calibrate_bn] [--debug]
 
 For every video named in the labels CSV (a file under the VIDEOS folder): decode it (`l2l_jax.video.decode`:
 each 1 s clip's first frame, RGB, and its mono 16 kHz audio), run the frames through
@@ -25,7 +25,8 @@ the single split ``--split`` names (default ``train``). ``--split`` restricts th
 Weights: ``--weights_resnet18 PTH`` (torchvision's ImageNet resnet18 state dict, read with the safe loader) gives
 VisualNet and the ImageNet-initialised AudioNet upstream builds (its new layers drawn with ``--seed``). Without
 it, both networks are freshly initialised from ``--seed`` and a warning says that such features are for testing
-only.
+only; ``--calibrate_bn`` then sets their BatchNorm statistics from the data (`calibrate_batchnorm`), which
+makes such features vary with the content (the demo uses it).
 
 Speed: ``--workers`` threads decode videos (FFmpeg releases the GIL) ahead of the networks, which run jitted
 and data-parallel (batches of ``--batch_size`` clips split over all devices, ``P("data")``); the device works on
@@ -286,6 +287,56 @@ def fresh_variables(net: str, seed: int) -> dict:
     return variables
 
 
+def calibrate_batchnorm(videos: Path, entries: Sequence[Entry], visual: dict, audio: dict, *, frame_size: int,
+                        crop: int, clips: int = 64) -> tuple[dict, dict, int]:
+    """``--calibrate_bn`` (random networks only): every BatchNorm's running mean and variance := the statistics
+    of a train-mode forward pass over the clips of the first videos of the labels CSV (in its order, up to
+    `clips` clips; deterministic, so a resumed run computes the same). A data-dependent initialisation: random
+    networks whose normalisation fits the data give features that vary with the content instead of a large
+    constant. Returns (visual, audio, clips used)."""
+    import jax
+
+    from l2l_jax.video import audio as A
+    from l2l_jax.video import frames as F
+    from l2l_jax.video.decode import DecodeError, decode_video
+    from l2l_jax.video.networks import AudioNet, BatchNorm2d, VisualNet
+
+    frames_by_shape: dict[tuple, list] = collections.defaultdict(list)
+    waves = []
+    for e in entries:
+        if len(waves) >= clips:
+            break
+        try:
+            v = decode_video(videos / e.video)
+        except DecodeError:
+            continue
+        frames_by_shape[v.frames.shape[1:]].append(v.frames)
+        waves.append(v.audio)
+    if not waves:
+        raise ConfigError("--calibrate_bn: none of the labelled videos could be decoded")
+    shape = max(frames_by_shape, key=lambda k: sum(len(f) for f in frames_by_shape[k]))
+    frames = np.concatenate(frames_by_shape[shape])[:clips]
+    wave = np.concatenate(waves)[:clips]
+    m = BatchNorm2d.momentum
+
+    def calibrated(net, variables, x):
+        _, upd = jax.jit(lambda v, x: net.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
+
+        def fix(path, new, old):
+            name = path[-1].key
+            if name == "num_batches_tracked":
+                return np.asarray(old)
+            return np.asarray((np.asarray(new) - (1.0 - m) * np.asarray(old)) / m, np.float32)
+
+        stats = jax.tree_util.tree_map_with_path(fix, upd["batch_stats"], variables["batch_stats"])
+        return {**variables, "batch_stats": stats}
+
+    cfg = F.FrameConfig(resize=frame_size, crop=crop)
+    visual = calibrated(VisualNet(), visual, np.asarray(F.preprocess_frames(frames, cfg)))
+    audio = calibrated(AudioNet(), audio, np.asarray(A.log_mel_spectrogram(wave)))
+    return visual, audio, len(wave)
+
+
 # ------------------------------------------------------------------------------------------------ pipeline
 
 
@@ -454,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoding threads (default min(8, CPUs))")
     p.add_argument("--frame_size", type=int, default=256, help="shorter side after resizing (default 256)")
     p.add_argument("--crop", type=int, default=224, help="centre crop (default 224)")
+    p.add_argument("--calibrate_bn", action="store_true",
+                   help="random networks only: BatchNorm statistics from the first 64 clips of the CSV's videos")
     p.add_argument("--precision", choices=["exact", "fast"], default="exact",
                    help="exact: float32 convolutions; fast: bfloat16 operands (GPU/TPU)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -503,7 +556,13 @@ def _main(argv: Sequence[str] | None) -> int:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"--out {root}: cannot create ({e.strerror or e})") from None
+    if args.calibrate_bn and args.weights_resnet18:
+        raise ConfigError("--calibrate_bn is for random networks; --weights_resnet18 keeps resnet18's statistics")
     visual, audio, desc = network_weights(args.weights_resnet18, args.seed)
+    if args.calibrate_bn:
+        visual, audio, n = calibrate_batchnorm(videos, entries, visual, audio, frame_size=args.frame_size,
+                                               crop=args.crop)
+        desc += f", BatchNorm statistics from {n} clips"
     extractor = Extractor(visual, audio, batch_size=args.batch_size, frame_size=args.frame_size, crop=args.crop,
                           precision=args.precision)
     summary = extract(videos, entries, root, extractor, workers=args.workers, progress=not args.no_progress)
@@ -523,5 +582,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["Entry", "Extractor", "RandomWeightsWarning", "Summary", "extract", "finished_length",
+__all__ = ["Entry", "Extractor", "calibrate_batchnorm", "RandomWeightsWarning", "Summary", "extract", "finished_length",
            "main", "network_weights", "read_labels", "video_name"]
