@@ -227,6 +227,7 @@ def test_hostile_file_through_every_program(files, tmp_path, capsys, case):
     assert not files["marker"].exists(), "a payload ran"
     assert not (tmp_path / "c").exists() and not (tmp_path / "p").exists()  # nothing written
     assert not (tmp_path / "run" / "model_final").exists()
+    assert not (tmp_path / "run" / ".lock").exists()  # the run directory's lock is released on errors too
     _assert_one_line(case, message)
 
 

@@ -255,3 +255,15 @@ def test_a_non_finite_loss_at_step_0_is_told_apart_from_a_learning_rate_problem(
         check_finite({"first_bad": 0, "loss": float("nan")}, 0, 4, ckpts, run_log)
     with pytest.raises(NonFiniteLossError, match=r"at step 5 .*Lower --lr"):
         check_finite({"first_bad": 5, "loss": float("nan")}, 1, 4, ckpts, run_log)
+
+
+def test_a_fresh_start_drops_what_an_attempt_killed_before_its_first_checkpoint_wrote(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "epoch": 0, "iteration": 2}\n{"kind": "tra')
+    (tmp_path / "epoch.log").write_text("epoch,loss,acc,lr\n")
+    run_log = RunLog(tmp_path, main_process=True)
+    try:
+        assert not run_log.resumed(0)
+    finally:
+        run_log.close()
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+    assert (tmp_path / "epoch.log").read_text() == "epoch,loss,acc,lr\n"

@@ -154,14 +154,11 @@ def epoch_record(epoch: int, step: int, lr: float, host_sums: Mapping[str, Any],
 
 # ------------------------------------------------------------------------------------------------ metrics.jsonl
 def read_metrics(path: Path) -> list[dict]:
-    """The records of a run's metrics.jsonl ([] if there is none)."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of a run's metrics.jsonl ([] if there is none), skipping a line cut short by a kill."""
+    return _read_records(path)
 
 
 def _read_records(path: Path) -> list[dict]:
-    """`read_metrics`, skipping a line cut short by a kill (the last one)."""
     if not path.exists():
         return []
     out = []

@@ -171,7 +171,9 @@ def restore(run: Run, ckpts: RunCheckpoints, run_log: RunLog) -> tuple[TrainStat
     first_epoch = run.cfg["start_epoch"]
     redo = None
     restored = ckpts.restore_newest(state, run_log.warn, main_process=run_log.main)
-    if restored is not None:
+    if restored is None:  # a fresh start: records and lines left by an attempt killed before its first checkpoint go
+        run_log.resumed(first_epoch)
+    else:
         state, progress, step = restored
         run_log.log.debug(f"Loading last checkpoint: {ckpts.directory / str(step)}")
         first_epoch = int(progress["next_epoch"])
