@@ -100,6 +100,26 @@ def test_resume_skips_finished_and_redoes_broken(extracted, capsys):
     assert np.array_equal(np.load(root / "image_features" / "a.npy"), good)
 
 
+def test_data_parallel_over_two_devices_gives_the_same_features(extracted, tmp_path):
+    """The same run on 2 (fake CPU) devices, batch 3 rounded up to 4 and split over them."""
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "root"
+    argv = [str(extracted["videos"]), "--labels", str(extracted["tmp"] / "labels.csv"), "--out", str(root),
+            *SMALL[:4], "--batch_size", "3", "--no_progress"]
+    code = ("import sys, jax; assert len(jax.devices()) == 2; from l2l_jax.video import extract; "
+            f"sys.exit(extract.main({argv!r}))")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for d in ("image_features", "audio_features"):
+        for name in ("a", "sub__b", "c"):
+            np.testing.assert_allclose(np.load(root / d / f"{name}.npy"),
+                                       np.load(extracted["root"] / d / f"{name}.npy"), rtol=1e-5, atol=1e-5)
+
+
 def test_loaders_read_it(extracted):
     src = open_split(extracted["root"] / "train.pkl", variant="two", num_classes=2, width=512, progress=False,
                      cache=False)

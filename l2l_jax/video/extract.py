@@ -432,6 +432,8 @@ def _decode(path: Path, entry: Entry):
         return entry, decode_video(path), None, time.perf_counter() - t0
     except DecodeError as e:
         return entry, None, e.reason, time.perf_counter() - t0
+    except Exception as e:  # a decoder bug on one file must not stop the others: listed with the skipped
+        return entry, None, f"decoding failed ({type(e).__name__}: {e})", time.perf_counter() - t0
 
 
 def extract(videos: Path, entries: Iterable[Entry], root: Path, extractor: Extractor, *, workers: int = 4,
