@@ -70,6 +70,9 @@ def _damage(step_dir: Path, how: str) -> None:
         (step_dir / "state" / "manifest.ocdbt").unlink()
     elif how == "deleted_progress_metadata":
         (step_dir / "progress" / "metadata").unlink()
+    elif how == "progress_of_the_wrong_kind":
+        meta = step_dir / "progress" / "metadata"
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "next_epoch": "two"}))
     elif how == "wrong_checksum":
         meta = step_dir / "progress" / "metadata"
         meta.write_text(json.dumps({**json.loads(meta.read_text()), "checksum": "0" * 64}))
@@ -83,7 +86,7 @@ def _same(a, b) -> bool:
 
 
 DAMAGE = ["truncated_data_file", "flipped_bytes", "deleted_manifest", "deleted_progress_metadata", "wrong_checksum",
-          "nonfinite_params"]
+          "progress_of_the_wrong_kind", "nonfinite_params"]
 
 
 @pytest.mark.parametrize("how", DAMAGE)

@@ -73,6 +73,10 @@ def state_checksum(state: Any) -> str:
     return tensor_checksum(flat_tensors(state))
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _reason(e: BaseException) -> str:
     """One short line of an exception (TensorStore appends its whole spec: cut)."""
     text = " ".join(str(e).split()) or type(e).__name__
@@ -125,6 +129,9 @@ class RunCheckpoints:
         progress = out["progress"]
         if not isinstance(progress, Mapping) or any(k not in progress for k in PROGRESS_KEYS):
             raise BadCheckpoint(f"its progress JSON lacks {', '.join(PROGRESS_KEYS)}")
+        if not (_is_int(progress["next_epoch"]) and _is_int(progress["epoch"])
+                and isinstance(progress["data"], Mapping)):
+            raise BadCheckpoint("its progress JSON holds values of the wrong kind (next_epoch, epoch, data)")
         from l2l_jax import parallel
 
         verify_state(parallel.to_host(out["state"]), progress)

@@ -177,9 +177,16 @@ def restore(run: Run, ckpts: RunCheckpoints, run_log: RunLog) -> tuple[TrainStat
         state, progress, step = restored
         run_log.log.debug(f"Loading last checkpoint: {ckpts.directory / str(step)}")
         first_epoch = int(progress["next_epoch"])
-        run.batches.set_state(progress["data"])
+        try:
+            run.batches.set_state(progress["data"])
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise ConfigError(f"{ckpts.directory / str(step)}: its loader position ({progress['data']}) does not fit "
+                              f"--train_dataset_file {run.cfg['train_dataset_file']} ({e}): resume with the run's "
+                              "dataset and flags, or choose another --checkpoint_path") from None
         run_log.log.debug(f"Resuming after epoch {progress['epoch']} at step {int(parallel.to_host(state.step))}")
-        resumable = isinstance(progress.get("sums"), Mapping) and "seconds" in progress
+        sums, seconds = progress.get("sums"), progress.get("seconds")
+        resumable = (isinstance(sums, Mapping) and all(isinstance(sums.get(k), (int, float)) for k in SUMS)
+                     and isinstance(seconds, (int, float)))
         missing = run_log.resumed(first_epoch, int(progress["epoch"]) if resumable else None,
                                   validated=run.validation is not None)
         if jax.process_count() > 1:  # every process validates (collectives): process 0 decided
