@@ -302,7 +302,8 @@ def finish(run: Run, state: TrainState, last_val: dict[str, float], run_log: Run
     variables = parallel.to_host(state.variables)  # every process (a collective if not replicated)
     if run_log.main:  # process 0 alone writes the model directory (save_model_dir is a one-process writer)
         meta = {"variant": cfg["variant"], "num_classes": cfg["num_classes"], "feature_dim": config.feature_width(cfg),
-                "source": str(run_log.run_dir), "epoch": cfg["epochs"] - 1}
+                "source": str(run_log.run_dir), "epoch": cfg["epochs"] - 1,
+                "precision": cfg.get("precision") or "exact"}  # trained in; evaluates in either
         model_dirs.save_model_dir(run_log.run_dir / "model_final", variables, meta, overwrite=True)
     run_log.write_curves()
     return summary
