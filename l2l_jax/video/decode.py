@@ -194,10 +194,11 @@ def write_test_video(path: str | os.PathLike, *, seconds: float = 3.0, fps: int 
         def sound(t):
             return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
     with av.open(os.fspath(path), mode="w") as out:
+        # one encoder thread and explicit timestamps: the same frames give the same file (seeded test data)
         try:
-            vs = out.add_stream("libx264", rate=fps)
+            vs = out.add_stream("libx264", rate=fps, options={"threads": "1"})
         except (av.FFmpegError, ValueError):
-            vs = out.add_stream("mpeg4", rate=fps)
+            vs = out.add_stream("mpeg4", rate=fps, options={"threads": "1"})
         vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
         as_ = None
         if audio is not None:
@@ -206,6 +207,8 @@ def write_test_video(path: str | os.PathLike, *, seconds: float = 3.0, fps: int 
             as_.layout = "mono"
         for i in range(n):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(draw(i, i / fps)), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts = i
             for p in vs.encode(frame):
                 out.mux(p)
         for p in vs.encode():
