@@ -92,13 +92,15 @@ def flax_paths(variant: str) -> list[str]:
     return ["/".join((collection, *path)) for _, collection, path, _ in entries(variant)]
 
 
-def _get(tree: Mapping, path: tuple[str, ...]):
+def get_path(tree: Mapping, path: tuple[str, ...]):
+    """tree[path[0]][path[1]]... (a nested-dict lookup)."""
     for name in path:
         tree = tree[name]
     return tree
 
 
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
+def set_path(tree: dict, path: tuple[str, ...], value) -> None:
+    """Sets tree[path[0]][path[1]]... = value, creating the dicts on the way."""
     for name in path[:-1]:
         tree = tree.setdefault(name, {})
     tree[path[-1]] = value
@@ -108,7 +110,7 @@ def to_state_dict(variables: Mapping, variant: str) -> dict[str, np.ndarray]:
     """Flax variables -> upstream's state dict (numpy; float32 tensors, int64 counters), in upstream's order."""
     sd: dict[str, np.ndarray] = {}
     for key, collection, path, conv in entries(variant):
-        x = np.asarray(_get(variables[collection], path))
+        x = np.asarray(get_path(variables[collection], path))
         if conv == "T":
             x = x.T
         elif conv == "conv":
@@ -130,7 +132,7 @@ def from_state_dict(state_dict: Mapping[str, np.ndarray], variant: str) -> dict:
             x = x[:, :, 0, 0].T
         elif conv == "count":
             x = x.astype(np.int32)
-        _set(variables.setdefault(collection, {}), path, np.array(x, order="C"))
+        set_path(variables.setdefault(collection, {}), path, np.array(x, order="C"))
     return variables
 
 
@@ -144,6 +146,6 @@ def expected_shapes(variant: str, num_classes: int, feature_dim: int = 512) -> d
     tree = jax.eval_shape(lambda: init_variables(cfg, variant, jax.random.key(0)))
     shapes: dict[str, tuple[int, ...]] = {}
     for key, collection, path, conv in entries(variant):
-        s = tuple(_get(tree[collection], path).shape)
+        s = tuple(get_path(tree[collection], path).shape)
         shapes[key] = s[::-1] if conv == "T" else ((s[1], s[0], 1, 1) if conv == "conv" else s)
     return shapes

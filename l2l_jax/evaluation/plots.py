@@ -64,11 +64,7 @@ def map_vs_steps(path: str | os.PathLike, curves: Mapping[str, Sequence[float | 
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_all(result: Any, out_dir: str | os.PathLike, names: Mapping[int, str] | None = None,
@@ -124,6 +120,11 @@ def training_curves(path: str | os.PathLike, epochs: Sequence[Mapping[str, Any]]
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | os.PathLike) -> Path:
+    """Lays out, writes (100 dpi) and closes a figure."""
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from l2l_jax.errors import WeightsError
+from l2l_jax.torch_names import get_path, set_path
 from l2l_jax.video.networks import AUDIO_FREQ_POSITIONS, RESNET18_LAYERS, new_audio_layers
 
 NETS = ("visualnet", "audionet")
@@ -122,18 +123,6 @@ def flax_paths(net: str) -> list[str]:
     return ["/".join((e[1], *e[2])) for e in entries(net, "torchvision")]
 
 
-def _get(tree: Mapping, path: tuple[str, ...]):
-    for name in path:
-        tree = tree[name]
-    return tree
-
-
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
-    for name in path[:-1]:
-        tree = tree.setdefault(name, {})
-    tree[path[-1]] = value
-
-
 def _to_torch(x: np.ndarray, kind: str) -> np.ndarray:
     if kind == "conv":
         x = x.transpose(3, 2, 0, 1)
@@ -155,7 +144,7 @@ def to_state_dict(variables: Mapping, net: str, naming: str) -> dict[str, np.nda
     sd: dict[str, np.ndarray] = {}
     for key, collection, path, kind, shape in entries(net, naming):
         try:
-            x = np.asarray(_get(variables[collection], path))
+            x = np.asarray(get_path(variables[collection], path))
         except (KeyError, TypeError):
             raise WeightsError(f"{net} variables have no {'/'.join((collection, *path))}") from None
         sd[key] = _to_torch(x, kind)
@@ -226,7 +215,7 @@ def from_state_dict(sd: Mapping[str, Any], net: str, naming: str = "auto", *, wh
     for key, collection, path, kind, _ in ens:
         x = np.asarray(sd[key])
         x = x.astype(np.float32) if kind != "count" else x
-        _set(variables[collection], path, _from_torch(x, kind))
+        set_path(variables[collection], path, _from_torch(x, kind))
     return variables
 
 
@@ -262,7 +251,7 @@ def audionet_from_resnet18(resnet18: Mapping[str, Any], seed: int = 0, *, what: 
     variables: dict = {"params": {}, "batch_stats": {}}
     for key, collection, path, kind, _ in taken:
         x = np.asarray(sd[key])
-        _set(variables[collection], path, _from_torch(x.astype(np.float32) if kind != "count" else x, kind))
+        set_path(variables[collection], path, _from_torch(x.astype(np.float32) if kind != "count" else x, kind))
     new = new_audio_layers(seed)
     variables["params"]["resnet"]["conv1"] = {"kernel": np.asarray(new["conv1"]["kernel"])}
     variables["params"]["freq_conv1x1"] = {k: np.asarray(v) for k, v in new["freq_conv1x1"].items()}
