@@ -36,7 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                        "--checkpoint_freq", "1", "--buckets", "512", "--print_freq", "2"],
              "pretrain": {"epochs": 2, "clips_per_video": 16}},
     # raw videos -> l2l-extract -> l2l-finetune (step_videos) instead of l2l-synth and the fit
-    "videos": {"train": ["--epochs", "6", "--batch_size", "8", "--milestones", "5", "--warmup_epochs", "0",
+    "videos": {"train": ["--epochs", "15", "--batch_size", "8", "--milestones", "12", "--warmup_epochs", "0",
                          "--checkpoint_freq", "3", "--buckets", "32", "--print_freq", "4"],
                "videos": {"classes": 4, "train": 32, "val": 16, "seconds": (12, 18)},
                "extract": ["--frame_size", "48", "--crop", "48", "--batch_size", "32", "--calibrate_bn"],
