@@ -261,6 +261,7 @@ def fresh_variables(net: str, seed: int) -> dict:
     convolutions as torchvision's resnet init (``kaiming_normal_(mode="fan_out")``: N(0, 2 / (k * k * out))),
     BatchNorm scale 1, bias 0, running mean 0, var 1; AudioNet's new layers as upstream draws them
     (`networks.new_audio_layers`). Seeded: the same seed gives the same values."""
+    from l2l_jax.torch_names import set_path
     from l2l_jax.video import convert as C
     from l2l_jax.video import networks as N
 
@@ -276,10 +277,7 @@ def fresh_variables(net: str, seed: int) -> dict:
             value = np.ones(shape, np.float32)
         else:
             value = np.zeros(shape, np.float32)
-        tree = variables[collection]
-        for name in path[:-1]:
-            tree = tree.setdefault(name, {})
-        tree[path[-1]] = value
+        set_path(variables[collection], path, value)
     if net == "audionet":
         new = N.new_audio_layers(seed)
         variables["params"]["resnet"]["conv1"] = {"kernel": np.asarray(new["conv1"]["kernel"])}
