@@ -269,6 +269,20 @@ def test_finetune_fused_features_are_the_fitted_nets_output(finetuned):
                                atol=1e-6)
 
 
+def test_finetune_resumes_from_its_checkpoints_to_the_uninterrupted_weights(extracted, tmp_path):
+    from l2l_jax.video.finetune import fit_imageaudionet
+
+    source = open_split(extracted["root"] / "train.pkl", variant="two", num_classes=2, width=512, progress=False)
+    kw = dict(batch_size=4, clips_per_video=None, seed=3, progress=False)
+    want, _ = fit_imageaudionet(source, 2, epochs=3, **kw)
+    _, first = fit_imageaudionet(source, 2, epochs=2, checkpoint_dir=tmp_path / "ckpt", **kw)  # "killed" after 2
+    got, info = fit_imageaudionet(source, 2, epochs=3, checkpoint_dir=tmp_path / "ckpt", **kw)
+    assert first["resumed_after"] == 0 and info["resumed_after"] == 2
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name.isdigit()) == ["2", "3"]
+
+
 def test_finetune_input_errors(tmp_path, capsys):
     from l2l_jax.video import finetune as FT
 

@@ -21,7 +21,9 @@ Writes
 - ``ROOT/imageAudio_features/<video>.npy``: the fusion net's 512-wide output for every clip of every video of
   the ``--splits`` pickles (float32 (T, 512), written atomically), the files upstream's pickles point at;
 - ``DIR/finetune.json``: settings, clip counts and the train (and val, when ``ROOT/val.pkl`` exists) clip
-  accuracy.
+  accuracy;
+- ``DIR/checkpoints/<epoch>/``: orbax checkpoints after every epoch (the newest two kept); rerunning the same
+  command resumes after the newest, as l2l-train does, and ends with the same weights as an uninterrupted fit.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from l2l_jax.data.source import FeatureSource
@@ -75,11 +78,15 @@ def _mesh_shardings(devices=None):
 
 def fit_imageaudionet(source: FeatureSource, num_classes: int, *, epochs: int = 4, batch_size: int = 256,
                       learning_rate: float = 1e-3, clips_per_video: int | None = 32, seed: int = 0,
-                      progress: bool = True, devices=None) -> tuple[dict, dict]:
+                      progress: bool = True, devices=None,
+                      checkpoint_dir: str | Path | None = None) -> tuple[dict, dict]:
     """Fit the fusion net + classifier on clip labels; returns (variables, {"train_clip_acc": ..., "clips": N}).
 
     Adam, `epochs` passes over the sampled clips in a seeded random order, ragged tail dropped (one compiled
-    shape); each batch is split over `devices` (default all) and the parameters replicated."""
+    shape); each batch is split over `devices` (default all) and the parameters replicated. With
+    `checkpoint_dir`, an orbax checkpoint (parameters, optimizer state, last accuracy) is written after every
+    epoch, as l2l-train does, and a rerun resumes after the newest one with the same clip order, so it ends
+    with the parameters an uninterrupted fit gives."""
     image, audio, labels = sample_clips(source, clips_per_video, seed)
     ndev, data, replicated = _mesh_shardings(devices)
     batch_size = -(-batch_size // ndev) * ndev
@@ -104,9 +111,21 @@ def fit_imageaudionet(source: FeatureSource, num_classes: int, *, epochs: int = 
     n = len(labels)
     per_epoch = max(1, n // batch_size)  # drop the ragged tail: one compiled shape
     acc = 0.0
-    bar = tqdm(total=epochs * per_epoch, desc="fit fusion net", unit="batch", disable=not progress)
-    for _ in range(epochs):
-        order = rng.permutation(n)
+    ckpts, done = _open_checkpoints(checkpoint_dir), 0
+    if ckpts is not None and ckpts.latest_step() is not None:
+        done = int(ckpts.latest_step())
+        target = {"params": jax.device_get(params), "opt_state": jax.device_get(opt_state),
+                  "acc": np.zeros((), np.float32)}
+        state = ckpts.restore(done, args=ocp.args.StandardRestore(target))
+        params = jax.device_put(state["params"], replicated)
+        opt_state = jax.device_put(state["opt_state"], replicated)
+        acc = float(state["acc"])
+    bar = tqdm(total=epochs * per_epoch, initial=min(done, epochs) * per_epoch, desc="fit fusion net",
+               unit="batch", disable=not progress)
+    for epoch in range(epochs):
+        order = rng.permutation(n)  # drawn for finished epochs too: a resumed fit sees the same order
+        if epoch < done:
+            continue
         hits_sum, seen = 0, 0
         for k in range(per_epoch):
             rows = order[k * batch_size:(k + 1) * batch_size]
@@ -119,8 +138,22 @@ def fit_imageaudionet(source: FeatureSource, num_classes: int, *, epochs: int = 
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss):.3f}")
         acc = hits_sum / max(seen, 1)
+        if ckpts is not None:
+            ckpts.save(epoch + 1, args=ocp.args.StandardSave(
+                {"params": params, "opt_state": opt_state, "acc": np.asarray(acc, np.float32)}))
     bar.close()
-    return {"params": jax.device_get(params)}, {"train_clip_acc": acc, "clips": int(n)}
+    if ckpts is not None:
+        ckpts.wait_until_finished()
+        ckpts.close()
+    return {"params": jax.device_get(params)}, {"train_clip_acc": acc, "clips": int(n), "resumed_after": done}
+
+
+def _open_checkpoints(directory: str | Path | None) -> ocp.CheckpointManager | None:
+    """The fit's orbax checkpoints (the newest two kept, written atomically), or None."""
+    if directory is None:
+        return None
+    options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
 class FusedFeatures:
@@ -218,11 +251,14 @@ def _main(argv: Sequence[str] | None) -> int:
             raise ConfigError(f"--splits {s}: no {root / (s + '.pkl')}")
     name = args.name or root.name
     progress = not args.no_progress
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     source = open_split(train_pkl, variant="two", num_classes=args.num_classes, width=WIDTH, progress=progress)
     variables, info = fit_imageaudionet(source, args.num_classes, epochs=args.epochs, batch_size=args.batch_size,
                                         learning_rate=args.lr, clips_per_video=args.clips_per_video or None,
-                                        seed=args.seed, progress=progress)
+                                        seed=args.seed, progress=progress, checkpoint_dir=out / "checkpoints")
+    if info["resumed_after"]:
+        print(f"resumed after epoch {info['resumed_after']} from {out / 'checkpoints'}")
     fit_s = time.perf_counter() - t0
     meta = {"variant": "imageaudionet", "num_classes": args.num_classes, "feature_dim": WIDTH,
             "source": f"l2l-finetune on {train_pkl}", "train_clip_acc": info["train_clip_acc"]}
