@@ -10,25 +10,29 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
 
-def named_tensors(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
-    """Nested dicts of arrays -> {"a/b/c": array} (numpy), in sorted name order."""
-    out: dict[str, np.ndarray] = {}
-    if isinstance(tree, Mapping):
-        for key in sorted(tree, key=str):
-            out.update(named_tensors(tree[key], f"{prefix}{key}/"))
-        return out
-    if isinstance(tree, (list, tuple)):
-        for i, v in enumerate(tree):
-            out.update(named_tensors(v, f"{prefix}{i}/"))
-        return out
-    out[prefix.rstrip("/")] = np.asarray(tree)
-    return out
+def _key_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def leaf_names(tree: Any) -> dict[str, Any]:
+    """{"params/a/b": leaf} of any pytree (dicts, lists, dataclasses such as the train state, namedtuples),
+    named by path, in name order; leaves as they are."""
+    named = {"/".join(_key_name(k) for k in path): x for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+    return dict(sorted(named.items()))
+
+
+def named_tensors(tree: Any) -> dict[str, np.ndarray]:
+    """`leaf_names` as numpy arrays."""
+    return {name: np.asarray(x) for name, x in leaf_names(tree).items()}
 
 
 def nonfinite_tensors(tree: Any) -> list[str]:
@@ -47,4 +51,4 @@ def tensor_checksum(tree: Any) -> str:
     return h.hexdigest()
 
 
-__all__ = ["named_tensors", "nonfinite_tensors", "tensor_checksum"]
+__all__ = ["leaf_names", "named_tensors", "nonfinite_tensors", "tensor_checksum"]

@@ -41,7 +41,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from l2l_jax.errors import WeightsError
-from l2l_jax.integrity import nonfinite_tensors, tensor_checksum
+from l2l_jax.integrity import leaf_names, nonfinite_tensors, tensor_checksum
 
 FORMAT = "l2l-jax-model"
 FORMAT_VERSION = 1
@@ -83,7 +83,7 @@ def _check_variables(variables: Mapping[str, Any], meta: Mapping[str, Any]) -> N
         raise WeightsError(f"the classifier is {tuple(np.shape(kernel))}, but meta.json says num_classes "
                            f"{meta['num_classes']} and feature_dim {meta['feature_dim']} (expected {want})")
     expected = set(torch_names.flax_paths(meta["variant"]))
-    have = set(named_paths(variables))
+    have = set(leaf_names(variables))
     if have != expected:
         lacking, extra = sorted(expected - have), sorted(have - expected)
         raise WeightsError(f"the tensors are not those of a {meta['variant']!r} model, as meta.json says: "
@@ -93,12 +93,6 @@ def _check_variables(variables: Mapping[str, Any], meta: Mapping[str, Any]) -> N
     if bad:
         raise WeightsError(f"non-finite values (NaN or inf) in {bad[:5]}{'...' if len(bad) > 5 else ''}")
 
-
-def named_paths(variables: Mapping[str, Any]) -> list[str]:
-    """"collection/module/.../name" of every tensor of a variables tree."""
-    from l2l_jax.integrity import named_tensors
-
-    return list(named_tensors(variables))
 
 
 def _to_numpy(tree: Any) -> Any:

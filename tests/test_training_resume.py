@@ -17,8 +17,9 @@ import pytest
 
 from l2l_jax import cli, config, parallel
 from l2l_jax.errors import ConfigError, L2LError, WeightsError
+from l2l_jax.integrity import named_tensors
 from l2l_jax.steps import create_train_state
-from l2l_jax.training.checkpoints import CheckpointError, RunCheckpoints, flat_tensors
+from l2l_jax.training.checkpoints import CheckpointError, RunCheckpoints
 from l2l_jax.training.lock import LOCK_NAME, RunLock
 from l2l_jax.training.log import RunLog
 
@@ -81,7 +82,7 @@ def _damage(step_dir: Path, how: str) -> None:
 
 
 def _same(a, b) -> bool:
-    fa, fb = flat_tensors(parallel.to_host(a)), flat_tensors(parallel.to_host(b))
+    fa, fb = named_tensors(parallel.to_host(a)), named_tensors(parallel.to_host(b))
     return fa.keys() == fb.keys() and all(np.array_equal(fa[k], fb[k]) for k in fa)
 
 

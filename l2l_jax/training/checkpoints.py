@@ -35,7 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from l2l_jax.errors import ConfigError, L2LError, WeightsError
-from l2l_jax.integrity import nonfinite_tensors, tensor_checksum
+from l2l_jax.integrity import leaf_names, nonfinite_tensors, tensor_checksum
 
 CHECKPOINT_DIR = "checkpoints"
 #: keys every training checkpoint's progress JSON must hold to be resumed from
@@ -50,27 +50,9 @@ class BadCheckpoint(Exception):
     """One checkpoint does not restore: missing or damaged files, a checksum mismatch, non-finite params."""
 
 
-def _key_name(k: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
-def named_leaves(tree: Any) -> dict[str, Any]:
-    """{"params/a/b": leaf} of a pytree, named by path whatever its containers (dataclass, namedtuple, dict,
-    list): the train state and the dicts orbax restores from metadata give the same names."""
-    return {"/".join(_key_name(k) for k in path): x for path, x in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def flat_tensors(tree: Any) -> dict[str, np.ndarray]:
-    """`named_leaves` as numpy arrays."""
-    return {k: np.asarray(x) for k, x in named_leaves(tree).items()}
-
-
 def state_checksum(state: Any) -> str:
     """`tensor_checksum` of the whole train state (host numpy; every process computes the same)."""
-    return tensor_checksum(flat_tensors(state))
+    return tensor_checksum(state)
 
 
 def _is_int(x: Any) -> bool:
@@ -199,8 +181,8 @@ class RunCheckpoints:
         `ConfigError` naming the first tensor that differs."""
         saved = self._saved_tree(step)
         for part in ("params", "batch_stats"):
-            have = {k: tuple(m.shape) for k, m in named_leaves(saved.get(part, {})).items()}
-            want = {k: tuple(np.shape(x)) for k, x in named_leaves(getattr(target, part)).items()}
+            have = {k: tuple(m.shape) for k, m in leaf_names(saved.get(part, {})).items()}
+            want = {k: tuple(np.shape(x)) for k, x in leaf_names(getattr(target, part)).items()}
             if have != want:
                 diff = sorted(set(have.items()) ^ set(want.items()))
                 name = diff[0][0]
@@ -284,4 +266,4 @@ def read_run_params(run_dir: str | os.PathLike, step: int | None = None) -> tupl
 
 
 __all__ = ["CHECKPOINT_DIR", "BadCheckpoint", "CheckpointError", "RunCheckpoints", "find_run_checkpoint",
-           "flat_tensors", "has_run_checkpoints", "read_run_params", "state_checksum", "verify_state"]
+           "has_run_checkpoints", "read_run_params", "state_checksum", "verify_state"]
