@@ -136,13 +136,9 @@ def make_eval_loader(cfg: Config, source: Any) -> Any:
     depend on the batch, that batch is given L = 10, as if a longer video shared it."""
     from l2l_jax.data import BatchLoader
 
-    opts = loader_options(cfg)
     sort = sort_by_length(cfg)
-    order = None
-    if sort:
-        lengths = -(-np.asarray(source.lengths, np.int64) // opts.subsample)
-        order = np.argsort(-lengths, kind="stable")
-    return BatchLoader(source, train=False, visit_order=order, pad_short_batches=sort, **opts.kwargs())
+    return BatchLoader(source, train=False, longest_first=sort, pad_short_batches=sort,
+                       **loader_options(cfg).kwargs())
 
 
 def initial_variables(cfg: Config, log: Any = None) -> dict:

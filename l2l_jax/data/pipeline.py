@@ -101,7 +101,7 @@ class BatchLoader:
                  shuffle: bool | None = None, fill_last: bool = True, pad_short_batches: bool = False,
                  num_threads: int = 2, prefetch: int = 2, process_index: int | None = None,
                  process_count: int | None = None, reuse_buffers: bool = True, chunk_groups: int | None = None,
-                 visit_order: Sequence[int] | None = None, feature_dtype: str | None = None):
+                 longest_first: bool = False, feature_dtype: str | None = None):
         if process_index is None or process_count is None:
             import jax
 
@@ -120,11 +120,8 @@ class BatchLoader:
         if chunk_groups is not None and (batch_size // process_count) % chunk_groups:
             raise ValueError(f"{batch_size // process_count} rows per process do not split into "
                              f"{chunk_groups} chunk groups (one per local device)")
-        if visit_order is not None:
-            visit_order = np.asarray(visit_order, np.int64)
-            if train or sorted(visit_order.tolist()) != list(range(len(source))):
-                raise ValueError("visit_order is for evaluation and must be a permutation of the split's videos")
-        self.visit_order = visit_order
+        if longest_first and train:
+            raise ValueError("longest_first is for evaluation (training shuffles)")
         self.feature_dtype = np.dtype(feature_dtype) if feature_dtype else np.dtype(source.dtype)
         self.chunk_groups = chunk_groups
         self.source = source
@@ -146,6 +143,7 @@ class BatchLoader:
         self.local_batch_size = batch_size // process_count
         self.random_fill = source.variant == "single"
         self.lengths = -(-np.asarray(source.lengths, np.int64) // subsample)  # clips after subsampling
+        self._longest_first = np.argsort(-self.lengths, kind="stable") if longest_first else None
         self.batches_per_epoch = math.ceil(len(source) / batch_size)
         self._order_cache: tuple[int, np.ndarray] | None = None
         n_keys = len(source.keys)
@@ -153,10 +151,10 @@ class BatchLoader:
 
     # ----- the pure part: which videos, which draws -----
     def order(self, epoch: int) -> np.ndarray:
-        """The epoch's video order (positions in the source): `visit_order` if given, else shuffled per epoch
-        in training, else the split's order."""
-        if self.visit_order is not None:
-            return self.visit_order
+        """The epoch's video order (positions in the source): longest (after subsampling) first, stable, with
+        `longest_first`; else shuffled per epoch in training, else the split's order."""
+        if self._longest_first is not None:
+            return self._longest_first
         if not self.shuffle:
             return np.arange(len(self.source))
         cached = self._order_cache  # one epoch cached; a tuple swap is atomic across reader threads
