@@ -344,14 +344,19 @@ def fmt_row(r: dict[str, Any]) -> str:
     if not r["compiled"]:
         cells = [r["target"], r["layout"], r["precision"], r["step"], "no", f"{r['compile_s']:.1f}"]
         return "  ".join(f"{c:<{w}}" for c, (_, w) in zip(cells, COLUMNS, strict=False)) + "  " + r["error"]
-    mem = r["memory"]["total"]
-    loops = " ".join(f"{lp['launches']}" + (f"(x{lp['trip_count']})" if lp["trip_count"] else "")
-                     for lp in r["launches"]["loops"]) or "-"
-    cells = [r["target"], r["layout"], r["precision"], r["step"], "yes", f"{r['compile_s']:.1f}",
-             "-" if mem is None else f"{mem / 2**20:.0f}", str(r["launches"]["entry"]), loops,
-             "-" if r["flops"] is None else f"{r['flops'] / 1e9:.1f}",
-             "-" if r["bytes_accessed"] is None else f"{r['bytes_accessed'] / 1e9:.2f}"]
+    cells = _cells(r, compile_fmt=".1f", number_fmt="", loop_fmt="{n}(x{trips})", loop_sep=" ")
     return "  ".join(f"{c:<{w}}" for c, (_, w) in zip(cells, COLUMNS, strict=True))
+
+
+def _cells(r: dict[str, Any], *, compile_fmt: str, number_fmt: str, loop_fmt: str, loop_sep: str) -> list[str]:
+    """The cells of a compiled row, for the plain table and the Markdown one (which groups thousands)."""
+    mem = r["memory"]["total"]
+    loops = loop_sep.join(loop_fmt.format(n=lp["launches"], trips=lp["trip_count"]) if lp["trip_count"]
+                          else f"{lp['launches']}" for lp in r["launches"]["loops"]) or "-"
+    return [r["target"], r["layout"], r["precision"], r["step"], "yes", f"{r['compile_s']:{compile_fmt}}",
+            "-" if mem is None else f"{mem / 2**20:{number_fmt}.0f}", str(r["launches"]["entry"]), loops,
+            "-" if r["flops"] is None else f"{r['flops'] / 1e9:{number_fmt}.1f}",
+            "-" if r["bytes_accessed"] is None else f"{r['bytes_accessed'] / 1e9:.2f}"]
 
 
 def header() -> str:
@@ -371,13 +376,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['target']} | {r['layout']} | {r['precision']} | {r['step']} | no: {r['error']} | "
                          f"{r['compile_s']:.0f} |" + " |" * 5)
             continue
-        mem = r["memory"]["total"]
-        loops = ", ".join(f"{lp['launches']}" + (f" (x{lp['trip_count']})" if lp["trip_count"] else "")
-                          for lp in r["launches"]["loops"]) or "-"
-        cells = [r["target"], r["layout"], r["precision"], r["step"], "yes", f"{r['compile_s']:.0f}",
-                 "-" if mem is None else f"{mem / 2**20:,.0f}", str(r["launches"]["entry"]), loops,
-                 "-" if r["flops"] is None else f"{r['flops'] / 1e9:,.1f}",
-                 "-" if r["bytes_accessed"] is None else f"{r['bytes_accessed'] / 1e9:.2f}"]
+        cells = _cells(r, compile_fmt=".0f", number_fmt=",", loop_fmt="{n} (x{trips})", loop_sep=", ")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -123,20 +123,27 @@ def flax_paths(net: str) -> list[str]:
     return ["/".join((e[1], *e[2])) for e in entries(net, "torchvision")]
 
 
-def _to_torch(x: np.ndarray, kind: str) -> np.ndarray:
+#: per conversion kind: (Flax -> torch axes, torch -> Flax axes) of conv kernels, and the counter dtypes
+_CONV_AXES = ((3, 2, 0, 1), (2, 3, 1, 0))
+_COUNT_DTYPES = (np.int64, np.int32)
+
+
+def _convert(x: np.ndarray, kind: str, to_torch: bool) -> np.ndarray:
+    """One tensor between layouts: conv kernels HWIO <-> OIHW, BatchNorm counters int32 <-> int64."""
+    way = 0 if to_torch else 1
     if kind == "conv":
-        x = x.transpose(3, 2, 0, 1)
+        x = x.transpose(_CONV_AXES[way])
     elif kind == "count":
-        x = x.astype(np.int64)
+        x = x.astype(_COUNT_DTYPES[way])
     return np.array(x, order="C")
+
+
+def _to_torch(x: np.ndarray, kind: str) -> np.ndarray:
+    return _convert(x, kind, to_torch=True)
 
 
 def _from_torch(x: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "conv":
-        x = x.transpose(2, 3, 1, 0)
-    elif kind == "count":
-        x = x.astype(np.int32)
-    return np.array(x, order="C")
+    return _convert(x, kind, to_torch=False)
 
 
 def to_state_dict(variables: Mapping, net: str, naming: str) -> dict[str, np.ndarray]:
