@@ -16,6 +16,7 @@ import torch
 import torch_video_reference as tvr
 
 from l2l_jax.errors import WeightsError
+from l2l_jax.numerics import FAST
 from l2l_jax.video import audio, frames
 from l2l_jax.video import convert as C
 from l2l_jax.video import networks as N
@@ -125,7 +126,7 @@ def test_fast_precision_is_close(torch_nets):
     variables = C.visualnet_from_state_dict(numpy_sd(torch_nets["resnet"]))
     x = jnp.asarray(torch_nets["images"].numpy().transpose(0, 2, 3, 1))
     exact = N.VisualNet().apply(variables, x[:1, :32, :32])
-    fast = N.VisualNet(precision="fast").apply(variables, x[:1, :32, :32])
+    fast = N.VisualNet(numerics=FAST).apply(variables, x[:1, :32, :32])
     assert fast.dtype == jnp.float32
     assert rel_err(fast, exact) < 5e-2
 

@@ -201,6 +201,7 @@ class Extractor:
         from jax.sharding import Mesh, NamedSharding
         from jax.sharding import PartitionSpec as P
 
+        from l2l_jax import numerics
         from l2l_jax.video import audio as A
         from l2l_jax.video import frames as F
         from l2l_jax.video.networks import AudioNet, VisualNet
@@ -213,7 +214,8 @@ class Extractor:
         replicated = NamedSharding(mesh, P())
         self.frame_cfg = F.FrameConfig(resize=frame_size, crop=crop)
         self.mel_cfg = A.DEFAULT
-        visual, audio_net = VisualNet(precision), AudioNet(precision)
+        policy = numerics.get(precision)
+        visual, audio_net = VisualNet(policy), AudioNet(policy)
         self.visual_vars = jax.device_put(visual_vars, replicated)
         self.audio_vars = jax.device_put(audio_vars, replicated)
         frame_cfg, mel_cfg = self.frame_cfg, self.mel_cfg

@@ -34,8 +34,10 @@ BatchNorm: torch's BatchNorm2d (momentum 0.1, eps 1e-5). ``train=False`` normali
 statistics (eval mode); ``train=True`` with the batch's biased statistics, and updates the running ones with the
 unbiased variance as torch does (call ``apply(..., mutable=["batch_stats"])``).
 
-Precision: ``"exact"`` (default) computes in float32 at `jax.lax.Precision.HIGHEST` (what the parity tests
-check); ``"fast"`` runs the convolutions on bfloat16 operands (BatchNorm, pooling and the outputs stay float32).
+Numerics: every network takes the run's `l2l_jax.numerics.Numerics` (``numerics=``). ``EXACT`` (default) computes
+in float32 at `jax.lax.Precision.HIGHEST` with torch's two-pass BatchNorm statistics (what the parity tests
+check); ``FAST`` runs the convolutions on bfloat16 operands and takes one-pass BatchNorm moments (BatchNorm,
+pooling and the outputs stay float32).
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from l2l_jax.numerics import EXACT, Numerics
+
 Array = jax.Array
 
-PRECISIONS = ("exact", "fast")
 FEATURE_DIM = 512
 AUDIO_FREQ_POSITIONS = 3  # F' that freq_conv1x1 expects: F = 33..48 input bins
 # (planes, stride of the first block) of layer1..layer4; two BasicBlocks each.
@@ -79,20 +82,11 @@ def uniform(bound: float) -> Callable:
 KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}: expected one of {PRECISIONS}")
-    return precision
-
-
-def conv(features: int, kernel: int, stride: int, padding: int, name: str, precision: str,
+def conv(features: int, kernel: int, stride: int, padding: int, name: str, numerics: Numerics,
          kernel_init: Callable = KAIMING_FAN_OUT, use_bias: bool = False) -> nn.Conv:
     """torch's ``Conv2d(.., kernel, stride, padding)`` on NHWC; kernel (k, k, in, out)."""
-    fast = _check_precision(precision) == "fast"
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((padding, padding),) * 2,
-                   use_bias=use_bias, kernel_init=kernel_init, name=name,
-                   dtype=jnp.bfloat16 if fast else jnp.float32, param_dtype=jnp.float32,
-                   precision=None if fast else jax.lax.Precision.HIGHEST)
+                   use_bias=use_bias, kernel_init=kernel_init, name=name, **numerics.conv_options())
 
 
 class BatchNorm2d(nn.Module):
@@ -104,6 +98,7 @@ class BatchNorm2d(nn.Module):
     momentum: float = 0.1
     eps: float = 1e-5
     scale_init: Callable = nn.initializers.ones
+    numerics: Numerics = EXACT
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -115,10 +110,8 @@ class BatchNorm2d(nn.Module):
         count = self.variable("batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32))
         x = x.astype(jnp.float32)
         if train:
-            axes = tuple(range(x.ndim - 1))
             n = math.prod(x.shape[:-1])
-            mean = jnp.mean(x, axis=axes)
-            var = jnp.mean(jnp.square(x - mean), axis=axes)
+            mean, var = self.numerics.moments(x, tuple(range(x.ndim - 1)))
             if not self.is_initializing():
                 unbiased = var * (n / max(n - 1, 1))
                 ra_mean.value = (1.0 - self.momentum) * ra_mean.value + self.momentum * mean
@@ -134,12 +127,12 @@ class Downsample(nn.Module):
 
     planes: int
     stride: int
-    precision: str = "exact"
+    numerics: Numerics = EXACT
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        x = conv(self.planes, 1, self.stride, 0, "0", self.precision)(x)
-        return BatchNorm2d(name="1")(x, train)
+        x = conv(self.planes, 1, self.stride, 0, "0", self.numerics)(x)
+        return BatchNorm2d(numerics=self.numerics, name="1")(x, train)
 
 
 class BasicBlock(nn.Module):
@@ -148,17 +141,17 @@ class BasicBlock(nn.Module):
 
     planes: int
     stride: int = 1
-    precision: str = "exact"
+    numerics: Numerics = EXACT
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         identity = x
-        y = conv(self.planes, 3, self.stride, 1, "conv1", self.precision)(x)
-        y = nn.relu(BatchNorm2d(name="bn1")(y, train))
-        y = conv(self.planes, 3, 1, 1, "conv2", self.precision)(y)
-        y = BatchNorm2d(name="bn2")(y, train)
+        y = conv(self.planes, 3, self.stride, 1, "conv1", self.numerics)(x)
+        y = nn.relu(BatchNorm2d(numerics=self.numerics, name="bn1")(y, train))
+        y = conv(self.planes, 3, 1, 1, "conv2", self.numerics)(y)
+        y = BatchNorm2d(numerics=self.numerics, name="bn2")(y, train)
         if self.stride != 1 or x.shape[-1] != self.planes:
-            identity = Downsample(self.planes, self.stride, self.precision, name="downsample")(x, train)
+            identity = Downsample(self.planes, self.stride, self.numerics, name="downsample")(x, train)
         return nn.relu(y + identity.astype(y.dtype))
 
 
@@ -168,12 +161,12 @@ class ResLayer(nn.Module):
     planes: int
     stride: int
     blocks: int = 2
-    precision: str = "exact"
+    numerics: Numerics = EXACT
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         for i in range(self.blocks):
-            x = BasicBlock(self.planes, self.stride if i == 0 else 1, self.precision, name=str(i))(x, train)
+            x = BasicBlock(self.planes, self.stride if i == 0 else 1, self.numerics, name=str(i))(x, train)
         return x
 
 
@@ -186,15 +179,15 @@ class ResNet18Trunk(nn.Module):
 
     conv1_stride: int = 2
     conv1_init: Callable = KAIMING_FAN_OUT
-    precision: str = "exact"
+    numerics: Numerics = EXACT
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        x = conv(64, 7, self.conv1_stride, 3, "conv1", self.precision, kernel_init=self.conv1_init)(x)
-        x = nn.relu(BatchNorm2d(name="bn1")(x, train))
+        x = conv(64, 7, self.conv1_stride, 3, "conv1", self.numerics, kernel_init=self.conv1_init)(x)
+        x = nn.relu(BatchNorm2d(numerics=self.numerics, name="bn1")(x, train))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for i, (planes, stride) in enumerate(RESNET18_LAYERS, start=1):
-            x = ResLayer(planes, stride, 2, self.precision, name=f"layer{i}")(x, train)
+            x = ResLayer(planes, stride, 2, self.numerics, name=f"layer{i}")(x, train)
         return x.astype(jnp.float32)
 
 
@@ -203,13 +196,13 @@ class VisualNet(nn.Module):
 
     Input (B, H, W, 3) float32, normalised with ImageNet's mean and std (`l2l_jax.video.frames`)."""
 
-    precision: str = "exact"
+    numerics: Numerics = EXACT
 
     @nn.compact
     def __call__(self, images: Array, train: bool = False) -> Array:
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"VisualNet takes NHWC images (B, H, W, 3); got shape {images.shape}")
-        x = ResNet18Trunk(conv1_stride=2, precision=self.precision, name="resnet")(images, train)
+        x = ResNet18Trunk(conv1_stride=2, numerics=self.numerics, name="resnet")(images, train)
         return jnp.mean(x, axis=(1, 2))
 
 
@@ -221,7 +214,7 @@ class AudioNet(nn.Module):
     (`l2l_jax.video.audio`). New layers start as upstream's: conv1 weight N(0, 0.02), freq_conv1x1 weight
     N(0, 0.02), bias U(+-1/sqrt(3))."""
 
-    precision: str = "exact"
+    numerics: Numerics = EXACT
 
     @nn.compact
     def __call__(self, spectrogram: Array, train: bool = False) -> Array:
@@ -232,7 +225,7 @@ class AudioNet(nn.Module):
         if freq != AUDIO_FREQ_POSITIONS:
             raise ValueError(f"AudioNet needs 33..48 frequency bins (they reduce to the {AUDIO_FREQ_POSITIONS} "
                              f"positions freq_conv1x1 mixes); got F = {x.shape[2]}, which reduces to {freq}")
-        x = ResNet18Trunk(conv1_stride=1, conv1_init=normal(0.0, 0.02), precision=self.precision,
+        x = ResNet18Trunk(conv1_stride=1, conv1_init=normal(0.0, 0.02), numerics=self.numerics,
                           name="resnet")(x, train)  # (B, T', 3, 512)
         x = jnp.swapaxes(x, 2, 3)  # (B, T', 512, 3): the frequency positions are the channels
         x = nn.Conv(1, (1, 1), kernel_init=normal(0.0, 0.02),
@@ -267,5 +260,5 @@ def init_variables(net: nn.Module, seed: int | Array = 0) -> dict[str, Any]:
     return net.init(key, dummy)
 
 
-__all__ = ["AUDIO_FREQ_POSITIONS", "FEATURE_DIM", "PRECISIONS", "AudioNet", "BasicBlock", "BatchNorm2d",
+__all__ = ["AUDIO_FREQ_POSITIONS", "FEATURE_DIM", "AudioNet", "BasicBlock", "BatchNorm2d",
            "Downsample", "ResLayer", "ResNet18Trunk", "VisualNet", "init_variables", "new_audio_layers"]
