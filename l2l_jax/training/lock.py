@@ -35,10 +35,12 @@ def _alive(pid: int) -> bool:
 
 
 class RunLock:
-    """``with RunLock(run_dir) as lock:`` (or `acquire` / `release`); `warnings` lists what was taken over."""
+    """``with RunLock(run_dir) as lock:`` (or `acquire` / `release`); `warnings` lists what was taken over.
+    `flag` is the program's flag naming the directory, used in the messages (l2l-finetune: ``--out``)."""
 
-    def __init__(self, run_dir: str | os.PathLike):
+    def __init__(self, run_dir: str | os.PathLike, flag: str = "--checkpoint_path"):
         self.run_dir = Path(run_dir).absolute()
+        self.flag = flag
         self.path = self.run_dir / LOCK_NAME
         self.warnings: list[str] = []
         self._mine: dict[str, Any] | None = None
@@ -50,13 +52,13 @@ class RunLock:
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise ConfigError(f"--checkpoint_path {self.run_dir}: cannot read its lock {self.path} ({e})") from None
+            raise ConfigError(f"{self.flag} {self.run_dir}: cannot read its lock {self.path} ({e})") from None
         try:
             holder = json.loads(text)
             if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
                 raise ValueError
         except ValueError:
-            raise ConfigError(f"--checkpoint_path {self.run_dir}: its lock {self.path} is not a run's lock record; "
+            raise ConfigError(f"{self.flag} {self.run_dir}: its lock {self.path} is not a run's lock record; "
                               "if no run writes there, remove the file") from None
         return holder
 
@@ -82,7 +84,7 @@ class RunLock:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ConfigError(f"--checkpoint_path {self.run_dir}: cannot create the run directory ({e})") from None
+            raise ConfigError(f"{self.flag} {self.run_dir}: cannot create the run directory ({e})") from None
         record = {"host": socket.gethostname(), "pid": os.getpid(),
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         for _ in range(3):
@@ -91,15 +93,15 @@ class RunLock:
                     self._mine = record
                     return self
             except OSError as e:
-                raise ConfigError(f"--checkpoint_path {self.run_dir}: cannot create its lock {self.path} ({e})") \
+                raise ConfigError(f"{self.flag} {self.run_dir}: cannot create its lock {self.path} ({e})") \
                     from None
             holder = self._read()
             if holder is None:  # released meanwhile: try again
                 continue
             where = f"host {holder.get('host')} pid {holder['pid']} (since {holder.get('started', '?')})"
             if holder.get("host") != record["host"] or _alive(holder["pid"]):
-                raise ConfigError(f"--checkpoint_path {self.run_dir}: another run writes there ({where}; lock "
-                                  f"{self.path}). Wait for it to end or choose another --checkpoint_path; if it is "
+                raise ConfigError(f"{self.flag} {self.run_dir}: another run writes there ({where}; lock "
+                                  f"{self.path}). Wait for it to end or choose another {self.flag}; if it is "
                                   "not running, remove the lock")
             # a dead process's lock: take it over (rename first, so two takers cannot both remove a live lock)
             stale = self.path.with_name(f"{LOCK_NAME}.stale.{os.getpid()}")
@@ -109,9 +111,9 @@ class RunLock:
                 continue
             with contextlib.suppress(OSError):
                 os.unlink(stale)
-            self.warnings.append(f"--checkpoint_path {self.run_dir}: took over the lock of a run that is no longer "
+            self.warnings.append(f"{self.flag} {self.run_dir}: took over the lock of a run that is no longer "
                                  f"running ({where})")
-        raise ConfigError(f"--checkpoint_path {self.run_dir}: could not take the lock {self.path}; another run is "
+        raise ConfigError(f"{self.flag} {self.run_dir}: could not take the lock {self.path}; another run is "
                           "starting there")
 
     def release(self) -> None:
