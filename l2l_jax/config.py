@@ -9,8 +9,8 @@ Facts decided here, once:
   data.py does (§1; the single variant has no such flag);
 - the data-loading threads: ``--decode_threads``, capped at `MAX_THREADS`;
 - ``--layout auto|dense|chunk`` (`l2l_jax.layouts.resolve`);
-- ``--precision exact|fast`` (`l2l_jax.precision`): the model's matmul precision, and in fast mode the loader
-  streams features in 16 bits.
+- ``--precision exact|fast``: the run's numerics policy (`numerics`, built once here and passed to the model and
+  layouts: products, storage, reductions, BatchNorm); in fast mode the loader streams features in 16 bits.
 (§N: sections of docs/UPSTREAM.md.)
 """
 
@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from l2l_jax import numerics as numerics_policy
 from l2l_jax.errors import ConfigError, WeightsError
 from l2l_jax.model import FEATURE_DIM, PreviewConfig
 from l2l_jax.recipe import Recipe
@@ -46,6 +47,14 @@ def read_subsample(cfg: Config) -> int:
     return 1
 
 
+def numerics(cfg: Config) -> numerics_policy.Numerics:
+    """The run's numerics policy from --precision (exact when unset)."""
+    try:
+        return numerics_policy.get(cfg.get("precision") or "exact")
+    except ValueError as e:
+        raise ConfigError(f"--precision: {e}") from None
+
+
 def model_config(cfg: Config) -> PreviewConfig:
     """The policy's switches from the flags (the same for training and evaluation)."""
     return PreviewConfig(num_classes=int(cfg["num_classes"]), episode_length=int(cfg["episode_length"]),
@@ -53,7 +62,7 @@ def model_config(cfg: Config) -> PreviewConfig:
                          with_replacement=bool(cfg["with_replacement"]),
                          feature_interpolate=bool(cfg["feature_interpolate"]),
                          subsample_factor=int(cfg["subsample_factor"]), feature_dim=feature_width(cfg),
-                         precision=cfg.get("precision") or "exact")
+                         numerics=numerics(cfg))
 
 
 def recipe(cfg: Config, iters_per_epoch: int) -> Recipe:
@@ -105,7 +114,13 @@ def loader_options(cfg: Config) -> LoaderOptions:
     return LoaderOptions(batch_size=int(cfg["batch_size"]), seed=int(cfg["seed"]), buckets=tuple(cfg["buckets"]),
                          subsample=read_subsample(cfg), num_threads=threads, prefetch=threads,
                          chunk_groups=layouts.chunk_groups(layout(cfg)),
-                         feature_dtype="float16" if cfg.get("precision") == "fast" else None)
+                         feature_dtype=transfer_dtype(cfg))
+
+
+def transfer_dtype(cfg: Config) -> str | None:
+    """The dtype the loader hands features to the device in: float16 when the numerics store features in
+    16 bits (the step converts them to its storage dtype), else as stored on disk (None)."""
+    return "float16" if numerics(cfg).storage_dtype != np.float32 else None
 
 
 def split_options(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
@@ -245,4 +260,4 @@ def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
 
 __all__ = ["MAX_THREADS", "LoaderOptions", "check", "check_buckets", "eval_weights", "feature_width",
            "initial_variables", "layout", "loader_options", "make_eval_loader", "make_train_loader", "model_config",
-           "read_subsample", "recipe", "sort_by_length", "split_options"]
+           "numerics", "read_subsample", "recipe", "sort_by_length", "split_options", "transfer_dtype"]

@@ -26,8 +26,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from l2l_jax.exact import TIE_WINDOW, canonical_scores, padded_softmax, tie_map
+from l2l_jax.exact import TIE_WINDOW
 from l2l_jax.layouts import DenseLayout, Layout
+from l2l_jax.numerics import EXACT, Numerics
 from l2l_jax.torch_ops import (
     TorchBatchNorm,
     WeightNormLSTMCell,
@@ -58,19 +59,19 @@ class PreviewConfig:
     subsample_factor: int = 1
     feature_dim: int = FEATURE_DIM  # D; the two-modality model requires 512
     hard_audio_index: bool = False  # quirk 10: hard mode indexes the audio bank with the image index unless set
-    precision: str = "exact"  # matmul precision (`l2l_jax.precision`): exact = float32 as upstream (quirk 29), or fast
+    numerics: Numerics = EXACT  # `l2l_jax.numerics`: EXACT computes what upstream does (quirk 29), or FAST
 
 
 class ImageAudioNet(nn.Module):
     """Fusion net: cat(image, audio) -> Linear(1024,1024) -> ReLU -> Linear(1024,512) (section 3)."""
 
-    precision: str = "exact"
+    numerics: Numerics = EXACT
 
     @nn.compact
     def __call__(self, image: Array, audio: Array) -> Array:
         x = jnp.concatenate([image, audio], axis=-1)
-        x = nn.relu(torch_dense(1024, 1024, "imageAudio_fc1", self.precision)(x))
-        return torch_dense(FEATURE_DIM, 1024, "imageAudio_fc2", self.precision)(x)
+        x = nn.relu(torch_dense(1024, 1024, "imageAudio_fc1", self.numerics)(x))
+        return torch_dense(FEATURE_DIM, 1024, "imageAudio_fc2", self.numerics)(x)
 
 
 class Classifier(nn.Module):
@@ -78,22 +79,22 @@ class Classifier(nn.Module):
 
     num_classes: int
     in_features: int = FEATURE_DIM
-    precision: str = "exact"
+    numerics: Numerics = EXACT
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        return torch_dense(self.num_classes, self.in_features, "classifier", self.precision)(x)
+        return torch_dense(self.num_classes, self.in_features, "classifier", self.numerics)(x)
 
 
 class ImageAudioClassifier(nn.Module):
     """Fusion net + classifier (upstream's ImageAudioClassify container, the released ImageAudioNet weights)."""
 
     num_classes: int
-    precision: str = "exact"
+    numerics: Numerics = EXACT
 
     def setup(self):
-        self.net_imageAudio = ImageAudioNet(self.precision)
-        self.net_classifier = Classifier(self.num_classes, FEATURE_DIM, self.precision)
+        self.net_imageAudio = ImageAudioNet(self.numerics)
+        self.net_classifier = Classifier(self.num_classes, FEATURE_DIM, self.numerics)
 
     def __call__(self, image: Array, audio: Array) -> tuple[Array, Array]:
         """Returns (fused (N,512), logits (N,C))."""
@@ -104,13 +105,13 @@ class ImageAudioClassifier(nn.Module):
 class QueryMLP(nn.Module):
     """Linear(1024,1024) -> BatchNorm1d -> ReLU -> Linear(1024,512): the query from the LSTM state."""
 
-    precision: str = "exact"
+    numerics: Numerics = EXACT
 
     @nn.compact
     def __call__(self, h: Array, valid: Array, train: bool) -> Array:
-        x = torch_dense(HIDDEN, HIDDEN, "fc1", self.precision)(h)
-        x = nn.relu(TorchBatchNorm(HIDDEN, name="bn")(x, valid, train))
-        return torch_dense(KEY_DIM, HIDDEN, "fc2", self.precision)(x)
+        x = torch_dense(HIDDEN, HIDDEN, "fc1", self.numerics)(h)
+        x = nn.relu(TorchBatchNorm(HIDDEN, numerics=self.numerics, name="bn")(x, valid, train))
+        return torch_dense(KEY_DIM, HIDDEN, "fc2", self.numerics)(x)
 
 
 class Conv1x1(nn.Module):
@@ -119,7 +120,7 @@ class Conv1x1(nn.Module):
 
     features: int
     in_features: int
-    precision: str = "exact"
+    numerics: Numerics = EXACT
 
     @nn.compact
     def __call__(self, x: Array, weights: Array, layout: Layout) -> tuple[Array, Array]:
@@ -138,20 +139,24 @@ class KeyConv(nn.Module):
     and whose conv output is the bias exactly, as one weighted row (`l2l_jax.layouts`)."""
 
     in_features: int
-    precision: str = "exact"
+    numerics: Numerics = EXACT
 
     @nn.compact
-    def __call__(self, x: Array, weights: Array, train: bool, layout: Layout) -> tuple[Array, Array]:
-        """x: features in the layout. Returns the keys (in the layout) and, for `tie_map`, the keys of every
-        row's first TIE_WINDOW positions (B, W, K) (no gradient)."""
-        y, bias = Conv1x1(KEY_DIM, self.in_features, self.precision, name="conv")(x, weights, layout)
+    def __call__(self, x: Array, weights: Array, train: bool, layout: Layout) -> tuple[Array, Array | None]:
+        """x: features in the layout. Returns the keys (in the layout, in the numerics' storage dtype) and,
+        for the tie map (exact numerics only, else None), the keys of every row's first TIE_WINDOW positions
+        (B, W, K) (no gradient)."""
+        numerics = self.numerics
+        y, bias = Conv1x1(KEY_DIM, self.in_features, numerics, name="conv")(x, weights, layout)
         w, implicit = layout.statistics(weights, bias)
-        bn = TorchBatchNorm(KEY_DIM, scale_init_std=0.02, name="bn")
+        bn = TorchBatchNorm(KEY_DIM, scale_init_std=0.02, numerics=numerics, name="bn")
         if implicit is None:
-            keys, fill = nn.relu(bn(y, w, train)), None
+            keys, fill = numerics.store(nn.relu(bn(y, w, train))), None
         else:
             y, fill = bn(y, w, train, implicit=implicit)
-            keys, fill = nn.relu(y), jax.lax.stop_gradient(nn.relu(fill))
+            keys, fill = numerics.store(nn.relu(y)), jax.lax.stop_gradient(numerics.store(nn.relu(fill)))
+        if not numerics.exact_sums:
+            return keys, None
         head = layout.head(jax.lax.stop_gradient(keys), fill, min(TIE_WINDOW, layout.length))
         return keys, head
 
@@ -164,7 +169,7 @@ def sample_start(key: Array, mask: Array, length: Array | None = None) -> Array:
     return jnp.argmax(r, axis=1).astype(jnp.int32)
 
 
-def attention_scores(query: Array, keys: Array, mask: Array, inside: Array, ties: Array,
+def attention_scores(query: Array, keys: Array, mask: Array, inside: Array, ties: Array | None,
                      layout: Layout) -> Array:
     """Masked scaled scores (B, Lb). The layout computes the dot products so that a position's score does
     not depend on the bucket length Lb; `ties`
@@ -172,7 +177,7 @@ def attention_scores(query: Array, keys: Array, mask: Array, inside: Array, ties
     identical rows get identical scores and ties resolve to the first copy (section 4).
     Upstream's mask: s*m + (1-m)*(-1e35); positions beyond L (bucket padding) get -inf, so they keep
     probability exactly 0 even in a fully masked row (which is then uniform over the L positions)."""
-    s = canonical_scores(layout.scores(query, keys), ties) / jnp.float32(SCORE_SCALE)
+    s = layout.numerics.canonical(layout.scores(query, keys), ties) / jnp.float32(SCORE_SCALE)
     s = s * mask + (1.0 - mask) * jnp.float32(MASKED_SCORE)
     return jnp.where(inside, s, -jnp.inf)
 
@@ -189,7 +194,7 @@ def _bank(x: Array, mask: Array, length: Array, cfg: PreviewConfig, layout: Layo
     module docstring's precondition), so the bank is x."""
     if cfg.feature_interpolate and cfg.subsample_factor > 1:
         dense = interp_time(layout.to_dense(x), length, cfg.subsample_factor) * mask[..., None]
-        return layout.from_dense(dense)
+        return layout.numerics.store(layout.from_dense(dense))
     return x
 
 
@@ -209,7 +214,7 @@ class PreviewModel(nn.Module):
     cfg: PreviewConfig
 
     def setup(self):
-        cfg, p = self.cfg, self.cfg.precision
+        cfg, p = self.cfg, self.cfg.numerics
         if cfg.feature_dim != FEATURE_DIM:
             raise ValueError(f"the two-modality model needs 512-wide features, got feature_dim={cfg.feature_dim}")
         self.net_imageAudio = ImageAudioNet(p)
@@ -230,13 +235,13 @@ class PreviewModel(nn.Module):
         b, lb = mask.shape
         valid = jnp.ones((b,), jnp.float32) if valid is None else valid.astype(jnp.float32)
         inside = jnp.arange(lb)[None, :] < length  # (1, Lb): positions of upstream's batch
-        layout = (DenseLayout(b, lb) if layout is None else layout)._replace(precision=cfg.precision)
+        layout = (DenseLayout(b, lb) if layout is None else layout)._replace(numerics=cfg.numerics)
         image, audio = layout.features(image), layout.features(audio)
         bank_i, bank_a = _bank(image, mask, length, cfg, layout), _bank(audio, mask, length, cfg, layout)
         key_w = valid[:, None] * inside
         keys_i, head_i = self.image_key_conv1x1(bank_i, key_w, train, layout)
         keys_a, head_a = self.audio_key_conv1x1(bank_a, key_w, train, layout)
-        ties_i, ties_a = tie_map(head_i), tie_map(head_a)
+        ties_i, ties_a = cfg.numerics.ties(head_i), cfg.numerics.ties(head_a)
         if cfg.mean_feature_as_start:
             count = jnp.sum(mask, axis=1, keepdims=True)
             x_i, x_a = layout.row_sums(bank_i) / count, layout.row_sums(bank_a) / count
@@ -263,8 +268,8 @@ class PreviewModel(nn.Module):
             q_i = mdl.image_queryfeature_mlp(h, valid, train)
             q_a = mdl.audio_queryfeature_mlp(h, valid, train)
             logits = mdl.prediction_fc(h)
-            p_i = padded_softmax(attention_scores(q_i, keys_i, m_i, inside, ties_i, layout))
-            p_a = padded_softmax(attention_scores(q_a, keys_a, m_a, inside, ties_a, layout))
+            p_i = cfg.numerics.softmax(attention_scores(q_i, keys_i, m_i, inside, ties_i, layout))
+            p_a = cfg.numerics.softmax(attention_scores(q_a, keys_a, m_a, inside, ties_a, layout))
             i_idx = jnp.argmax(p_i, axis=-1).astype(jnp.int32)  # argmax of probabilities (quirk 7)
             a_idx = jnp.argmax(p_a, axis=-1).astype(jnp.int32)
             w = jax.nn.softmax(mdl.modality_attention(h), axis=-1)
@@ -299,7 +304,7 @@ class SinglePreviewModel(nn.Module):
     cfg: PreviewConfig
 
     def setup(self):
-        cfg, p = self.cfg, self.cfg.precision
+        cfg, p = self.cfg, self.cfg.numerics
         self.net_classifier = Classifier(cfg.num_classes, cfg.feature_dim, p)
         self.queryfeature_mlp = QueryMLP(p)
         self.prediction_fc = torch_dense(cfg.num_classes, HIDDEN, "prediction_fc", p)
@@ -314,12 +319,12 @@ class SinglePreviewModel(nn.Module):
         b, lb = mask.shape
         valid = jnp.ones((b,), jnp.float32) if valid is None else valid.astype(jnp.float32)
         inside = jnp.arange(lb)[None, :] < length
-        layout = (DenseLayout(b, lb) if layout is None else layout)._replace(precision=cfg.precision)
+        layout = (DenseLayout(b, lb) if layout is None else layout)._replace(numerics=cfg.numerics)
         features = layout.features(features)
         bank = _bank(features, mask, length, cfg, layout)
         # keys from RAW features (quirk 18)
         keys, head = self.key_conv1x1(features, valid[:, None] * inside, train, layout)
-        ties = tie_map(head)
+        ties = cfg.numerics.ties(head)
         if cfg.mean_feature_as_start:
             x = layout.row_sums(features) / jnp.sum(mask, axis=1, keepdims=True)
         else:
@@ -339,9 +344,9 @@ class SinglePreviewModel(nn.Module):
             h, c = mdl.rnn(x, h, c, w_rnn)
             q = mdl.queryfeature_mlp(h, valid, train)
             logits = mdl.prediction_fc(h)
-            p = padded_softmax(attention_scores(q, keys, m, inside, ties, layout))
-            j = jnp.argmax(p, axis=-1).astype(jnp.int32)
-            soft = layout.attend(p[..., None], bank)[:, 0]
+            probs = cfg.numerics.softmax(attention_scores(q, keys, m, inside, ties, layout))
+            j = jnp.argmax(probs, axis=-1).astype(jnp.int32)
+            soft = layout.attend(probs[..., None], bank)[:, 0]
             chosen = layout.pick(features, j)  # upstream's "gt" rows: the raw features again (quirk 19)
             nx = layout.pick(bank, j) if hard else soft  # hard input for the next step only (quirk 20)
             active = jnp.logical_not(done)
@@ -380,7 +385,7 @@ def init_variables(cfg: PreviewConfig, variant: str, key: Array) -> dict:
     `variant` is "two", "single" or "imageaudionet" (fusion net + classifier only)."""
     if variant == "imageaudionet":
         x = jnp.zeros((1, FEATURE_DIM), jnp.float32)
-        return ImageAudioClassifier(cfg.num_classes, cfg.precision).init(key, x, x)
+        return ImageAudioClassifier(cfg.num_classes, cfg.numerics).init(key, x, x)
     model = build_model(cfg, variant)
     b, lb = 2, 10
     mask = jnp.ones((b, lb), jnp.float32)

@@ -18,8 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from l2l_jax import precision as prec
 from l2l_jax.exact import position_sum, spread
+from l2l_jax.numerics import EXACT, Numerics
 
 Array = jax.Array
 
@@ -41,13 +41,13 @@ def normal(mean: float, std: float):
     return init
 
 
-def torch_dense(features: int, fan_in: int, name: str, precision: str, weight_std: float | None = 0.02):
+def torch_dense(features: int, fan_in: int, name: str, numerics: Numerics, weight_std: float | None = 0.02):
     """A Linear layer with upstream's init: weight N(0, weight_std) (torch's default U(+-1/sqrt(fan_in)) when
     None), bias U(+-1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in)
     kernel_init = normal(0.0, weight_std) if weight_std is not None else torch_uniform(bound)
     return nn.Dense(features, kernel_init=kernel_init, bias_init=torch_uniform(bound), name=name,
-                    **prec.dense_options(precision))
+                    **numerics.dense_options())
 
 
 class TorchBatchNorm(nn.Module):
@@ -59,12 +59,15 @@ class TorchBatchNorm(nn.Module):
     materialising them (the key conv's zero positions, `l2l_jax.packing`); then the call returns
     (normalised x, normalised row). Without `implicit` the sums are `position_sum` trees (invariant to
     filler rows); with it, x is in the chunk layout, whose shape does not depend on the bucket, and plain sums do.
+    Under numerics without exact sums (FAST) the statistics are one-pass float32 moments with plain sums
+    (`Numerics.moments`), so a sharded batch costs one all-reduce, and x may be bfloat16.
     """
 
     features: int
     scale_init_std: float = 0.0  # 0: scale starts at 1 (BatchNorm1d); 0.02: N(1, 0.02) (BatchNorm2d in upstream)
     momentum: float = 0.1
     eps: float = 1e-5
+    numerics: Numerics = EXACT
 
     @nn.compact
     def __call__(self, x: Array, weights: Array, train: bool,
@@ -76,6 +79,9 @@ class TorchBatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((self.features,), jnp.float32))
         count = self.variable("batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32))
         lead = x.ndim - 1
+        numerics = self.numerics
+        if not numerics.exact_sums:
+            return self._plain(x, weights, train, implicit, scale, bias, ra_mean, ra_var, count)
         w = weights.astype(x.dtype)
         if train:
             counted = (w > 0)[..., None]
@@ -103,6 +109,36 @@ class TorchBatchNorm(nn.Module):
             return (x - mean) * (inv * scale) + bias, (implicit[1] - mean) * (inv * scale) + bias
         return (x - spread(mean, w)) * spread(inv * scale, w) + spread(bias, w)
 
+    def _plain(self, x, weights, train, implicit, scale, bias, ra_mean, ra_var, count):
+        """The statistics with plain reductions (numerics without exact sums): one-pass float32 moments of
+        the counted entries, plus `implicit` rows; x may be bfloat16 (the result is float32)."""
+        axes = tuple(range(x.ndim - 1))
+        counted = (weights > 0)[..., None]
+        if train:
+            n = jnp.sum(weights.astype(jnp.float32))
+            if implicit is None:
+                mean, var = self.numerics.moments(x, axes, counted, n)
+            else:
+                extra, row = implicit
+                n = n + extra
+                zero = jnp.zeros((), jnp.float32)
+                x32 = jnp.where(counted, x.astype(jnp.float32), zero)
+                mean = (jnp.sum(x32, axis=axes) + extra * row) / n
+                var = jnp.maximum((jnp.sum(jnp.square(x32), axis=axes) + extra * jnp.square(row)) / n
+                                  - jnp.square(mean), zero)
+            if not self.is_initializing():
+                ra_mean.value = (1.0 - self.momentum) * ra_mean.value + self.momentum * mean
+                ra_var.value = (1.0 - self.momentum) * ra_var.value + self.momentum * var * (n / (n - 1.0))
+                count.value = count.value + 1
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        mul = jax.lax.rsqrt(var + self.eps) * scale
+        add = bias - mean * mul
+        out = x.astype(jnp.float32) * mul + add
+        if implicit is not None:
+            return out, implicit[1] * mul + add
+        return out
+
 
 def weight_norm(g: Array, v: Array) -> Array:
     """torch.nn.utils.weight_norm with dim=0: each row of v scaled to norm g (no epsilon)."""
@@ -118,7 +154,7 @@ class WeightNormLSTMCell(nn.Module):
 
     input_size: int
     hidden_size: int = 1024
-    precision: str = "exact"
+    numerics: Numerics = EXACT
 
     def setup(self):
         h4, bound = 4 * self.hidden_size, 1.0 / math.sqrt(self.hidden_size)
@@ -137,7 +173,7 @@ class WeightNormLSTMCell(nn.Module):
         return jnp.concatenate([w_ih, w_hh], axis=1).T
 
     def __call__(self, x: Array, h: Array, c: Array, w: Array) -> tuple[Array, Array]:
-        gates = prec.dot(jnp.concatenate([x, h], axis=-1), w, self.precision) + (self.bias_ih + self.bias_hh)
+        gates = self.numerics.dot(jnp.concatenate([x, h], axis=-1), w) + (self.bias_ih + self.bias_hh)
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)

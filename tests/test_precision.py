@@ -1,6 +1,7 @@
-"""`--precision exact|fast`: exact is the default everywhere and is what every parity test runs; fast runs
-bfloat16 matrix products with float32 accumulation, keeps parameters, optimizer state, BatchNorm statistics
-and losses in float32, streams features in 16 bits, and stays close to exact."""
+"""`--precision exact|fast` and the numerics policy it selects: exact is the default everywhere and is what
+every parity test runs; fast runs bfloat16 matrix products with float32 accumulation, stores features, keys
+and banks in bfloat16, reduces with plain sums, keeps parameters, optimizer state, BatchNorm statistics and
+losses in float32, streams features in 16 bits, and stays close to exact."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from fixture_inputs import case_weights, clip_features, eval_collate, in_layout,
 
 from l2l_jax import cli, config, torch_names
 from l2l_jax.model import PreviewConfig, build_model, init_variables
+from l2l_jax.numerics import EXACT, FAST
 from l2l_jax.recipe import Recipe
 from l2l_jax.steps import create_train_state, make_eval_step, make_train_step
 
@@ -22,11 +24,11 @@ def test_exact_is_the_default_of_flags_model_and_loader():
     for program in ("train", "eval"):
         cfg = cli.resolve(program, [])
         assert cfg.precision == "exact"
-        assert config.model_config(cfg).precision == "exact"
+        assert config.model_config(cfg).numerics is EXACT
         assert config.loader_options(cfg).feature_dtype is None
-    assert PreviewConfig(num_classes=3).precision == "exact"
+    assert PreviewConfig(num_classes=3).numerics is EXACT
     fast = cli.resolve("eval", ["--precision", "fast"])
-    assert config.model_config(fast).precision == "fast"
+    assert config.model_config(fast).numerics is FAST
     assert config.loader_options(fast).feature_dtype == "float16"
 
 
@@ -47,10 +49,10 @@ def test_fast_stays_close_to_exact_on_the_fixture_cases(case, layout):
     cfg = PreviewConfig(num_classes=case["num_classes"], episode_length=case["E"],
                         mean_feature_as_start=case["mean_start"], with_replacement=case["no_repeat"],
                         feature_interpolate=case["interpolate"], subsample_factor=case["subsample"])
-    out = {p: build_model(dataclasses.replace(cfg, precision=p), "two").apply(
+    out = {p: build_model(dataclasses.replace(cfg, numerics=p), "two").apply(
         variables, image, audio, mask, jnp.int32(mask.shape[1]), ref["start_idx"], None, lay) for p in
-        ("exact", "fast")}
-    exact, fast = (np.asarray(out[p]["avgpool_logits"]) for p in ("exact", "fast"))
+        (EXACT, FAST)}
+    exact, fast = (np.asarray(out[p]["avgpool_logits"]) for p in (EXACT, FAST))
     assert fast.dtype == np.float32
     assert np.linalg.norm(fast - exact) / np.linalg.norm(exact) < 2e-2
     np.testing.assert_array_equal(np.argmax(fast, 1), np.argmax(exact, 1))
@@ -62,7 +64,7 @@ def test_fast_stays_close_to_exact_on_the_fixture_cases(case, layout):
 def test_fast_train_and_eval_steps_keep_float32_state(variant, layout):
     d = 512 if variant == "two" else 24
     cfg = PreviewConfig(num_classes=5, feature_dim=d, mean_feature_as_start=True, with_replacement=True,
-                        precision="fast")
+                        numerics=FAST)
     model = build_model(cfg, variant)
     variables = init_variables(cfg, variant, jax.random.key(0))
     rng = np.random.default_rng(0)

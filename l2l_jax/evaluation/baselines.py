@@ -125,7 +125,7 @@ def baseline_logits(params: Mapping, batch: Mapping, cfg: PreviewConfig, variant
     """Logits of every registered baseline, ``<name>_logits`` (B, C), and of the k-step curves,
     ``uniform_steps_logits`` and ``policy_steps_logits`` (B, E, C), for one batch (inside jit). `rand_keys`
     (B,) are the videos' keys for the random draws; `policy_out` is the model's output on the batch."""
-    e, c, p = cfg.episode_length, cfg.num_classes, cfg.precision
+    e, c, p = cfg.episode_length, cfg.num_classes, cfg.numerics
     mask = batch["mask"]
     n = jnp.sum(mask, axis=1)
     classify = Classifier(c, cfg.feature_dim, p)

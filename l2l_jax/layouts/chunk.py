@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_jax import precision as prec
+from l2l_jax.numerics import EXACT, Numerics
 
 Array = jax.Array
 
@@ -177,7 +177,7 @@ class ChunkLayout(NamedTuple):
     chunk_dense: Array  # (G, S): chunk position -> dense position, P if none
     dense_chunk: Array  # (G, P): dense position -> chunk position, S if outside every chunk
     owner: Array  # (G, R, C) float32: one-hot, the row of each chunk (0 for unused chunks)
-    precision: str = "exact"  # of the scores, attended features and key conv (`l2l_jax.precision`)
+    numerics: Numerics = EXACT  # of the scores, attended features and key conv (`l2l_jax.numerics`)
 
     def features(self, x: Array) -> Array:
         return as_chunks(x, self)
@@ -194,7 +194,7 @@ class ChunkLayout(NamedTuple):
 
     def conv(self, x: Array, kernel: Array, bias: Array, weights: Array) -> Array:
         # exactly what flax's nn.Dense computes, on the chunk positions only
-        y = prec.dot(x, kernel, self.precision)
+        y = self.numerics.dot(x, kernel)
         return y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
 
     def statistics(self, weights: Array, bias: Array) -> tuple[Array, tuple[Array, Array]]:
@@ -246,7 +246,7 @@ def as_chunks(x: Array, layout: ChunkLayout) -> Array:
     safe.) Positions outside the mask must hold zero features, as upstream's collate writes."""
     if x.shape[:2] == (layout.groups * layout.rows, layout.length):
         x = to_chunks(x, layout)
-    return x.astype(prec.feature_dtype(layout.precision))
+    return layout.numerics.store(x)
 
 
 def to_chunks(x: Array, layout: ChunkLayout) -> Array:
@@ -270,9 +270,10 @@ def pick(x: Array, layout: ChunkLayout, idx: Array) -> Array:
 
 def row_sums(x: Array, layout: ChunkLayout) -> Array:
     """Sum over each row's positions of chunk-layout data (G, S, F) -> (B, F): per chunk, then per row by
-    an exact one-hot product whose shape does not depend on Lb."""
+    a one-hot product whose shape does not depend on Lb (exact at HIGHEST precision; under FAST numerics
+    with float32 accumulation of bfloat16 partial sums)."""
     part = jnp.sum(x.astype(jnp.float32).reshape(layout.groups, -1, CHUNK, x.shape[-1]), axis=2)
-    out = jnp.einsum("grc,gcf->grf", layout.owner, part, precision=jax.lax.Precision.HIGHEST)
+    out = _owner_sum("grc,gcf->grf", layout, part)
     return out.reshape(-1, x.shape[-1])
 
 
@@ -289,11 +290,10 @@ def chunk_scores(query: Array, keys: Array, layout: ChunkLayout) -> Array:
     only (0 at positions outside them, which are masked). Every chunk is a fixed-shape (CHUNK, K)
     matrix-vector product, so a position's score does not depend on Lb; the rows' queries are copied to
     their chunks by an exact one-hot product."""
-    hi = jax.lax.Precision.HIGHEST
     q = query.reshape(layout.groups, layout.rows, -1)
-    q_c = jnp.einsum("grc,grk->gck", layout.owner, q, precision=hi)
+    q_c = _owner_sum("grc,grk->gck", layout, q)
     keys = keys.reshape(layout.groups, -1, CHUNK, keys.shape[-1])
-    s = prec.einsum("gclk,gck->gcl", keys, q_c, precision=layout.precision).reshape(layout.groups, -1)
+    s = layout.numerics.einsum("gclk,gck->gcl", keys, q_c).reshape(layout.groups, -1)
     dense = relayout(s, jnp.zeros((), s.dtype), layout.dense_chunk, layout.chunk_dense)
     return dense.reshape(layout.groups * layout.rows, layout.length)
 
@@ -302,11 +302,19 @@ def chunk_attend(probs: Array, bank: Array, layout: ChunkLayout) -> Array:
     """sum_t probs[b, t, j] bank[b, t, :] -> (B, J, F) for probs (B, Lb, J) that are 0 outside the chunks
     and a bank in the chunk layout (G, S, F): fixed-shape products per chunk, summed per row by an
     exact one-hot product whose shape does not depend on Lb."""
-    hi = jax.lax.Precision.HIGHEST
     j = probs.shape[-1]
     p = relayout(_grouped(probs, layout.groups), jnp.zeros((j,), probs.dtype), layout.chunk_dense,
                  layout.dense_chunk).reshape(layout.groups, -1, CHUNK, j)
     bank = bank.reshape(layout.groups, -1, CHUNK, bank.shape[-1])
-    part = prec.einsum("gclj,gclf->gcjf", p, bank, precision=layout.precision)
-    out = jnp.einsum("grc,gcjf->grjf", layout.owner, part, precision=hi)
+    part = layout.numerics.einsum("gclj,gclf->gcjf", p, bank)
+    out = _owner_sum("grc,gcjf->grjf", layout, part)
     return out.reshape(layout.groups * layout.rows, j, bank.shape[-1])
+
+
+def _owner_sum(spec: str, layout: ChunkLayout, x: Array) -> Array:
+    """A product with the one-hot chunk owners (`ChunkLayout.owner`) that copies or sums rows between chunks
+    and rows: exact at HIGHEST precision under EXACT numerics; under FAST with the policy's operands (bfloat16
+    values are copied exactly; sums accumulate in float32)."""
+    if layout.numerics.exact_sums:
+        return jnp.einsum(spec, layout.owner, x, precision=jax.lax.Precision.HIGHEST)
+    return layout.numerics.einsum(spec, layout.owner, x)
