@@ -265,13 +265,40 @@ def audionet_from_resnet18(resnet18: Mapping[str, Any], seed: int = 0, *, what: 
     return variables
 
 
+def _plain_tensors(obj: Any, path: str | os.PathLike) -> Any:
+    """The loaded checkpoint with its bfloat16 tensors as float32 (exact: every bfloat16 is a float32), so
+    numpy can take them; a sparse or quantized tensor is a ``ConversionError`` naming it (save dense float
+    weights instead)."""
+    import torch
+
+    from convert.torch_io import ConversionError
+
+    def plain(key: str, v: Any) -> Any:
+        if not isinstance(v, torch.Tensor):
+            return v
+        if v.layout != torch.strided:
+            raise ConversionError(f"{path}: tensor {key!r} is stored as {v.layout} (sparse); save dense weights "
+                                  "(tensor.to_dense()) and pass that file")
+        if v.is_quantized or v.dtype in (torch.complex64, torch.complex128):
+            raise ConversionError(f"{path}: tensor {key!r} has dtype {v.dtype}; save float32 weights and pass that "
+                                  "file")
+        return v.float() if v.dtype == torch.bfloat16 else v
+
+    if not isinstance(obj, Mapping):
+        return obj
+    out = {k: plain(str(k), v) for k, v in obj.items()}
+    if isinstance(out.get("model"), Mapping):
+        out["model"] = {k: plain(str(k), v) for k, v in out["model"].items()}
+    return out
+
+
 def read_resnet18(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A resnet18 state dict (numpy) from a ``.pth`` (a bare state dict, or ``{"model": state dict}``), read by
-    `convert.torch_io.read_state_dict` (``weights_only=True``; raises its ``ConversionError``, an L2LError),
-    ``module.`` prefix removed. Checked when converted."""
-    from convert.torch_io import read_state_dict
+    `convert.torch_io` (``weights_only=True``; raises its ``ConversionError``, an L2LError), bfloat16 tensors
+    as float32, ``module.`` prefix removed. Checked when converted."""
+    from convert.torch_io import load_torch_file, state_dict_of
 
-    sd, _ = read_state_dict(path)
+    sd, _ = state_dict_of(_plain_tensors(load_torch_file(path), path), path)
     return strip_module_prefix(sd)
 
 

@@ -17,6 +17,14 @@ stream's time line (0 = the first decoded frame), and the number of clips is ``c
 - No audio stream: silence (all zeros) and ``has_audio = False``.
 - `DecodeError` (an `l2l_jax.errors.L2LError`) with a one-line reason for a file that cannot be opened or
   decoded, has no video stream, or holds no decodable frame (fewer than one clip).
+
+Limits (a broken or hostile file must not turn into thousands of made-up clips or gigabytes of memory): a
+video longer than `max_seconds` (by the container's duration, before decoding; by any frame's or audio
+sample's time, while decoding) is refused at once; so is a video whose clip count is implausible for its
+frames: more than `PLAUSIBLE_RATIO` (4) clips per clip that holds a decoded frame of its own (three frames, the
+last at 1 h, would otherwise give 3,601 clips of repeated frames). The reason names the container's duration
+and the frame count. Frames repeated into clips without their own are shared until the final stack, and audio
+beyond `max_seconds` is never kept.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ import numpy as np
 from l2l_jax.errors import L2LError
 
 TIME_TOLERANCE = 1e-3  # seconds: a frame this much before a clip's start still counts as its first frame
+MAX_SECONDS = 3 * 3600.0  # default limit on a video's length (l2l-extract --max_seconds)
+PLAUSIBLE_RATIO = 4  # at most this many clips per clip holding a frame of its own
 
 
 class DecodeError(L2LError):
@@ -71,9 +81,42 @@ def _rate(stream) -> float:
     return 0.0
 
 
+def _container_seconds(container) -> float | None:
+    """The container's duration in seconds (None when it does not say)."""
+    if container.duration is not None and container.duration > 0:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
+
+
+def _describe(container_s: float | None, n_frames: int) -> str:
+    said = f"the container says {container_s:.1f} s" if container_s is not None else "the container gives no duration"
+    return f"{said}, {n_frames} decoded frame(s)"
+
+
+def _nominal_rate(stream) -> float:
+    """The stream's frame rate as FFmpeg guesses it (a container's average rate comes last: one far timestamp
+    skews it); 0 when none is known."""
+    for rate in (stream.guessed_rate, stream.base_rate, stream.average_rate):
+        if rate and float(rate) > 0:
+            return float(rate)
+    return 0.0
+
+
+def _frame_duration(nominal_rate: float, deltas: list[float], clip_seconds: float) -> float:
+    """One frame's duration: the median gap between the first frames when there are a few, else one period
+    of the nominal rate."""
+    if len(deltas) >= 3:
+        return float(np.median(deltas))
+    if nominal_rate > 0:
+        return 1.0 / nominal_rate
+    return min(deltas) if deltas else clip_seconds
+
+
 def decode_video(path: str | os.PathLike, *, clip_seconds: float = 1.0, sample_rate: int = 16000,
-                 threads: bool = True) -> DecodedVideo:
-    """Decode `path` (see the module docstring). `threads`: let FFmpeg decode with its own frame threads."""
+                 threads: bool = True, max_seconds: float = MAX_SECONDS) -> DecodedVideo:
+    """Decode `path` (see the module docstring). `threads`: let FFmpeg decode with its own frame threads.
+    `max_seconds`: the longest video accepted (a longer one is a `DecodeError`, found before the memory for
+    it is taken)."""
     import av
 
     path = os.fspath(path)
@@ -86,17 +129,23 @@ def decode_video(path: str | os.PathLike, *, clip_seconds: float = 1.0, sample_r
         with container:
             if not container.streams.video:
                 raise DecodeError(path, "no video stream")
+            container_s = _container_seconds(container)
+            if container_s is not None and container_s > max_seconds:
+                raise DecodeError(path, f"longer than --max_seconds {max_seconds:g} ({_describe(container_s, 0)}; "
+                                  "pass a larger --max_seconds to extract it)")
+            max_samples = int(math.ceil(max_seconds * sample_rate)) + sample_rate
+            kept_samples = 0
             vstream = container.streams.video[0]
             if threads:
                 vstream.thread_type = "AUTO"
             astream = container.streams.audio[0] if container.streams.audio else None
-            fps = _rate(vstream)
+            fps, nominal_rate = _rate(vstream), _nominal_rate(vstream)  # read while the container is open
             resampler = (av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
                          if astream is not None else None)
             picked: list[np.ndarray] = []  # frame of clip k, k = 0, 1, ...
             size: tuple[int, int] | None = None
             t0: float | None = None
-            last_t, last_rgb, n_frames, prev_t = 0.0, None, 0, None
+            last_t, last_rgb, n_frames, prev_t, own = 0.0, None, 0, None, 0
             deltas: list[float] = []
             chunks: list[np.ndarray] = []
             audio_t0: float | None = None
@@ -109,6 +158,10 @@ def decode_video(path: str | os.PathLike, *, clip_seconds: float = 1.0, sample_r
                             t0 = t
                             size = (frame.width, frame.height)
                         t -= t0
+                        if t > max_seconds:
+                            raise DecodeError(path, f"a frame at {t:.1f} s is past --max_seconds {max_seconds:g} "
+                                              f"({_describe(container_s, n_frames + 1)}; broken timestamps, or "
+                                              "pass a larger --max_seconds)")
                         if prev_t is not None and t > prev_t and len(deltas) < 64:
                             deltas.append(t - prev_t)
                         prev_t = t
@@ -124,6 +177,7 @@ def decode_video(path: str | os.PathLike, *, clip_seconds: float = 1.0, sample_r
                             while last_rgb is not None and t >= (len(picked) + 1) * clip_seconds - TIME_TOLERANCE:
                                 picked.append(last_rgb)
                             picked.append(rgb)
+                            own += 1
                         if rgb is not None:
                             last_rgb = rgb
                     else:
@@ -131,19 +185,29 @@ def decode_video(path: str | os.PathLike, *, clip_seconds: float = 1.0, sample_r
                             audio_t0 = _frame_time(frame, 0, 1.0) if frame.pts is not None else None
                             audio_t0 = 0.0 if audio_t0 is None else audio_t0
                         for out in resampler.resample(frame):
-                            chunks.append(out.to_ndarray().reshape(-1))
+                            if kept_samples < max_samples:  # audio past max_seconds is never used
+                                chunks.append(out.to_ndarray().reshape(-1))
+                                kept_samples += chunks[-1].size
             if resampler is not None:
                 for out in resampler.resample(None):
-                    chunks.append(out.to_ndarray().reshape(-1))
+                    if kept_samples < max_samples:
+                        chunks.append(out.to_ndarray().reshape(-1))
+                        kept_samples += chunks[-1].size
     except DecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError, MemoryError, EOFError) as e:
         raise DecodeError(path, f"cannot decode ({_why(e)})") from None
     if n_frames == 0 or not picked:
         raise DecodeError(path, "no decodable video frame (fewer than one clip)")
-    frame_dt = 1.0 / fps if fps > 0 else (float(np.median(deltas)) if deltas else clip_seconds)
-    duration = last_t + frame_dt
+    duration = last_t + _frame_duration(nominal_rate, deltas, clip_seconds)
     num_clips = max(1, math.ceil(duration / clip_seconds - 1e-6))
+    if num_clips * clip_seconds > max_seconds + clip_seconds:
+        raise DecodeError(path, f"{num_clips} clips are past --max_seconds {max_seconds:g} "
+                          f"({_describe(container_s, n_frames)}; pass a larger --max_seconds)")
+    if num_clips > PLAUSIBLE_RATIO * max(own, 1):
+        raise DecodeError(path, f"implausible timing: {num_clips} clips of {clip_seconds:g} s, but only {own} hold "
+                          f"a frame of their own ({_describe(container_s, n_frames)}, the last frame at "
+                          f"{last_t:.1f} s); its timestamps are probably broken")
     while len(picked) < num_clips:
         picked.append(picked[-1])
     frames = np.stack(picked[:num_clips])

@@ -1,8 +1,9 @@
 """`l2l-extract`: clip features from a folder of video files, in upstream's layout.
 
-    l2l-extract VIDEOS --labels CSV --out ROOT [--split train val] [--weights_resnet18 resnet18.pth]
-                [--seed 0] [--batch_size 64] [--workers 4] [--frame_size 256] [--crop 224]
-                [--precision exact|fast] [--calibrate_bn] [--debug]
+    l2l-extract VIDEOS --labels CSV --out ROOT [--label_kind auto|int|name] [--split train val]
+                [--weights_resnet18 resnet18.pth] [--seed 0] [--batch_size 64] [--workers 4] [--frame_size 256]
+                [--crop 224] [--max_seconds 10800] [--precision exact|fast] [--calibrate_bn] [--overwrite]
+                [--debug]
 
 For every video named in the labels CSV (a file under the VIDEOS folder): decode it (`l2l_jax.video.decode`:
 each 1 s clip's first frame, RGB, and its mono 16 kHz audio), run the frames through
@@ -14,13 +15,22 @@ normalisation) + `VisualNet`, and the audio through `audio.log_mel_spectrogram` 
   ``ROOT/imageAudio_features/<name>.npy`` (absolute; the template the loaders replace with image_features /
   audio_features, and remap with ``--feature_root`` when ROOT moves); the imageAudio files themselves are written
   by `l2l-finetune`;
-- ``ROOT/classes.json`` when the labels are class names (index = position in the sorted list of names).
+- ``ROOT/classes.json`` when the labels are class names (index = position in the sorted list of names);
+- ``ROOT/extract.json``: how the features were made (the weights' tensor checksum, seed, ``--calibrate_bn``,
+  the networks' checksum, frame size, crop, precision, clip and audio settings, label kind and class names,
+  the package version).
 
-The labels CSV: ``video,label[,split]`` per line, an optional header line whose first field is ``video``.
-``video`` is the file's path relative to VIDEOS (``a/b.mp4``); ``<name>`` is that path without its extension,
-``/`` replaced by ``__`` (names must be unique). ``label``: a class index (integer >= 0) or a class name.
-``split``: the split the video belongs to (``train``, ``val``, ...); without a split column every video goes to
-the single split ``--split`` names (default ``train``). ``--split`` restricts the splits written.
+The labels CSV (UTF-8, a BOM is ignored): ``video,label[,split]`` per line, with no header or exactly the
+header ``video,label`` / ``video,label,split`` (a first line like ``filename,label`` is refused, never read as a
+video). ``video`` is the file's path relative to VIDEOS (``a/b.mp4``; normalised, so ``./a/b.mp4`` is the same
+video, and a line repeating a video with the same label and split is kept once; absolute paths and ``..`` are
+refused); ``<name>`` is that path without its extension, ``/`` replaced by ``__`` (names must be unique).
+``label``: with ``--label_kind int`` a class index (ASCII digits, >= 0), with ``name`` a class name (classes
+numbered in sorted order); ``auto`` (default) takes int when every label is an index and name when no label
+is a number, prints which, and refuses a mix (``2``, ``10``, ``-1``) naming the line. ``split``: the split the
+video belongs to (``train``, ``val``, ...); without a split column every video goes to the single split
+``--split`` names (default ``train``). ``--split`` restricts the splits written. Every problem in the CSV is
+one line naming its line number, before anything is written.
 
 Weights: ``--weights_resnet18 PTH`` (torchvision's ImageNet resnet18 state dict, read with the safe loader) gives
 VisualNet and the ImageNet-initialised AudioNet upstream builds (its new layers drawn with ``--seed``). Without
@@ -34,10 +44,15 @@ one batch while the host decodes and fills the next. Frames of different sizes g
 (one compilation per frame size); a last partial batch is padded.
 
 Resumable: a video whose two .npy files are present and valid (float32 (T, 512), equal T, finite) is not
-decoded again. Every file is written atomically (temporary file + ``os.replace``). A video that cannot be
-read, or holds less than one clip, is listed at the end with its reason and left out of the pickles; a video
-without an audio track gets silence (counted at the end). Flag and path problems exit with one line and
-status 2 (``--debug``: traceback).
+decoded again, provided ROOT's ``extract.json`` records the same settings. A rerun with other settings (or into
+a ROOT holding features without a manifest) is refused naming every difference; ``--overwrite`` deletes the
+old feature files and extracts again. Every file is written atomically (temporary file + ``os.replace``, the
+umask's mode: `l2l_jax.outputs`). A video that cannot be read, holds less than one clip, is longer than
+``--max_seconds`` or has implausible timing (more than 4 clips per clip holding a frame of its own:
+`l2l_jax.video.decode`) is listed at the end with its reason and left out of the pickles; a video without an
+audio track gets silence (counted at the end). Flags, the labels CSV, the output paths (``--out``, its
+folders and files) and the weights (readable, dense, finite) are checked before any work; each problem exits
+with one line and status 2 (``--debug``: traceback).
 """
 
 from __future__ import annotations
@@ -47,10 +62,13 @@ import collections
 import concurrent.futures as cf
 import csv
 import dataclasses
+import io
 import json
+import math
 import os
+import posixpath
+import re
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -58,11 +76,14 @@ from pathlib import Path
 
 import numpy as np
 
-from l2l_jax.errors import ConfigError
+from l2l_jax.errors import ConfigError, WeightsError
+from l2l_jax.outputs import atomic_write_bytes, atomic_write_text, output_dir, output_file
 
 WIDTH = 512
 IMAGE_DIR, AUDIO_DIR, TEMPLATE_DIR = "image_features", "audio_features", "imageAudio_features"
 DEFAULT_SPLIT = "train"
+MAX_SECONDS = 3 * 3600.0  # --max_seconds default (l2l_jax.video.decode.MAX_SECONDS)
+MAX_SEED = 2**31 - 2  # AudioNet's fresh variables use seed + 1; JAX keys take 32 bits
 
 
 class RandomWeightsWarning(UserWarning):
@@ -76,94 +97,220 @@ class RandomWeightsWarning(UserWarning):
 class Entry:
     """One row of the labels CSV."""
 
-    video: str  # path relative to the VIDEOS folder
+    video: str  # path relative to the VIDEOS folder, normalised (``./a//b.mp4`` -> ``a/b.mp4``)
     name: str
     label: int
     split: str
 
 
+@dataclasses.dataclass
+class LabelTable:
+    """The labels CSV read (`parse_labels`): the entries of the splits asked for, and how labels were read."""
+
+    entries: list[Entry]
+    class_names: list[str] | None  # None: labels are class indices
+    kind: str  # "int" or "name"
+    detected: bool  # the kind was detected (``--label_kind auto``), not given
+    duplicates: list[str]  # videos named again on a later line with the same label and split (kept once)
+
+
+LABEL_KINDS = ("auto", "int", "name")
+HEADERS = (("video", "label"), ("video", "label", "split"))
+# words that make a first line without a file extension a header (to be spelled as HEADERS)
+_HEADER_WORDS = {"video", "videos", "filename", "file", "path", "name", "id", "youtube_id", "clip", "label",
+                 "labels", "class", "classes", "category", "target", "split"}
+_INDEX = re.compile(r"\+?[0-9]+")  # ASCII digits only: str.isdigit() also accepts "²"
+_SPLIT = re.compile(r"\w[\w.-]*")
+MAX_LABEL = 2**31 - 1
+
+
 def video_name(rel: str) -> str:
-    """``a/b.mp4`` -> ``a__b``: the feature files' stem."""
-    stem = os.path.splitext(rel.replace("\\", "/"))[0]
+    """``a/b.mp4`` -> ``a__b``: the feature files' stem (of the normalised path, so ``./b.mp4`` -> ``b``)."""
+    rel = rel.replace("\\", "/")
+    stem = os.path.splitext(posixpath.normpath(rel) if rel else rel)[0]
     return stem.strip("/").replace("/", "__")
 
 
-def read_labels(path: str | os.PathLike, splits: Sequence[str] | None) -> tuple[list[Entry], list[str] | None]:
-    """The CSV's rows (see the module docstring), restricted to `splits` (None: all; without a split column,
-    the one split named, default train). Returns (entries, class names or None for integer labels)."""
+def _numberish(x: str) -> bool:
+    """`x` reads as a finite number (``-1``, ``1.0``, ``1e3``)."""
+    try:
+        return math.isfinite(float(x))
+    except ValueError:
+        return False
+
+
+def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, stripped cells) of every non-blank row; a UTF-8 BOM is dropped."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            rows = []
+            for r in reader:
+                cells = [c.strip() for c in r]
+                if any(cells):
+                    rows.append((reader.line_num, cells))
+            return rows
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ConfigError(f"--labels {path}: unreadable ({_first_line(e)}); give a UTF-8 CSV file") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _header(path: Path, line: int, cells: list[str]) -> tuple[str, ...] | None:
+    """The header's columns when the first row is a header (checked: it must be one of HEADERS), else None."""
+    first = cells[0]
+    looks = first.lower() == "video" or (not os.path.splitext(first)[1] and (
+        first.lower() in _HEADER_WORDS or (len(cells) > 1 and cells[1].lower() in _HEADER_WORDS)))
+    if not looks:
+        return None
+    got = tuple(c.lower() for c in cells)
+    if got not in HEADERS:
+        raise ConfigError(f"--labels {path} line {line}: the header {','.join(cells)!r} must be 'video,label' or "
+                          "'video,label,split' (or leave the header out)")
+    return got
+
+
+def _video_path(path: Path, line: int, video: str) -> str:
+    """The video's path relative to VIDEOS, normalised; refused when it is absolute or leaves VIDEOS."""
+    v = video.replace("\\", "/")
+    if any(ord(c) < 32 or ord(c) == 127 for c in v):
+        raise ConfigError(f"--labels {path} line {line}: the video path {video!r} holds control characters")
+    if v.startswith("/") or re.match(r"[A-Za-z]:", v):
+        raise ConfigError(f"--labels {path} line {line}: the video path {video!r} is absolute; give it relative "
+                          "to VIDEOS")
+    norm = posixpath.normpath(v)
+    if norm in (".", "..") or norm.startswith("../"):
+        raise ConfigError(f"--labels {path} line {line}: the video path {video!r} is not a file inside VIDEOS")
+    return norm
+
+
+def _label_kind(path: Path, raw: list[tuple[int, str]], kind: str) -> tuple[str, bool]:
+    """("int" or "name", detected?) for the labels `raw` ((line, label)); raises naming the first bad line."""
+    for line, x in raw:
+        if not x:
+            raise ConfigError(f"--labels {path} line {line}: empty label; give every video a label")
+    if kind == "auto":
+        index = [_INDEX.fullmatch(x) is not None for _, x in raw]
+        if all(index):
+            return "int", True
+        if not any(index) and not any(_numberish(x) for _, x in raw):
+            return "name", True
+        first_line, first = raw[0]
+        odd = [(ln, x) for (ln, x), i in zip(raw, index, strict=True) if not i and _numberish(x)]
+        if odd:
+            (line, x), why = odd[0], "is a number but not a class index (an integer >= 0)"
+        elif index[0]:
+            line, x = next((ln, x) for (ln, x), i in zip(raw, index, strict=True) if not i)
+            why = f"is a class name, but line {first_line}'s {first!r} is a class index"
+        else:
+            line, x = next((ln, x) for (ln, x), i in zip(raw, index, strict=True) if i)
+            why = f"is a class index, but line {first_line}'s {first!r} is a class name"
+        raise ConfigError(f"--labels {path} line {line}: label {x!r} {why}; fix it, or pass --label_kind int or "
+                          "--label_kind name")
+    if kind == "int":
+        for line, x in raw:
+            if _INDEX.fullmatch(x) is None:
+                raise ConfigError(f"--labels {path} line {line}: label {x!r} is not a class index (an integer >= 0); "
+                                  "fix it, or pass --label_kind name if the labels are class names")
+            if int(x) > MAX_LABEL:
+                raise ConfigError(f"--labels {path} line {line}: label {x} is too large for a class index")
+    return kind, False
+
+
+def parse_labels(path: str | os.PathLike, splits: Sequence[str] | None, kind: str = "auto") -> LabelTable:
+    """The labels CSV (module docstring), restricted to `splits` (None: all; without a split column, the one
+    split named, default train). `kind`: "int" (class indices), "name" (class names, indexed by their sorted
+    order) or "auto" (int when every label is an integer >= 0, name when no label is a number, else an error).
+    Every problem is a `ConfigError` naming the file and line."""
     path = Path(path)
+    if kind not in LABEL_KINDS:
+        raise ConfigError(f"--label_kind {kind!r}: expected one of {', '.join(LABEL_KINDS)}")
     if not path.is_file():
         raise ConfigError(f"--labels {path}: no such file")
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = [[c.strip() for c in r] for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ConfigError(f"--labels {path}: unreadable ({e})") from None
-    if rows and rows[0][0].lower() == "video":
+    rows = _csv_rows(path)
+    header = _header(path, *rows[0]) if rows else None
+    if header is not None:
         rows = rows[1:]
     if not rows:
         raise ConfigError(f"--labels {path}: no rows (expected lines 'video,label[,split]')")
-    widths = {len(r) for r in rows}
-    if not widths <= {2, 3} or len(widths) != 1:
-        bad = next(i for i, r in enumerate(rows) if len(r) not in (2, 3) or len(r) != len(rows[0]))
-        raise ConfigError(f"--labels {path}: row {bad + 1} ({','.join(rows[bad])!r}) does not have the same 2 "
-                          "(video,label) or 3 (video,label,split) fields as the first row")
-    has_split = widths == {3}
+    width = len(header) if header is not None else len(rows[0][1])
+    for line, cells in rows:
+        if len(cells) != width or width not in (2, 3):
+            expect = f"{width} fields, as the {'header' if header else 'first row'}" if width in (2, 3) else \
+                "2 (video,label) or 3 (video,label,split) fields"
+            raise ConfigError(f"--labels {path} line {line}: {','.join(cells)!r} does not have {expect}")
+    has_split = width == 3
     if not has_split and splits is not None and len(splits) != 1:
         raise ConfigError(f"--labels {path} has no split column: --split must name one split for all its videos")
     one_split = (splits[0] if splits else DEFAULT_SPLIT) if not has_split else None
-    raw = [r[1] for r in rows]
+    # one row per video: a repeat with the same label and split is dropped, a conflicting one refused
+    first: dict[str, tuple[int, list[str]]] = {}
+    unique, duplicates = [], []
+    for line, cells in rows:
+        video = _video_path(path, line, cells[0])
+        split = cells[2] if has_split else one_split
+        if not split or _SPLIT.fullmatch(split) is None:
+            raise ConfigError(f"--labels {path} line {line}: invalid split {split!r} (letters, digits, '_', '-', '.')")
+        if video in first:
+            line0, cells0 = first[video]
+            if cells0[1:] != cells[1:]:
+                raise ConfigError(f"--labels {path}: lines {line0} and {line} both name the video {video!r} with "
+                                  "different labels or splits; keep one")
+            duplicates.append(video)
+            continue
+        first[video] = (line, cells)
+        unique.append((line, video, cells[1], split))
+    kind, detected = _label_kind(path, [(line, label) for line, _, label, _ in unique], kind)
     names: list[str] | None = None
-    if all(x.lstrip("+").isdigit() for x in raw):
-        labels = [int(x) for x in raw]
-    else:
-        names = sorted(set(raw))
+    if kind == "name":
+        names = sorted({label for _, _, label, _ in unique})
         index = {n: i for i, n in enumerate(names)}
-        labels = [index[x] for x in raw]
     entries, seen = [], {}
-    for r, label in zip(rows, labels, strict=True):
-        split = r[2] if has_split else one_split
-        if not split or "/" in split or split.startswith("."):
-            raise ConfigError(f"--labels {path}: video {r[0]!r} has an invalid split {split!r}")
+    for line, video, label, split in unique:
+        name = video_name(video)
+        if name in seen:
+            raise ConfigError(f"--labels {path}: lines {seen[name][0]} ({seen[name][1]!r}) and {line} ({video!r}) "
+                              f"both give the feature name {name!r}; names must be unique")
+        seen[name] = (line, video)
         if splits is not None and split not in splits:
             continue
-        name = video_name(r[0])
-        if not name:
-            raise ConfigError(f"--labels {path}: empty video path")
-        if name in seen:
-            raise ConfigError(f"--labels {path}: videos {seen[name]!r} and {r[0]!r} both give the feature name "
-                              f"{name!r}; names must be unique")
-        seen[name] = r[0]
-        entries.append(Entry(r[0], name, label, split))
+        entries.append(Entry(video, name, index[label] if names is not None else int(label), split))
     if not entries:
         raise ConfigError(f"--labels {path}: no video in the split(s) {', '.join(splits or [])}")
-    return entries, names
+    return LabelTable(entries, names, kind, detected, duplicates)
+
+
+def read_labels(path: str | os.PathLike, splits: Sequence[str] | None,
+                kind: str = "auto") -> tuple[list[Entry], list[str] | None]:
+    """`parse_labels` as (entries, class names or None for integer labels)."""
+    table = parse_labels(path, splits, kind)
+    return table.entries, table.class_names
+
+
+def describe_labels(table: LabelTable) -> str:
+    """One line saying how the labels were read (printed by l2l-extract)."""
+    how = "detected" if table.detected else "--label_kind"
+    if table.kind == "int":
+        text = f"labels: class indices ({how}; --label_kind name reads them as class names)"
+    else:
+        text = (f"labels: {len(table.class_names or [])} class names, numbered in sorted order ({how}; "
+                "written to classes.json)")
+    if table.duplicates:
+        text += f"; {len(table.duplicates)} repeated line(s) kept once: {', '.join(table.duplicates[:5])}"
+    return text
 
 
 # ------------------------------------------------------------------------------------------------ files
 
 
 def atomic_save(path: Path, array: np.ndarray) -> None:
-    """``np.save`` to a temporary file beside `path`, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``np.save`` of `array`, written atomically with the umask's mode (`l2l_jax.outputs.atomic_write_bytes`)."""
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def finished_length(root: Path, name: str) -> int | None:
@@ -183,9 +330,115 @@ def finished_length(root: Path, name: str) -> int | None:
 
 
 def write_pickle(path: Path, feature_paths: list[str], labels: list[int]) -> None:
+    """Upstream's split pickle ``(feature_paths, labels)``, written atomically."""
     import pickle
 
     atomic_write_bytes(path, pickle.dumps((list(feature_paths), [int(x) for x in labels]), protocol=2))
+
+
+# ------------------------------------------------------------------------------------------------ manifest
+
+MANIFEST = "extract.json"
+MANIFEST_FORMAT = "l2l-extract features"
+# what the feature values depend on (a difference means the old files are not what this run would write)
+FEATURE_KEYS = ("weights_sha256", "seed", "calibrate_bn", "networks_sha256", "frame_size", "crop", "precision",
+                "clip_seconds", "sample_rate", "log_mel")
+# what the pickles' labels depend on
+LABEL_KEYS = ("label_kind", "classes")
+
+
+def manifest_record(*, weights: str | None, weights_sha256: str | None, seed: int, calibrate_bn: bool,
+                    networks_sha256: str, frame_size: int, crop: int, precision: str, label_kind: str,
+                    classes: list[str] | None) -> dict:
+    """What ``ROOT/extract.json`` records: how the features in ROOT were made (and the package version)."""
+    from l2l_jax import __version__
+    from l2l_jax.video import audio as A
+
+    return {"format": MANIFEST_FORMAT, "package_version": __version__, "weights": weights,
+            "weights_sha256": weights_sha256, "seed": seed, "calibrate_bn": calibrate_bn,
+            "networks_sha256": networks_sha256, "frame_size": frame_size, "crop": crop, "precision": precision,
+            "clip_seconds": 1.0, "sample_rate": A.DEFAULT.sample_rate,
+            "log_mel": json.loads(json.dumps(dataclasses.asdict(A.DEFAULT))), "label_kind": label_kind,
+            "classes": classes}
+
+
+_NAMES = {"weights_sha256": "--weights_resnet18 (tensor checksum)", "seed": "--seed", "calibrate_bn": "--calibrate_bn",
+          "networks_sha256": "the networks' variables", "frame_size": "--frame_size", "crop": "--crop",
+          "precision": "--precision", "clip_seconds": "clip length", "sample_rate": "audio sample rate",
+          "log_mel": "log-mel settings", "label_kind": "label kind", "classes": "class names"}
+
+
+def _shown(key: str, value) -> str:
+    if value is None:
+        return "none (random networks)" if key == "weights_sha256" else "none"
+    if key.endswith("sha256"):
+        return str(value)[:12]
+    if isinstance(value, list):
+        return ",".join(map(str, value[:6])) + (",..." if len(value) > 6 else "")
+    return str(value)
+
+
+def read_manifest(root: Path) -> dict | None:
+    """``ROOT/extract.json`` (None when absent); a damaged one is a `ConfigError`."""
+    path = root / MANIFEST
+    if not os.path.lexists(path):
+        return None
+    try:
+        if not path.is_file() or path.stat().st_size > 1 << 20:
+            raise ValueError("not a small regular file")
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or record.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"not an {MANIFEST_FORMAT} manifest")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--out {root}: {MANIFEST} is unreadable ({_first_line(e)}), so how the features there "
+                          "were made is unknown; pass --overwrite to extract them all again, or choose another "
+                          "--out") from None
+    return record
+
+
+def manifest_differences(old: dict, new: dict, keys: Sequence[str]) -> list[str]:
+    """``--seed 0 (now 1)``-style lines for every key in `keys` whose value differs."""
+    return [f"{_NAMES[k]} {_shown(k, old.get(k))} (now {_shown(k, new[k])})" for k in keys if old.get(k) != new[k]]
+
+
+def _old_features(root: Path) -> list[Path]:
+    return [p for d in (IMAGE_DIR, AUDIO_DIR, TEMPLATE_DIR) if (root / d).is_dir()
+            for p in (root / d).iterdir() if p.suffix == ".npy" or p.name.endswith(".tmp")]
+
+
+def check_manifest(root: Path, new: dict, keys: Sequence[str], *, overwrite: bool) -> bool:
+    """Compares ``ROOT/extract.json`` with `new` on `keys`. Returns True when the features in ROOT are stale
+    (made otherwise, or by an unknown run) and ``--overwrite`` was given; without it that is a `ConfigError`
+    naming every difference. Returns False when ROOT's features (if any) were made as `new` says."""
+    try:
+        old = read_manifest(root)
+    except ConfigError:
+        if overwrite:
+            return True
+        raise
+    if old is None:
+        if not _old_features(root):
+            return False
+        if overwrite:
+            return True
+        raise ConfigError(f"--out {root} holds features but no {MANIFEST}, so how they were made is unknown; pass "
+                          "--overwrite to extract them all again, or choose another --out")
+    diffs = manifest_differences(old, new, keys)
+    if not diffs:
+        return False
+    if overwrite:
+        return True
+    raise ConfigError(f"--out {root} holds features made with other settings: {'; '.join(diffs)}; pass --overwrite "
+                      "to extract them all again with these settings, or choose another --out")
+
+
+def remove_features(root: Path) -> int:
+    """Deletes the feature files (and leftover temporary files) of ROOT's image, audio and imageAudio folders
+    (``--overwrite`` of features made otherwise). Returns how many."""
+    old = _old_features(root)
+    for p in old:
+        p.unlink(missing_ok=True)
+    return len(old)
 
 
 # ------------------------------------------------------------------------------------------------ networks
@@ -237,24 +490,50 @@ class Extractor:
         return self._audio(self.audio_vars, self._jax.device_put(waves, self.data))
 
 
-def network_weights(weights_resnet18: str | None, seed: int) -> tuple[dict, dict, str]:
-    """(VisualNet variables, AudioNet variables, description)."""
+@dataclasses.dataclass
+class Networks:
+    """VisualNet and AudioNet variables, and where they came from (for the report and the manifest)."""
+
+    visual: dict
+    audio: dict
+    description: str
+    weights_sha256: str | None  # tensor checksum of --weights_resnet18's state dict; None: random networks
+
+
+def load_networks(weights_resnet18: str | None, seed: int) -> Networks:
+    """The networks from ``--weights_resnet18`` (refused when a tensor is not finite, before any work) or
+    freshly initialised from `seed` (with a `RandomWeightsWarning`)."""
+    from l2l_jax.integrity import tensor_checksum
     from l2l_jax.video import convert as C
 
     if weights_resnet18:
         if not Path(weights_resnet18).is_file():
             raise ConfigError(f"--weights_resnet18 {weights_resnet18}: no such file")
         sd = C.read_resnet18(weights_resnet18)
+        bad = [k for k, v in sd.items() if k not in C.RESNET18_HEAD and np.issubdtype(v.dtype, np.floating)
+               and not np.isfinite(v).all()]
+        if bad:
+            raise WeightsError(f"--weights_resnet18 {weights_resnet18}: {len(bad)} tensor(s) hold NaN or infinity "
+                               f"({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}), which would make every "
+                               "feature non-finite; use intact weights")
         what = f"--weights_resnet18 {weights_resnet18}"
         visual = C.visualnet_from_state_dict(sd, "torchvision", what=what)
         audio = C.audionet_from_resnet18(sd, seed, what=what)
-        return visual, audio, f"ImageNet resnet18 from {weights_resnet18} (AudioNet's new layers: seed {seed})"
+        checksum = tensor_checksum({k: v for k, v in sd.items() if k not in C.RESNET18_HEAD})
+        return Networks(visual, audio, f"ImageNet resnet18 from {weights_resnet18} (AudioNet's new layers: seed "
+                        f"{seed})", checksum)
     warnings.warn("no --weights_resnet18: VisualNet and AudioNet are freshly initialised (seed "
                   f"{seed}); features from random networks are for testing only", RandomWeightsWarning,
                   stacklevel=2)
     visual = fresh_variables("visualnet", seed)
     audio = fresh_variables("audionet", seed + 1)
-    return visual, audio, f"random (seed {seed}; testing only)"
+    return Networks(visual, audio, f"random (seed {seed}; testing only)", None)
+
+
+def network_weights(weights_resnet18: str | None, seed: int) -> tuple[dict, dict, str]:
+    """(VisualNet variables, AudioNet variables, description): `load_networks` as a tuple."""
+    n = load_networks(weights_resnet18, seed)
+    return n.visual, n.audio, n.description
 
 
 def fresh_variables(net: str, seed: int) -> dict:
@@ -288,7 +567,7 @@ def fresh_variables(net: str, seed: int) -> dict:
 
 
 def calibrate_batchnorm(videos: Path, entries: Sequence[Entry], visual: dict, audio: dict, *, frame_size: int,
-                        crop: int, clips: int = 64) -> tuple[dict, dict, int]:
+                        crop: int, clips: int = 64, max_seconds: float = MAX_SECONDS) -> tuple[dict, dict, int]:
     """``--calibrate_bn`` (random networks only): every BatchNorm's running mean and variance := the statistics
     of a train-mode forward pass over the clips of the first videos of the labels CSV (in its order, up to
     `clips` clips; deterministic, so a resumed run computes the same). A data-dependent initialisation: random
@@ -307,7 +586,7 @@ def calibrate_batchnorm(videos: Path, entries: Sequence[Entry], visual: dict, au
         if len(waves) >= clips:
             break
         try:
-            v = decode_video(videos / e.video)
+            v = decode_video(videos / e.video, max_seconds=max_seconds)
         except DecodeError:
             continue
         frames_by_shape[v.frames.shape[1:]].append(v.frames)
@@ -424,12 +703,12 @@ class _Batcher:
         self.summary.clips += p.num_clips
 
 
-def _decode(path: Path, entry: Entry):
+def _decode(path: Path, entry: Entry, max_seconds: float = MAX_SECONDS):
     from l2l_jax.video.decode import DecodeError, decode_video
 
     t0 = time.perf_counter()
     try:
-        return entry, decode_video(path), None, time.perf_counter() - t0
+        return entry, decode_video(path, max_seconds=max_seconds), None, time.perf_counter() - t0
     except DecodeError as e:
         return entry, None, e.reason, time.perf_counter() - t0
     except Exception as e:  # a decoder bug on one file must not stop the others: listed with the skipped
@@ -437,8 +716,9 @@ def _decode(path: Path, entry: Entry):
 
 
 def extract(videos: Path, entries: Iterable[Entry], root: Path, extractor: Extractor, *, workers: int = 4,
-            progress: bool = True) -> Summary:
-    """Decode and featurise every entry not already finished under `root`; write its .npy files."""
+            progress: bool = True, max_seconds: float = MAX_SECONDS) -> Summary:
+    """Decode and featurise every entry not already finished under `root`; write its .npy files. A video
+    longer than `max_seconds`, or with implausible timing (`l2l_jax.video.decode`), is skipped with its reason."""
     from tqdm.auto import tqdm
 
     summary = Summary()
@@ -464,14 +744,14 @@ def extract(videos: Path, entries: Iterable[Entry], root: Path, extractor: Extra
         it = iter(todo)
         futures: collections.deque = collections.deque()
         for path, e in it:
-            futures.append(pool.submit(_decode, path, e))
+            futures.append(pool.submit(_decode, path, e, max_seconds))
             if len(futures) >= ahead:
                 break
         while futures:
             entry, video, reason, seconds = futures.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
-                futures.append(pool.submit(_decode, *nxt))
+                futures.append(pool.submit(_decode, *nxt, max_seconds))
             summary.decode_s += seconds
             if video is None:
                 summary.skipped[entry.video] = reason
@@ -497,20 +777,27 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("videos", help="folder holding the video files the labels CSV names")
     p.add_argument("--labels", required=True, help="CSV: video,label[,split] (video relative to VIDEOS)")
+    p.add_argument("--label_kind", choices=LABEL_KINDS, default="auto",
+                   help="int: labels are class indices; name: class names, numbered in sorted order; auto "
+                        "(default): int when every label is an integer >= 0, name when none is a number")
     p.add_argument("--out", required=True, help="feature root ROOT (image_features/, audio_features/, <split>.pkl)")
     p.add_argument("--split", nargs="+", default=None,
                    help="splits to write (default: all in the CSV; without a split column: the one split, train)")
     p.add_argument("--weights_resnet18", default=None, help="ImageNet resnet18 .pth (torchvision names)")
-    p.add_argument("--seed", type=int, default=0, help="seed of new/fresh network layers (default 0)")
+    p.add_argument("--seed", type=int, default=0, help=f"seed of new/fresh network layers, 0..{MAX_SEED} (default 0)")
     p.add_argument("--batch_size", type=int, default=64, help="clips per network batch, all devices (default 64)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="decoding threads (default min(8, CPUs))")
     p.add_argument("--frame_size", type=int, default=256, help="shorter side after resizing (default 256)")
     p.add_argument("--crop", type=int, default=224, help="centre crop (default 224)")
+    p.add_argument("--max_seconds", type=float, default=MAX_SECONDS,
+                   help="longer videos are skipped with their reason (default 10800, 3 hours)")
     p.add_argument("--calibrate_bn", action="store_true",
                    help="random networks only: BatchNorm statistics from the first 64 clips of the CSV's videos")
     p.add_argument("--precision", choices=["exact", "fast"], default="exact",
                    help="exact: float32 convolutions; fast: bfloat16 operands (GPU/TPU)")
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"--out holds features made with other settings ({MANIFEST}): delete them and extract again")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="traceback instead of a one-line error")
     return p
@@ -543,33 +830,81 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_program("extract", lambda: _main(argv), argv)
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    videos, root = Path(args.videos), Path(args.out).absolute()
-    if not videos.is_dir():
-        raise ConfigError(f"VIDEOS {videos}: not a directory")
+def _check_flags(args: argparse.Namespace) -> None:
+    """Every flag, before anything is read or written."""
     for flag in ("batch_size", "workers", "frame_size", "crop"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag} must be at least 1, not {getattr(args, flag)}")
     if args.crop > args.frame_size:
         raise ConfigError(f"--crop {args.crop} is larger than --frame_size {args.frame_size}")
-    entries, class_names = read_labels(args.labels, args.split)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--out {root}: cannot create ({e.strerror or e})") from None
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ConfigError(f"--seed {args.seed}: must be between 0 and {MAX_SEED}")
+    if not (math.isfinite(args.max_seconds) and args.max_seconds > 0):
+        raise ConfigError(f"--max_seconds {args.max_seconds}: must be a positive number of seconds")
     if args.calibrate_bn and args.weights_resnet18:
         raise ConfigError("--calibrate_bn is for random networks; --weights_resnet18 keeps resnet18's statistics")
-    visual, audio, desc = network_weights(args.weights_resnet18, args.seed)
+
+
+def _check_outputs(root: Path, splits: Iterable[str], class_names: bool) -> None:
+    """--out and every path this run writes in it can take what goes there (nothing is created yet)."""
+    advice = "move it away or choose another --out"
+    output_dir(root, "--out")
+    for d in (IMAGE_DIR, AUDIO_DIR):
+        output_dir(root / d, "--out", advice=advice)
+    names = [MANIFEST, *(f"{s}.pkl" for s in sorted(set(splits)))] + (["classes.json"] if class_names else [])
+    for name in names:
+        output_file(root / name, "--out", advice=advice)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    _check_flags(args)
+    videos, root = Path(args.videos), Path(args.out).absolute()
+    if not videos.is_dir():
+        raise ConfigError(f"VIDEOS {videos}: not a directory")
+    table = parse_labels(args.labels, args.split, args.label_kind)
+    entries, class_names = table.entries, table.class_names
+    _check_outputs(root, (e.split for e in entries), class_names is not None)
+    print(describe_labels(table))
+    nets = load_networks(args.weights_resnet18, args.seed)
+    record = manifest_record(weights=str(Path(args.weights_resnet18).absolute()) if args.weights_resnet18 else None,
+                             weights_sha256=nets.weights_sha256, seed=args.seed, calibrate_bn=args.calibrate_bn,
+                             networks_sha256="", frame_size=args.frame_size, crop=args.crop,
+                             precision=args.precision, label_kind=table.kind, classes=class_names)
+    # the settings first (nothing decoded yet), then the networks themselves (after --calibrate_bn)
+    early = [k for k in FEATURE_KEYS if k != "networks_sha256"]
+    stale = check_manifest(root, record, early, overwrite=args.overwrite)
+    relabel = check_manifest(root, record, LABEL_KEYS, overwrite=args.overwrite)
+    desc = nets.description
     if args.calibrate_bn:
-        visual, audio, n = calibrate_batchnorm(videos, entries, visual, audio, frame_size=args.frame_size,
-                                               crop=args.crop)
+        nets.visual, nets.audio, n = calibrate_batchnorm(videos, entries, nets.visual, nets.audio,
+                                                         frame_size=args.frame_size, crop=args.crop,
+                                                         max_seconds=args.max_seconds)
         desc += f", BatchNorm statistics from {n} clips"
-    extractor = Extractor(visual, audio, batch_size=args.batch_size, frame_size=args.frame_size, crop=args.crop,
-                          precision=args.precision)
-    summary = extract(videos, entries, root, extractor, workers=args.workers, progress=not args.no_progress)
+    from l2l_jax.integrity import tensor_checksum
+
+    record["networks_sha256"] = tensor_checksum({"visual": nets.visual, "audio": nets.audio})
+    stale = check_manifest(root, record, ["networks_sha256"], overwrite=args.overwrite) or stale
+    old = read_manifest(root) if not (stale or relabel) else None
+    try:
+        for d in (IMAGE_DIR, AUDIO_DIR):
+            (root / d).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {root}: cannot create ({e.strerror or e})") from None
+    if stale:
+        n = remove_features(root)
+        print(f"--overwrite: deleted {n} feature file(s) made with other settings in {root}")
+    if stale or relabel or old is None:
+        atomic_write_text(root / MANIFEST, json.dumps(record, indent=1) + "\n")
+    elif old.get("package_version") != record["package_version"]:
+        print(f"note: the features in {root} were started by l2l-jax {old.get('package_version')}; this is "
+              f"{record['package_version']}")
+    extractor = Extractor(nets.visual, nets.audio, batch_size=args.batch_size, frame_size=args.frame_size,
+                          crop=args.crop, precision=args.precision)
+    summary = extract(videos, entries, root, extractor, workers=args.workers, progress=not args.no_progress,
+                      max_seconds=args.max_seconds)
     if class_names is not None:
-        atomic_write_bytes(root / "classes.json", json.dumps(class_names, indent=1).encode())
+        atomic_write_text(root / "classes.json", json.dumps(class_names, indent=1))
     written: dict[str, int] = {}
     for split in sorted({e.split for e in entries}):
         rows = [e for e in entries if e.split == split and e.name in summary.lengths]
@@ -584,5 +919,7 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["Entry", "Extractor", "calibrate_batchnorm", "RandomWeightsWarning", "Summary", "extract", "finished_length",
-           "main", "network_weights", "read_labels", "video_name"]
+__all__ = ["MANIFEST", "Entry", "Extractor", "LabelTable", "Networks", "RandomWeightsWarning", "Summary",
+           "calibrate_batchnorm", "check_manifest", "describe_labels", "extract", "finished_length", "load_networks",
+           "main", "manifest_record", "network_weights", "parse_labels", "read_labels", "read_manifest",
+           "video_name"]
