@@ -258,7 +258,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="feature layout of training and evaluation (see l2l-train --help)")
     args = ap.parse_args(argv)
     compute = ["--precision", args.precision, "--layout", args.layout]
-    out = Path(args.out)
+    from l2l_jax.errors import ConfigError
+    from l2l_jax.outputs import output_dir
+
+    try:
+        out = output_dir(args.out, "--out")  # a file, FIFO or read-only place: one line, before any work
+    except ConfigError as e:
+        print(f"l2l-demo: {e}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if args.preset == "videos":
