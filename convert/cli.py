@@ -5,6 +5,8 @@
     l2l-convert export --flax DIR --out model.pth                               # back to upstream's format
 
 The directory format is documented in `l2l_jax.model_dir`; the checks and the exported file in `convert.core`.
+Bad input (a flag, an output path that cannot take the result, a file that is not a checkpoint or not a
+model) ends the program with one line naming the file and exit status 2, before anything is written.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from convert.core import convert_file, export_file
-from convert.torch_io import ConversionError
-from l2l_jax.model_dir import NotAModelDirError
+from l2l_jax.errors import ConfigError
+from l2l_jax.model_dir import is_model_dir
+from l2l_jax.outputs import output_dir, output_file, writing
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,24 +38,53 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, metavar="PTH", help=".pth to write")
     for s in (ia, pv, ex):
         s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+        s.add_argument("--debug", action="store_true", help="traceback instead of a one-line error")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the converter; returns the exit status (0 ok, 1 on a conversion error)."""
+    """Runs the converter; returns the exit status (0 ok, 2 with one line naming the file or flag on bad
+    input: `l2l_jax.cli.run_program`)."""
+    from l2l_jax.cli import run_program
+
+    return run_program("convert", lambda: _main(argv), argv)
+
+
+def check_out(args: argparse.Namespace) -> None:
+    """Before anything is read: --out can take what the subcommand writes (a .pth file for export, a model
+    directory otherwise), and an existing --out is replaced only with --overwrite, and only if it is of that
+    kind (`l2l_jax.outputs`)."""
+    out = Path(args.out)
+    if args.command == "export":
+        output_file(out, "--out")
+        if out.exists() and not args.overwrite:
+            raise ConfigError(f"--out {out.absolute()}: already exists (pass --overwrite to replace it)")
+        return
+    output_dir(out, "--out")
+    if out.exists():
+        if not args.overwrite:
+            raise ConfigError(f"--out {out.absolute()}: already exists (pass --overwrite to replace it)")
+        if not is_model_dir(out):
+            raise ConfigError(f"--out {out.absolute()}: exists and is not a model directory; refusing to replace "
+                              "it (choose another --out)")
+    output_dir(out.absolute().parent, "--out")
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "export":
-            out = export_file(args.flax, args.out, overwrite=args.overwrite)
-            print(f"wrote {out}")
-        else:
-            variant = "imageaudionet" if args.command == "imageaudionet" else args.variant
-            out, meta = convert_file(args.torch, args.out, variant, overwrite=args.overwrite)
-            print(f"wrote {out} (variant {variant}, {meta['num_classes']} classes, "
-                  f"feature width {meta['feature_dim']})")
-    except (ConversionError, NotAModelDirError, FileExistsError, FileNotFoundError) as e:
-        print(f"l2l-convert: error: {e}", file=sys.stderr)
-        return 1
+    check_out(args)
+    with writing(args.out, "--out"):
+        try:
+            if args.command == "export":
+                out = export_file(args.flax, args.out, overwrite=args.overwrite)
+                print(f"wrote {out}")
+            else:
+                variant = "imageaudionet" if args.command == "imageaudionet" else args.variant
+                out, meta = convert_file(args.torch, args.out, variant, overwrite=args.overwrite)
+                print(f"wrote {out} (variant {variant}, {meta['num_classes']} classes, "
+                      f"feature width {meta['feature_dim']})")
+        except (FileExistsError, FileNotFoundError) as e:  # the message names the path
+            raise ConfigError(str(e)) from None
     return 0
 
 

@@ -104,6 +104,9 @@ def select_state_dict(sd: Mapping[str, np.ndarray], variant: str, source: str) -
     matches, missing, extra, ambiguous = match_keys(loaded, expected)
     picked = {key: sd[src] for key, src in matches.items()}
     num_classes, feature_dim = _dims(picked, variant)
+    if num_classes == 0 or feature_dim == 0:
+        raise ConversionError(f"{source}: the classifier has {num_classes} classes and feature width {feature_dim}; "
+                              "a model needs at least 1 of each, nothing was converted")
     problems = ""
     if missing:
         problems += _fmt("missing", missing)

@@ -14,7 +14,7 @@ import argparse
 import importlib.util
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,16 +159,41 @@ def defaults(program: str) -> ml_collections.ConfigDict:
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-    """Run `get_config()` of a config file (configs/<name>.py)."""
+    """Run `get_config()` of a config file (configs/<name>.py). The file is Python and runs with the user's
+    rights, as an ml_collections config does: only trusted files belong here. Anything that goes wrong while
+    running it (a syntax error, an exception, a `get_config()` that returns no mapping of setting names) is
+    a `ConfigError` naming the file."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"--config {path}: no such file")
-    spec = importlib.util.spec_from_file_location(f"l2l_config_{file.stem}", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
+    try:
+        spec = importlib.util.spec_from_file_location(f"l2l_config_{file.stem}", file)
+        if spec is None or spec.loader is None:
+            raise ImportError("not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"--config {path}: Python syntax error at line {e.lineno}: {e.msg}; fix the file") from None
+    except Exception as e:  # the file's own code failed: whatever it raised
+        raise ConfigError(f"--config {path}: running it failed ({type(e).__name__}: {_first_line(e)}); fix the "
+                          "file") from None
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
         raise ConfigError(f"--config {path}: the file defines no get_config()")
-    return module.get_config()
+    try:
+        cfg = get_config()
+    except Exception as e:
+        raise ConfigError(f"--config {path}: get_config() failed ({type(e).__name__}: {_first_line(e)}); fix the "
+                          "file") from None
+    if not isinstance(cfg, ml_collections.ConfigDict | Mapping) or not all(isinstance(k, str) for k in cfg):
+        raise ConfigError(f"--config {path}: get_config() returned {type(cfg).__name__}, not an "
+                          "ml_collections.ConfigDict or dict of setting names; fix the file")
+    return cfg
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else "no message"
 
 
 def resolve(program: str, argv: Sequence[str] | None = None,
@@ -188,7 +213,10 @@ def resolve(program: str, argv: Sequence[str] | None = None,
             if key in cfg:
                 cfg[key] = value
     for key, value in given.items():
-        cfg[key] = value
+        try:
+            cfg[key] = value
+        except (TypeError, ValueError) as e:  # a config file's value of the wrong type (flags are typed)
+            raise ConfigError(f"--config {args.config}: setting {key!r}: {_first_line(e)}; fix the file") from None
     if program == TRAIN and cfg.get("workdir"):
         cfg.checkpoint_path = cfg.workdir
     for name, spec in FLAGS.items():

@@ -209,7 +209,6 @@ def check(cfg: Config, program: str) -> None:
     """Every flag problem of a program (``"train"`` or ``"eval"``) as a `ConfigError` naming the flag, before
     any data is read or anything compiles: counts that must be positive, contradictory settings, a missing
     dataset file, a run directory that is a file or cannot be written."""
-    import os
     from pathlib import Path
 
     def positive(*names: str) -> None:
@@ -219,6 +218,8 @@ def check(cfg: Config, program: str) -> None:
 
     positive("batch_size", "episode_length", "num_classes", "subsample_factor", "decode_threads", "print_freq",
              "embedding_size")
+    if not 0 <= int(cfg["seed"]) < 2**32:  # numpy's generators refuse negative seeds, jax wraps large ones
+        raise ConfigError(f"--seed {cfg['seed']}: must be in [0, 2**32)")
     check_buckets(cfg["buckets"])
     layout(cfg)
     import jax
@@ -242,12 +243,9 @@ def check(cfg: Config, program: str) -> None:
         raise ConfigError(f"--warmup_epochs {cfg['warmup_epochs']}: must be 0 or more")
     if not (cfg["with_avgpool_ce_loss"] or cfg["with_lstm_ce_loss"]):
         raise ConfigError("no loss to train: give --with_avgpool_ce_loss and/or --with_lstm_ce_loss (quirk 23)")
-    run_dir = Path(cfg["checkpoint_path"])
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--checkpoint_path {run_dir}: is a file; name a directory for the run")
-    parent = next((p for p in [run_dir, *run_dir.absolute().parents] if p.exists()), None)
-    if parent is None or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--checkpoint_path {run_dir}: cannot write into {parent}; choose a writable directory")
+    from l2l_jax.outputs import output_dir
+
+    output_dir(cfg["checkpoint_path"], "--checkpoint_path")  # a file, FIFO or read-only place: refused
 
 
 def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:

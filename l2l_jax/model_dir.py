@@ -18,8 +18,8 @@ flags, JSON-able ones only) when the ``.pth`` has them; ``source`` is the absolu
 directory and renames it into place, so a reader never sees a half-written model; it replaces an existing
 directory only when asked and only if that directory is itself a model directory. It is a one-process writer:
 in a multi-process run the calling process alone writes it (orbax's barriers are confined to that process).
-`load_model_dir` returns numpy arrays, bit for bit what was saved: it recomputes the checksum (directories
-written before checksums existed have none and are read as they are), and refuses non-finite tensors, a
+`load_model_dir` returns numpy arrays, bit for bit what was saved: it recomputes the checksum (a ``meta.json``
+without one is refused: the tensors could not be verified), and refuses non-finite tensors, a
 ``meta.json`` that lacks a field or whose variant, classes or width do not match the tensors, each with a
 `NotAModelDirError` (a `l2l_jax.errors.WeightsError`) naming the directory. Training runs (optimizer state,
 CheckpointManager) are not this format.
@@ -174,6 +174,10 @@ def load_model_dir(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, A
     """Reads a model directory: (variables as nested dicts of numpy arrays, meta)."""
     p = Path(path).absolute()
     meta = load_meta(p)
+    want = meta.get("tensors_sha256")
+    if not isinstance(want, str):
+        raise NotAModelDirError(f"{p}: {META_FILE} has no tensors_sha256, so its tensors cannot be verified; "
+                                "convert the model again (l2l-convert) or restore the field")
     if not (p / VARIABLES_DIR).is_dir():
         raise NotAModelDirError(f"{p} is not an l2l-jax model directory (no {VARIABLES_DIR}/)")
     try:
@@ -183,8 +187,7 @@ def load_model_dir(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, A
         raise NotAModelDirError(f"{p / VARIABLES_DIR}: cannot be read ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0][:200] if str(e) else ''}); convert the model again") from e
     variables = jax.tree.map(np.asarray, variables)
-    want = meta.get("tensors_sha256")
-    if want is not None and tensor_checksum(variables) != want:
+    if tensor_checksum(variables) != want:
         raise NotAModelDirError(f"{p}: the tensors do not match the checksum in {META_FILE} (a data file was "
                                 "changed or damaged); convert the model again")
     try:

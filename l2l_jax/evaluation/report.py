@@ -14,6 +14,7 @@ import numpy as np
 
 from l2l_jax.evaluation import baselines
 from l2l_jax.evaluation.evaluator import EvalResult
+from l2l_jax.outputs import atomic_write_text
 
 
 def summary_lines(result: EvalResult, checkpoint: str) -> str:
@@ -59,33 +60,35 @@ def write_metrics_json(result: EvalResult, path: str | os.PathLike, **extra: Any
     """The summary (`EvalResult.metrics`) and `extra` (e.g. ``checkpoint=``) as an indented JSON object."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**result.metrics(), **extra}, indent=1) + "\n")
+    atomic_write_text(path, json.dumps({**result.metrics(), **extra}, indent=1) + "\n")
     return path
 
 
 def write_export(result: EvalResult, path: str | os.PathLike, names: Mapping[int, str] | None = None) -> Path:
     """One JSON line per video: id, name (when `names` has it), label, prediction (avgpool head), LSTM
-    prediction, start clip, clip count, per-step clip indices and (two-modality) modality weights."""
+    prediction, start clip, clip count, per-step clip indices and (two-modality) modality weights. Written
+    atomically (`l2l_jax.outputs.atomic_write_text`)."""
     v = result.videos
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pred = np.argmax(v["avgpool_logits"], axis=1)
     lstm_pred = np.argmax(v["lstm_logits"], axis=1)
-    with open(path, "w") as f:
-        for r, i in enumerate(v["index"]):
-            rec: dict[str, Any] = {"id": int(i), "label": int(v["label"][r]), "prediction": int(pred[r]),
-                                   "lstm_prediction": int(lstm_pred[r]), "start_idx": int(v["start_idx"][r]),
-                                   "num_clips": int(min(v["n_valid"][r], v["length"][r]))}
-            if names is not None and int(i) in names:
-                rec["name"] = names[int(i)]
-            if result.variant == "two":
-                rec["image_idx"] = v["image_idx"][r].tolist()
-                rec["audio_idx"] = v["audio_idx"][r].tolist()
-                rec["modality_w"] = v["modality_w"][r].tolist()
-            else:
-                rec["idx"] = v["idx"][r].tolist()
-                rec["steps_taken"] = int(v["steps_taken"][r])
-            f.write(json.dumps(rec) + "\n")
+    lines = []
+    for r, i in enumerate(v["index"]):
+        rec: dict[str, Any] = {"id": int(i), "label": int(v["label"][r]), "prediction": int(pred[r]),
+                               "lstm_prediction": int(lstm_pred[r]), "start_idx": int(v["start_idx"][r]),
+                               "num_clips": int(min(v["n_valid"][r], v["length"][r]))}
+        if names is not None and int(i) in names:
+            rec["name"] = names[int(i)]
+        if result.variant == "two":
+            rec["image_idx"] = v["image_idx"][r].tolist()
+            rec["audio_idx"] = v["audio_idx"][r].tolist()
+            rec["modality_w"] = v["modality_w"][r].tolist()
+        else:
+            rec["idx"] = v["idx"][r].tolist()
+            rec["steps_taken"] = int(v["steps_taken"][r])
+        lines.append(json.dumps(rec) + "\n")
+    atomic_write_text(path, "".join(lines))
     return path
 
 

@@ -77,7 +77,7 @@ from pathlib import Path
 import numpy as np
 
 from l2l_jax.errors import ConfigError, WeightsError
-from l2l_jax.outputs import atomic_write_bytes, atomic_write_text, output_dir, output_file
+from l2l_jax.outputs import atomic_write_bytes, atomic_write_text, output_dir, output_file, writing
 
 WIDTH = 512
 IMAGE_DIR, AUDIO_DIR, TEMPLATE_DIR = "image_features", "audio_features", "imageAudio_features"
@@ -200,16 +200,17 @@ def _label_kind(path: Path, raw: list[tuple[int, str]], kind: str) -> tuple[str,
             return "name", True
         first_line, first = raw[0]
         odd = [(ln, x) for (ln, x), i in zip(raw, index, strict=True) if not i and _numberish(x)]
+        either = "fix it, or pass --label_kind int or --label_kind name"
         if odd:
-            (line, x), why = odd[0], "is a number but not a class index (an integer >= 0)"
+            (line, x), why = odd[0], ("is a number but not a class index (an integer >= 0); fix it, or pass "
+                                      "--label_kind name to read every label as a class name")
         elif index[0]:
             line, x = next((ln, x) for (ln, x), i in zip(raw, index, strict=True) if not i)
-            why = f"is a class name, but line {first_line}'s {first!r} is a class index"
+            why = f"is a class name, but line {first_line}'s {first!r} is a class index; {either}"
         else:
             line, x = next((ln, x) for (ln, x), i in zip(raw, index, strict=True) if i)
-            why = f"is a class index, but line {first_line}'s {first!r} is a class name"
-        raise ConfigError(f"--labels {path} line {line}: label {x!r} {why}; fix it, or pass --label_kind int or "
-                          "--label_kind name")
+            why = f"is a class index, but line {first_line}'s {first!r} is a class name; {either}"
+        raise ConfigError(f"--labels {path} line {line}: label {x!r} {why}")
     if kind == "int":
         for line, x in raw:
             if _INDEX.fullmatch(x) is None:
@@ -426,7 +427,7 @@ def check_manifest(root: Path, new: dict, keys: Sequence[str], *, overwrite: boo
     diffs = manifest_differences(old, new, keys)
     if not diffs:
         return False
-    if overwrite:
+    if overwrite or not _old_features(root):  # no feature file yet: nothing made otherwise to keep apart
         return True
     raise ConfigError(f"--out {root} holds features made with other settings: {'; '.join(diffs)}; pass --overwrite "
                       "to extract them all again with these settings, or choose another --out")
@@ -891,26 +892,28 @@ def _main(argv: Sequence[str] | None) -> int:
             (root / d).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"--out {root}: cannot create ({e.strerror or e})") from None
-    if stale:
-        n = remove_features(root)
-        print(f"--overwrite: deleted {n} feature file(s) made with other settings in {root}")
-    if stale or relabel or old is None:
-        atomic_write_text(root / MANIFEST, json.dumps(record, indent=1) + "\n")
-    elif old.get("package_version") != record["package_version"]:
-        print(f"note: the features in {root} were started by l2l-jax {old.get('package_version')}; this is "
-              f"{record['package_version']}")
-    extractor = Extractor(nets.visual, nets.audio, batch_size=args.batch_size, frame_size=args.frame_size,
-                          crop=args.crop, precision=args.precision)
-    summary = extract(videos, entries, root, extractor, workers=args.workers, progress=not args.no_progress,
-                      max_seconds=args.max_seconds)
-    if class_names is not None:
-        atomic_write_text(root / "classes.json", json.dumps(class_names, indent=1))
-    written: dict[str, int] = {}
-    for split in sorted({e.split for e in entries}):
-        rows = [e for e in entries if e.split == split and e.name in summary.lengths]
-        write_pickle(root / f"{split}.pkl", [str(root / TEMPLATE_DIR / f"{e.name}.npy") for e in rows],
-                     [e.label for e in rows])
-        written[split] = len(rows)
+    with writing(root, "--out"):  # a disk that fills up mid-way is one line too
+        if stale:
+            n = remove_features(root)
+            if n:
+                print(f"--overwrite: deleted {n} feature file(s) made with other settings in {root}")
+        if stale or relabel or old is None:
+            atomic_write_text(root / MANIFEST, json.dumps(record, indent=1) + "\n")
+        elif old.get("package_version") != record["package_version"]:
+            print(f"note: the features in {root} were started by l2l-jax {old.get('package_version')}; this is "
+                  f"{record['package_version']}")
+        extractor = Extractor(nets.visual, nets.audio, batch_size=args.batch_size, frame_size=args.frame_size,
+                              crop=args.crop, precision=args.precision)
+        summary = extract(videos, entries, root, extractor, workers=args.workers, progress=not args.no_progress,
+                          max_seconds=args.max_seconds)
+        if class_names is not None:
+            atomic_write_text(root / "classes.json", json.dumps(class_names, indent=1))
+        written: dict[str, int] = {}
+        for split in sorted({e.split for e in entries}):
+            rows = [e for e in entries if e.split == split and e.name in summary.lengths]
+            write_pickle(root / f"{split}.pkl", [str(root / TEMPLATE_DIR / f"{e.name}.npy") for e in rows],
+                         [e.label for e in rows])
+            written[split] = len(rows)
     _report(summary, root, written, desc)
     return 0
 
