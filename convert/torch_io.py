@@ -85,7 +85,27 @@ def state_dict_of(obj: Any, path: str | os.PathLike) -> tuple[dict[str, np.ndarr
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ConversionError(f"{path}: state-dict entries that are not tensors: {bad[:8]}")
+    odd = [f"{k} ({_storage_kind(v)})" for k, v in sd.items() if _storage_kind(v) is not None]
+    if odd:
+        raise ConversionError(f"{path}: tensors stored in a form this program does not read: "
+                              f"{', '.join(odd[:4])}{' ...' if len(odd) > 4 else ''}; save the state dict with "
+                              "dense float32 tensors (tensor.to_dense().float()) and try again")
     return {str(k): v.detach().cpu().numpy().copy() for k, v in sd.items()}, extras
+
+
+def _storage_kind(t: torch.Tensor) -> str | None:
+    """Why numpy cannot hold `t` as it is (None: it can): a sparse or other non-strided layout, a dtype numpy
+    lacks (bfloat16, float8, complex32, quantized), or no data (a meta tensor). Such tensors are refused, not
+    converted: the strict checks compare dtypes as saved."""
+    if t.layout != torch.strided:
+        return f"layout {str(t.layout).removeprefix('torch.')}"
+    if t.is_quantized or t.device.type == "meta":
+        return "quantized" if t.is_quantized else "meta tensor, no data"
+    try:
+        torch.empty(0, dtype=t.dtype).numpy()
+    except (TypeError, RuntimeError):
+        return f"dtype {str(t.dtype).removeprefix('torch.')}"
+    return None
 
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

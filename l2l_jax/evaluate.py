@@ -30,6 +30,7 @@ from l2l_jax import cli, config, data, parallel
 from l2l_jax.errors import ConfigError
 from l2l_jax.evaluation import Evaluator, report
 from l2l_jax.model import build_model
+from l2l_jax.outputs import output_dir, output_file, writing
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,31 +63,28 @@ def _run(argv: Sequence[str] | None) -> int:
     print(report.summary_lines(result, str(cfg.pretrained_model)))
     print(report.comparison_table(result))
     if cfg.metrics_json:
-        report.write_metrics_json(result, cfg.metrics_json, checkpoint=str(loaded.ref.where))
+        with writing(cfg.metrics_json, "--metrics_json"):
+            report.write_metrics_json(result, cfg.metrics_json, checkpoint=str(loaded.ref.where))
     names = report.video_names(source)
     if cfg.export:
-        report.write_export(result, cfg.export, names)
+        with writing(cfg.export, "--export"):
+            report.write_export(result, cfg.export, names)
     if cfg.plot:
         from l2l_jax.evaluation import plots
 
-        plots.write_all(result, cfg.plot, names, max_videos=cfg.plot_videos or None)
+        with writing(cfg.plot, "--plot"):
+            plots.write_all(result, cfg.plot, names, max_videos=cfg.plot_videos or None)
     return 0
 
 
 def check_output_paths(cfg) -> None:
-    """Before anything runs: --metrics_json and --export name files (not existing directories), --plot a
-    directory (not an existing file); none lies below an existing file."""
-    for flag in ("metrics_json", "export", "plot"):
-        if not cfg.get(flag):
-            continue
-        path = Path(cfg[flag])
-        if flag != "plot" and path.is_dir():
-            raise ConfigError(f"--{flag} {path}: is a directory; give a file name")
-        if flag == "plot" and path.exists() and not path.is_dir():
-            raise ConfigError(f"--plot {path}: is a file; give a directory for the PNGs")
-        above = next((p for p in path.absolute().parents if p.exists()), None)
-        if above is not None and not above.is_dir():
-            raise ConfigError(f"--{flag} {path}: {above} is a file, not a directory")
+    """Before anything runs (`l2l_jax.outputs`): --metrics_json and --export can take a file (not a
+    directory, FIFO or device, not read-only, not below a file), --plot a directory."""
+    for flag in ("metrics_json", "export"):
+        if cfg.get(flag):
+            output_file(cfg[flag], f"--{flag}")
+    if cfg.get("plot"):
+        output_dir(cfg.plot, "--plot")
 
 
 def read_start_file(path: str | os.PathLike) -> dict[int, int]:

@@ -179,7 +179,7 @@ def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path, capsys):
     target = tmp_path / "PWNED"
     evil = tmp_path / "evil.pth"
     torch.save({"model": _tensors(_sd("imageaudionet")), "namespace": _Exploit(target)}, evil)
-    assert main(["imageaudionet", "--torch", str(evil), "--out", str(tmp_path / "x")]) == 1
+    assert main(["imageaudionet", "--torch", str(evil), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "refusing to load" in err and str(evil) in err and "system" in err
     assert not target.exists()
@@ -248,15 +248,15 @@ def test_cli_all_subcommands(tmp_path, capsys):
     out = tmp_path / "flax"
     assert main(["preview", "--torch", str(src), "--out", str(out), "--variant", "single"]) == 0
     assert "48" in capsys.readouterr().out
-    assert main(["preview", "--torch", str(src), "--out", str(out), "--variant", "single"]) == 1
+    assert main(["preview", "--torch", str(src), "--out", str(out), "--variant", "single"]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(["preview", "--torch", str(src), "--out", str(out), "--variant", "single", "--overwrite"]) == 0
-    assert main(["preview", "--torch", str(src), "--out", str(tmp_path / "two")]) == 1
+    assert main(["preview", "--torch", str(src), "--out", str(tmp_path / "two")]) == 2
     assert "--variant single" in capsys.readouterr().err
     pth = tmp_path / "back.pth"
     assert main(["export", "--flax", str(out), "--out", str(pth)]) == 0
     _assert_same_sd(read_state_dict(pth)[0], _sd("single"))
-    assert main(["export", "--flax", str(tmp_path), "--out", str(tmp_path / "y.pth")]) == 1
+    assert main(["export", "--flax", str(tmp_path), "--out", str(tmp_path / "y.pth")]) == 2
     assert "not an l2l-jax model directory" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["back.pth", "flax", "model_final.pth"]  # no temp left
 

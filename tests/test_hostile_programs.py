@@ -222,8 +222,7 @@ HOSTILE = ["payload_pkl-train", "payload_pkl-train-test_split", "payload_pkl-eva
 def test_hostile_file_through_every_program(files, tmp_path, capsys, case):
     program, path, argv, words = _hostile_cases(files, tmp_path)[case]
     status, line, message = _run(program, argv, capsys)
-    # l2l-convert reports conversion errors with status 1 (its own convention); the others: 2 for input errors
-    assert status == (1 if program == "convert" else 2), message
+    assert status == 2, message
     assert str(path) in message and words in message, message
     assert not files["marker"].exists(), "a payload ran"
     assert not (tmp_path / "c").exists() and not (tmp_path / "p").exists()  # nothing written
@@ -315,7 +314,7 @@ def test_faulty_input(files, tmp_path, capsys, case):
                 "convert": ["export", "--flax", str(model), "--out", str(tmp_path / "out.pth")]}[program]
         said = str(model)
     status, line, message = _run(program, argv, capsys)
-    assert status == (1 if program == "convert" else 2), message
+    assert status == 2, message
     assert said in line, message
     assert not (tmp_path / "run" / "model_final").exists() and not (tmp_path / "out.pth").exists()
     _assert_one_line(case, message)
@@ -335,7 +334,7 @@ def test_unwritable_output_directory(files, tmp_path, capsys, case):
                 "convert": ["preview", "--torch", str(files["good_pth"]), "--out", str(ro / "m")]}[case]
         program = case.split("-")[0]
         status, line, message = _run(program, argv, capsys)
-        assert status == (1 if program == "convert" else 2), message
+        assert status == 2, message
         assert str(ro) in line, message
         _assert_one_line(case, message)
     finally:

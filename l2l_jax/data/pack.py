@@ -108,6 +108,26 @@ def pack_pickle(pickle_path: str | os.PathLike, out_dir: str | os.PathLike | Non
                       feature_root=feature_root, progress=progress)
 
 
+def check_pack_out(out: Path) -> None:
+    """`out` can become the pack (`l2l_jax.outputs.output_dir`) and is not a directory of something else that
+    packing would replace; its temporary sibling is not a file."""
+    from l2l_jax.errors import ConfigError
+    from l2l_jax.outputs import output_dir
+
+    output_dir(out, "--out")
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            meta = json.loads((out / "meta.json").read_text())
+        except (OSError, ValueError):
+            meta = None
+        if not isinstance(meta, dict) or meta.get("format") != PACK_FORMAT:
+            raise ConfigError(f"--out {out}: exists and is not a pack directory; refusing to replace it (choose "
+                              "another --out)")
+    tmp = out.with_name(out.name + ".tmp")
+    if os.path.lexists(tmp) and not tmp.is_dir():
+        raise ConfigError(f"--out {out}: {tmp} is in the way (packing writes there first); move it away")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs `l2l-pack`; returns the exit status (2 with a one-line message naming the file for bad input)."""
     from l2l_jax.cli import run_program
@@ -130,6 +150,8 @@ def _main(argv: Sequence[str] | None) -> None:
     args = ap.parse_args(argv)
     if args.out and len(args.pickles) > 1:
         ap.error("--out needs a single pickle")
+    for p in args.pickles:  # every output before any work
+        check_pack_out(Path(args.out) if args.out else default_pack_dir(p))
     for p in args.pickles:
         out = pack_pickle(p, args.out, variant=args.variant, feature_root=args.feature_root,
                           num_classes=args.num_classes, width=args.width or None, float16=args.float16,

@@ -195,7 +195,17 @@ def generate(out: str | os.PathLike, *, preset: str = "default", seed: int = 0,
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Runs `l2l-synth`; returns the exit status (2 with one line for a bad flag or --out)."""
+    from l2l_jax.cli import run_program
+
+    return run_program("synth", lambda: _main(argv), argv)
+
+
+def _main(argv: list[str] | None) -> None:
+    from l2l_jax.errors import ConfigError
+    from l2l_jax.outputs import output_dir, output_file, writing
+
     ap = argparse.ArgumentParser(prog="l2l-synth", description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="default")
@@ -204,17 +214,30 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--num_val", type=int, default=None)
     ap.add_argument("--dtype", choices=("float32", "float16"), default=None)
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--debug", action="store_true", help="traceback instead of a one-line error")
     args = ap.parse_args(argv)
+    for k in ("num_train", "num_val"):
+        if getattr(args, k) is not None and getattr(args, k) < 1:
+            raise ConfigError(f"--{k} {getattr(args, k)}: must be at least 1")
+    if args.seed < 0:
+        raise ConfigError(f"--seed {args.seed}: must be 0 or more")
     cfg = PRESETS[args.preset]
     for k in ("num_train", "num_val", "dtype"):
         if getattr(args, k) is not None:
             cfg = replace(cfg, **{k: getattr(args, k)})
+    out = output_dir(args.out, "--out")
+    away = "move it away or choose another --out"
+    for d in DIRS:
+        output_dir(out / d, "--out", advice=away)
+    for name in ("train.pkl", "val.pkl", "segments.json"):
+        output_file(out / name, "--out", advice=away)
     t0 = time.perf_counter()
-    out = generate(args.out, preset=args.preset, seed=args.seed, config=cfg, progress=not args.quiet)
+    with writing(out, "--out"):
+        out = generate(out, preset=args.preset, seed=args.seed, config=cfg, progress=not args.quiet)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out}: {cfg.num_train} train / {cfg.num_val} val videos, {cfg.num_classes} classes, "
           f"{size / 2**20:.1f} MiB in {time.perf_counter() - t0:.1f}s")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -305,14 +305,14 @@ def _check_outputs(out: Path, pth: Path, sources: dict[str, FileSource], root: P
     from l2l_jax.outputs import output_dir, output_file
 
     output_dir(out, "--out")
-    output_dir(out / "checkpoints", "--out")
-    output_file(out / "finetune.json", "--out")
-    output_file(out / RECORD_FILE, "--out")
-    output_file(pth, "--out")
+    away = "move it away or choose another --out"
+    output_dir(out / "checkpoints", "--out", advice=away)
+    output_file(out / "finetune.json", "--out", advice=away)
+    output_file(out / RECORD_FILE, "--out", advice=away)
+    output_file(pth, "--out", advice=f"{away} (or --name)")
     model = out / "imageaudionet"
     if model.exists() and not is_model_dir(model):
-        raise ConfigError(f"--out {out}: {model} exists and is not a model directory; move it away or choose "
-                          "another --out")
+        raise ConfigError(f"--out {out}: {model} exists and is not a model directory; {away}")
     output_dir(model.parent, "--out")
     flag = f"--feature_root {Path(feature_root).absolute()}:" if feature_root is not None else f"--data {root}:"
     parents: set[Path] = set()
@@ -325,9 +325,9 @@ def _check_outputs(out: Path, pth: Path, sources: dict[str, FileSource], root: P
                     f"copied or moved folder?); pass --feature_root {root} to use the features beside the pickles "
                     f"(or --feature_root {target.parent.parent} to write into that folder)")
             if target.parent not in parents:
-                output_dir(target.parent, flag)
+                output_dir(target.parent, flag, advice="move it away or choose another --feature_root")
                 parents.add(target.parent)
-            output_file(target, flag)
+            output_file(target, flag, advice="move it away or choose another --feature_root")
 
 
 def _resume_check(out: Path, record: dict[str, Any], epochs: int, overwrite: bool) -> None:
