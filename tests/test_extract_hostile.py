@@ -247,6 +247,7 @@ BAD_CSV = {
     "split": ("a.mp4,1,../x\n", "line 1: invalid split '../x'"),
     "same_name": ("a.mp4,1\nsub/b.mp4,1\nsub__b.mkv,1\n", "lines 2 ('sub/b.mp4') and 3 ('sub__b.mkv')"),
     "not_utf8": (None, "unreadable"),
+    "huge_index": ("a.mp4,1\nb.mp4," + "9" * 5000 + "\n", "line 2: label 99999999999999999999... is too large"),
 }
 
 

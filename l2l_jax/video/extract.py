@@ -192,12 +192,14 @@ def _label_kind(path: Path, raw: list[tuple[int, str]], kind: str) -> tuple[str,
     for line, x in raw:
         if not x:
             raise ConfigError(f"--labels {path} line {line}: empty label; give every video a label")
+    detected = kind == "auto"
     if kind == "auto":
         index = [_INDEX.fullmatch(x) is not None for _, x in raw]
         if all(index):
-            return "int", True
-        if not any(index) and not any(_numberish(x) for _, x in raw):
-            return "name", True
+            kind = "int"
+        elif not any(index) and not any(_numberish(x) for _, x in raw):
+            kind = "name"
+    if kind == "auto":
         first_line, first = raw[0]
         odd = [(ln, x) for (ln, x), i in zip(raw, index, strict=True) if not i and _numberish(x)]
         either = "fix it, or pass --label_kind int or --label_kind name"
@@ -216,9 +218,10 @@ def _label_kind(path: Path, raw: list[tuple[int, str]], kind: str) -> tuple[str,
             if _INDEX.fullmatch(x) is None:
                 raise ConfigError(f"--labels {path} line {line}: label {x!r} is not a class index (an integer >= 0); "
                                   "fix it, or pass --label_kind name if the labels are class names")
-            if int(x) > MAX_LABEL:
-                raise ConfigError(f"--labels {path} line {line}: label {x} is too large for a class index")
-    return kind, False
+            if len(x.lstrip("+0")) > 10 or int(x) > MAX_LABEL:  # int() of 5000 digits is refused by Python
+                raise ConfigError(f"--labels {path} line {line}: label {x[:20]}{'...' if len(x) > 20 else ''} is too "
+                                  "large for a class index")
+    return kind, detected
 
 
 def parse_labels(path: str | os.PathLike, splits: Sequence[str] | None, kind: str = "auto") -> LabelTable:
@@ -509,7 +512,8 @@ def load_networks(weights_resnet18: str | None, seed: int) -> Networks:
 
     if weights_resnet18:
         if not Path(weights_resnet18).is_file():
-            raise ConfigError(f"--weights_resnet18 {weights_resnet18}: no such file")
+            what = "is not a file" if Path(weights_resnet18).exists() else "no such file"
+            raise ConfigError(f"--weights_resnet18 {weights_resnet18}: {what}")
         sd = C.read_resnet18(weights_resnet18)
         bad = [k for k, v in sd.items() if k not in C.RESNET18_HEAD and np.issubdtype(v.dtype, np.floating)
                and not np.isfinite(v).all()]
