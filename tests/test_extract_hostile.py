@@ -150,6 +150,21 @@ def test_decode_limits_directly(base, tmp_path):
         D.decode_video(_video_with_pts(tmp_path / "gap.mkv", [0, 1, 2, 3, 400], rate=1))
 
 
+def test_one_far_timestamp_never_takes_much_memory(base):
+    """With the length limit lifted past 2e6 s, the far frame is still refused for its timing, before any
+    frame or audio array of 2e6 clips is allocated (16 GiB of audio alone)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(D.DecodeError, match="implausible timing: 2000001 clips"):
+            D.decode_video(base["videos"] / "huge.mkv", max_seconds=1e7)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 200 * 2**20, peak
+
+
 def test_output_files_get_the_umasks_mode(base):
     root = base["root"]
     for p in [root / "image_features" / "a.npy", root / "audio_features" / "a.npy", root / "train.pkl",

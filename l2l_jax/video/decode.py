@@ -23,8 +23,8 @@ video longer than `max_seconds` (by the container's duration, before decoding; b
 sample's time, while decoding) is refused at once; so is a video whose clip count is implausible for its
 frames: more than `PLAUSIBLE_RATIO` (4) clips per clip that holds a decoded frame of its own (three frames, the
 last at 1 h, would otherwise give 3,601 clips of repeated frames). The reason names the container's duration
-and the frame count. Frames repeated into clips without their own are shared until the final stack, and audio
-beyond `max_seconds` is never kept.
+and the frame count. Clips without a frame of their own are filled only once the clip count is accepted,
+and audio beyond `max_seconds` is never kept.
 """
 
 from __future__ import annotations
@@ -142,10 +142,11 @@ def decode_video(path: str | os.PathLike, *, clip_seconds: float = 1.0, sample_r
             fps, nominal_rate = _rate(vstream), _nominal_rate(vstream)  # read while the container is open
             resampler = (av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
                          if astream is not None else None)
-            picked: list[np.ndarray] = []  # frame of clip k, k = 0, 1, ...
+            picked: list[tuple[int, np.ndarray]] = []  # (k, frame): the first frame of clip k, when it has one
+            next_clip = 0
             size: tuple[int, int] | None = None
             t0: float | None = None
-            last_t, last_rgb, n_frames, prev_t, own = 0.0, None, 0, None, 0
+            last_t, n_frames, prev_t = 0.0, 0, None
             deltas: list[float] = []
             chunks: list[np.ndarray] = []
             audio_t0: float | None = None
@@ -167,19 +168,14 @@ def decode_video(path: str | os.PathLike, *, clip_seconds: float = 1.0, sample_r
                         prev_t = t
                         n_frames += 1
                         last_t = max(last_t, t)
-                        rgb = None
-                        while t >= len(picked) * clip_seconds - TIME_TOLERANCE:
-                            if rgb is None:
-                                if (frame.width, frame.height) != size:
-                                    frame = frame.reformat(width=size[0], height=size[1])
-                                rgb = frame.to_ndarray(format="rgb24")
-                            # clips without a frame of their own take the frame before them
-                            while last_rgb is not None and t >= (len(picked) + 1) * clip_seconds - TIME_TOLERANCE:
-                                picked.append(last_rgb)
-                            picked.append(rgb)
-                            own += 1
-                        if rgb is not None:
-                            last_rgb = rgb
+                        # the last clip starting at or before t: this frame is its first when no earlier
+                        # frame was; the clips in between (no frame of their own) repeat the frame before them
+                        k = math.floor((t + TIME_TOLERANCE) / clip_seconds)
+                        if k >= next_clip:
+                            if (frame.width, frame.height) != size:
+                                frame = frame.reformat(width=size[0], height=size[1])
+                            picked.append((k, frame.to_ndarray(format="rgb24")))
+                            next_clip = k + 1
                     else:
                         if audio_t0 is None:
                             audio_t0 = _frame_time(frame, 0, 1.0) if frame.pts is not None else None
@@ -204,13 +200,14 @@ def decode_video(path: str | os.PathLike, *, clip_seconds: float = 1.0, sample_r
     if num_clips * clip_seconds > max_seconds + clip_seconds:
         raise DecodeError(path, f"{num_clips} clips are past --max_seconds {max_seconds:g} "
                           f"({_describe(container_s, n_frames)}; pass a larger --max_seconds)")
+    own = sum(1 for k, _ in picked if k < num_clips)
     if num_clips > PLAUSIBLE_RATIO * max(own, 1):
         raise DecodeError(path, f"implausible timing: {num_clips} clips of {clip_seconds:g} s, but only {own} hold "
                           f"a frame of their own ({_describe(container_s, n_frames)}, the last frame at "
                           f"{last_t:.1f} s); its timestamps are probably broken")
-    while len(picked) < num_clips:
-        picked.append(picked[-1])
-    frames = np.stack(picked[:num_clips])
+    frames = np.empty((num_clips, *picked[0][1].shape), np.uint8)
+    for (k, rgb), (end, _) in zip(picked, [*picked[1:], (num_clips, None)], strict=True):
+        frames[k:end] = rgb  # past num_clips: cut
     audio = np.zeros((num_clips, clip_samples), np.float32)
     has_audio = astream is not None
     if chunks:
