@@ -276,6 +276,14 @@ def test_bad_labels_csv(base, tmp_path, capsys, case):
     assert not (tmp_path / "out").exists()
 
 
+def test_labels_fifo_is_refused_without_opening_it(base, tmp_path, capsys):
+    fifo = tmp_path / "labels.csv"
+    os.mkfifo(fifo)
+    argv = _args(base, tmp_path)
+    argv[argv.index("--labels") + 1] = str(fifo)
+    _refused(argv, capsys, str(fifo), "not a regular file")
+
+
 @pytest.mark.parametrize("case", ["superscript", "minus_one", "name"])
 def test_label_kind_int_refuses_what_is_not_an_index(base, tmp_path, capsys, case):
     label = {"superscript": "²", "minus_one": "-1", "name": "walk"}[case]

@@ -233,7 +233,8 @@ def parse_labels(path: str | os.PathLike, splits: Sequence[str] | None, kind: st
     if kind not in LABEL_KINDS:
         raise ConfigError(f"--label_kind {kind!r}: expected one of {', '.join(LABEL_KINDS)}")
     if not path.is_file():
-        raise ConfigError(f"--labels {path}: no such file")
+        raise ConfigError(f"--labels {path}: " + ("not a regular file (a folder, FIFO or device); give the CSV file"
+                                                   if path.exists() else "no such file"))
     rows = _csv_rows(path)
     header = _header(path, *rows[0]) if rows else None
     if header is not None:
