@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from convert.core import convert_file, export_file
+from l2l_jax import variants
 from l2l_jax.errors import ConfigError
 from l2l_jax.model_dir import is_model_dir
 from l2l_jax.outputs import output_dir, output_file, writing
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     ia = sub.add_parser("imageaudionet", help="upstream ImageAudioNet checkpoint (fusion net + classifier) -> DIR")
     pv = sub.add_parser("preview", help="upstream preview-model checkpoint (e.g. model_final.pth) -> DIR")
-    pv.add_argument("--variant", choices=("two", "single"), default="two",
+    pv.add_argument("--variant", choices=variants.NAMES, default=variants.DEFAULT.name,
                     help="two-modality (repo root, default) or the single-modality variant")
     for s in (ia, pv):
         s.add_argument("--torch", required=True, metavar="PTH", help="upstream .pth (loaded weights-only)")
@@ -79,7 +80,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 out = export_file(args.flax, args.out, overwrite=args.overwrite)
                 print(f"wrote {out}")
             else:
-                variant = "imageaudionet" if args.command == "imageaudionet" else args.variant
+                variant = variants.IMAGEAUDIONET if args.command == "imageaudionet" else args.variant
                 out, meta = convert_file(args.torch, args.out, variant, overwrite=args.overwrite)
                 print(f"wrote {out} (variant {variant}, {meta['num_classes']} classes, "
                       f"feature width {meta['feature_dim']})")

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from convert.torch_io import ConversionError, read_state_dict, write_torch_file
-from l2l_jax import model_dir, torch_names
+from l2l_jax import model_dir, torch_names, variants
 
 PREFIX = "module."
 # Where C and D can be read, per variant: (key, axis) in order of preference.
@@ -77,7 +77,15 @@ def _dims(sd: Mapping[str, np.ndarray], variant: str) -> tuple[int | None, int |
                 return int(np.shape(sd[key])[axis])
         return None
 
-    return first(_C_FROM), (first(_D_FROM) if variant == "single" else 512)
+    fixed = variants.FUSION_WIDTH if variant == variants.IMAGEAUDIONET else variants.get(variant).fixed_width
+    return first(_C_FROM), (first(_D_FROM) if fixed is None else fixed)
+
+
+def convert_command(kind: str) -> str:
+    """The l2l-convert command line that converts a checkpoint of this model kind."""
+    if kind == variants.IMAGEAUDIONET:
+        return "l2l-convert imageaudionet"
+    return "l2l-convert preview" + ("" if kind == variants.DEFAULT.name else f" --variant {kind}")
 
 
 def _fmt(kind: str, items: list[str]) -> str:
@@ -89,8 +97,7 @@ def _best_variant_hint(loaded: list[str], variant: str) -> str:
         if other != variant:
             matches, missing, extra, amb = match_keys(loaded, torch_names.state_dict_keys(other))
             if not (missing or extra or amb):
-                sub = {"single": "preview --variant single", "two": "preview", "imageaudionet": "imageaudionet"}
-                return f"  hint: these are exactly the keys of the {other!r} model: use `l2l-convert {sub[other]}`\n"
+                return f"  hint: these are exactly the keys of the {other!r} model: use `{convert_command(other)}`\n"
     return ""
 
 
@@ -203,7 +210,8 @@ def export_checkpoint(variables: Mapping, meta: Mapping[str, Any]) -> dict[str, 
     sd = torch_names.to_state_dict(variables, variant)
     sd, _, _ = select_state_dict(sd, variant, f"the variables of {meta.get('source', 'a model directory')}")
     args = dict(meta.get("upstream_args") or {"num_classes": meta["num_classes"]})
-    if variant == "single" and "upstream_args" not in meta:
+    spec = variants.VARIANTS.get(variant)  # None for the fusion net + classifier
+    if "upstream_args" not in meta and spec is not None and spec.fixed_width is None:  # --embedding_size
         args["embedding_size"] = meta["feature_dim"]
     args.update(l2l_jax_variant=variant, l2l_jax_source=str(meta.get("source", "")))
     return {"model": sd, "epoch": int(meta.get("epoch", 0)), "namespace": argparse.Namespace(**args)}

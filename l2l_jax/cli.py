@@ -20,6 +20,7 @@ from typing import Any
 
 import ml_collections
 
+from l2l_jax import variants
 from l2l_jax.data.buckets import DEFAULT_BUCKETS
 from l2l_jax.errors import ConfigError, L2LError
 
@@ -94,7 +95,7 @@ FLAGS: dict[str, dict[str, Any]] = {
     # ---- ours ----
     "config": {"type": str, "default": None, "help": "configs/<name>.py with get_config(); flags override it",
                "programs": BOTH},
-    "variant": {"choices": ["two", "single"], "default": "two",
+    "variant": {"choices": list(variants.NAMES), "default": variants.DEFAULT.name,
                 "help": "two-modality (image+audio) or single-modality model", "programs": BOTH},
     "seed": {"type": int, "default": 0, "help": "seed of every random draw (shuffling, windows, start clips)",
              "programs": BOTH},
@@ -132,10 +133,6 @@ FLAGS: dict[str, dict[str, Any]] = {
     "num_processes": {"type": int, "default": None, "help": "multi-host: number of processes", "programs": BOTH},
     "process_id": {"type": int, "default": None, "help": "multi-host: this process's id", "programs": BOTH},
 }
-
-
-# Upstream's single-modality opts.py differs from the root's in these defaults (docs/UPSTREAM.md §6).
-SINGLE_DEFAULTS = {"subsample_factor": 2, "warmup_epochs": 10, "hidden_size": 1024}
 
 
 def build_parser(program: str, description: str | None = None) -> argparse.ArgumentParser:
@@ -208,10 +205,13 @@ def resolve(program: str, argv: Sequence[str] | None = None,
                 raise ConfigError(f"--config {args.config}: unknown setting {key!r}")
             given[key] = value
     given.update({key: value for key, value in vars(args).items() if value is not None})
-    if given.get("variant", cfg.variant) == "single":
-        for key, value in SINGLE_DEFAULTS.items():
-            if key in cfg:
-                cfg[key] = value
+    try:
+        variant = variants.get(given.get("variant", cfg.variant))
+    except ValueError as e:
+        raise ConfigError(f"--config {args.config}: setting 'variant': {e}; fix the file") from None
+    for key, value in variant.flag_defaults:  # the variant's own opts.py defaults (docs/UPSTREAM.md §6)
+        if key in cfg:
+            cfg[key] = value
     for key, value in given.items():
         try:
             cfg[key] = value

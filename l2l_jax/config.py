@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from l2l_jax import numerics as numerics_policy
+from l2l_jax import variants
 from l2l_jax.errors import ConfigError, WeightsError
-from l2l_jax.model import FEATURE_DIM, PreviewConfig
+from l2l_jax.model import PreviewConfig
 from l2l_jax.recipe import Recipe
 
 #: Upper bound of data-loading threads: more only contend for the GIL and the disk.
@@ -33,16 +34,24 @@ MAX_THREADS = 16
 Config = Mapping[str, Any]
 
 
+def variant(cfg: Config) -> variants.Variant:
+    """The spec of --variant."""
+    try:
+        return variants.get(cfg["variant"])
+    except ValueError as e:
+        raise ConfigError(f"--variant: {e}") from None
+
+
 def feature_width(cfg: Config) -> int:
     """Feature width D of the variant: 512 for two modalities, --embedding_size for single (§1)."""
-    return FEATURE_DIM if cfg["variant"] == "two" else int(cfg["embedding_size"])
+    return variant(cfg).width(cfg.get("embedding_size"))
 
 
 def read_subsample(cfg: Config) -> int:
     """Every how many clips the loader keeps when reading features: --subsample_factor under
     --feature_subsample for the two-modality variant, else 1 (§1: upstream's single variant has no data-side
     subsampling)."""
-    if cfg.get("feature_subsample") and cfg["variant"] == "two":
+    if cfg.get("feature_subsample") and variant(cfg).data_subsample:
         return int(cfg["subsample_factor"])
     return 1
 
@@ -68,7 +77,7 @@ def model_config(cfg: Config) -> PreviewConfig:
 def recipe(cfg: Config, iters_per_epoch: int) -> Recipe:
     """Upstream's recipe from the flags (§6): milestones and warm-up in epochs times N_it."""
     weights = {}
-    if cfg["variant"] == "two":
+    if variant(cfg).loss_weights:
         weights = {"avgpool_ce_loss_weight": cfg["avgpool_ce_loss_weight"],
                    "lstm_ce_loss_weight": cfg["lstm_ce_loss_weight"]}
     return Recipe.from_epochs(
@@ -112,7 +121,7 @@ def loader_options(cfg: Config) -> LoaderOptions:
 
     threads = max(1, min(int(cfg["decode_threads"]), MAX_THREADS))
     return LoaderOptions(batch_size=int(cfg["batch_size"]), seed=int(cfg["seed"]), buckets=tuple(cfg["buckets"]),
-                         subsample=read_subsample(cfg), num_threads=threads, prefetch=threads,
+                         subsample=read_subsample(cfg), num_threads=threads, prefetch=2,
                          chunk_groups=layouts.chunk_groups(layout(cfg)),
                          feature_dtype=transfer_dtype(cfg))
 
@@ -133,7 +142,7 @@ def sort_by_length(cfg: Config) -> bool:
     """Whether evaluation may visit videos longest first: only when a video's result does not depend on the
     batch it is in (§7 "Eval determinism"): two-modality with s == 1 or without interpolation. The single
     variant's random fills and early break are per batch."""
-    return cfg["variant"] == "two" and (not cfg["feature_interpolate"] or int(cfg["subsample_factor"]) == 1)
+    return variant(cfg).batch_independent and (not cfg["feature_interpolate"] or int(cfg["subsample_factor"]) == 1)
 
 
 def make_train_loader(cfg: Config, source: Any) -> Any:
@@ -165,25 +174,25 @@ def initial_variables(cfg: Config, log: Any = None) -> dict:
     from l2l_jax import weights
     from l2l_jax.model import init_variables
 
-    variant = cfg["variant"]
-    fresh = init_variables(model_config(cfg), variant, jax.random.key(int(cfg["seed"])))
+    spec = variant(cfg)
+    fresh = init_variables(model_config(cfg), spec.name, jax.random.key(int(cfg["seed"])))
     variables = {k: jax.tree_util.tree_map(np.asarray, dict(v)) for k, v in fresh.items()}
     if cfg.get("weights_audioImageModel"):
         path = cfg["weights_audioImageModel"]
-        if variant != "two":
+        if not spec.fusion:
             if log is not None:
-                log.warning("--weights_audioImageModel is ignored by the single-modality variant, as upstream")
+                log.warning(f"--weights_audioImageModel is ignored by the {spec.title} variant, as upstream")
         else:
             if log is not None:
                 log.debug(f"Loading model only at: {path}")
             loaded = weights.load(path, "imageaudionet", "--weights_audioImageModel")
-            sub = {k: loaded.variables["params"][k] for k in weights.FUSION_MODULES}
+            sub = {k: loaded.variables["params"][k] for k in variants.FUSION_MODULES}
             weights.merge(variables["params"], sub, str(loaded.ref.where))
     if cfg.get("pretrained_model"):
         path = cfg["pretrained_model"]
         if log is not None:
             log.debug(f"Loading model only at: {path}")
-        loaded = weights.load(path, variant, "--pretrained_model")
+        loaded = weights.load(path, spec.name, "--pretrained_model")
         weights.merge(variables["params"], loaded.variables["params"], str(loaded.ref.where))
         weights.merge(variables["batch_stats"], loaded.variables.get("batch_stats", {}), str(loaded.ref.where),
                       "batch_stats")
@@ -199,7 +208,7 @@ def eval_weights(cfg: Config) -> Any:
     if loaded.meta["num_classes"] != int(cfg["num_classes"]):
         raise WeightsError(f"--pretrained_model {loaded.ref.where} has {loaded.meta['num_classes']} classes but "
                            f"--num_classes is {cfg['num_classes']}")
-    if cfg["variant"] == "single" and loaded.meta["feature_dim"] != feature_width(cfg):
+    if loaded.meta["feature_dim"] != feature_width(cfg):
         raise WeightsError(f"--pretrained_model {loaded.ref.where} takes {loaded.meta['feature_dim']}-wide features "
                            f"but --embedding_size is {feature_width(cfg)}")
     return loaded
@@ -258,4 +267,4 @@ def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
 
 __all__ = ["MAX_THREADS", "LoaderOptions", "check", "check_buckets", "eval_weights", "feature_width",
            "initial_variables", "layout", "loader_options", "make_eval_loader", "make_train_loader", "model_config",
-           "numerics", "read_subsample", "recipe", "sort_by_length", "split_options", "transfer_dtype"]
+           "numerics", "read_subsample", "recipe", "sort_by_length", "split_options", "transfer_dtype", "variant"]

@@ -27,7 +27,6 @@ import numpy as np
 
 SOFTMAXES = ("naive", "stable")
 #: Which softmax upstream's mAP uses, per variant (docs/UPSTREAM.md §7, quirk 24).
-SOFTMAX_OF_VARIANT = {"two": "naive", "single": "stable"}
 
 
 def binary_average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
@@ -121,10 +120,10 @@ class VideoMetrics:
     """
 
     def __init__(self, num_classes: int, variant: str = "two", softmax: str | None = None):
-        if variant not in SOFTMAX_OF_VARIANT:
-            raise ValueError(f"unknown variant {variant!r}; expected one of {tuple(SOFTMAX_OF_VARIANT)}")
+        from l2l_jax import variants
+
         self.num_classes = num_classes
-        self.softmax = SOFTMAX_OF_VARIANT[variant] if softmax is None else softmax
+        self.softmax = variants.get(variant).metrics_softmax if softmax is None else softmax
         self._label: dict[int, int] = {}
         self._logits: dict[str, dict[int, list[np.ndarray]]] = {"avgpool": {}, "lstm": {}}
         self._correct: dict[str, dict[int, bool]] = {"avgpool": {}, "lstm": {}}

@@ -371,28 +371,26 @@ class SinglePreviewModel(nn.Module):
 
 
 def build_model(cfg: PreviewConfig, variant: str) -> nn.Module:
-    """The policy module for a variant name ("two" or "single")."""
-    if variant == "two":
-        return PreviewModel(cfg)
-    if variant == "single":
-        return SinglePreviewModel(cfg)
-    raise ValueError(f"unknown variant {variant!r}: expected 'two' or 'single'")
+    """The policy module of a variant (`l2l_jax.variants`)."""
+    from l2l_jax import variants
+
+    return variants.get(variant).build(cfg)
 
 
 def init_variables(cfg: PreviewConfig, variant: str, key: Array) -> dict:
     """Fresh variables with upstream's initial distributions (docs/UPSTREAM.md §6).
 
-    `variant` is "two", "single" or "imageaudionet" (fusion net + classifier only)."""
-    if variant == "imageaudionet":
+    `variant` names a policy variant (`l2l_jax.variants`) or is "imageaudionet" (fusion net + classifier
+    only)."""
+    from l2l_jax import variants
+
+    if variant == variants.IMAGEAUDIONET:
         x = jnp.zeros((1, FEATURE_DIM), jnp.float32)
         return ImageAudioClassifier(cfg.num_classes, cfg.numerics).init(key, x, x)
-    model = build_model(cfg, variant)
+    spec = variants.get(variant)
     b, lb = 2, 10
     mask = jnp.ones((b, lb), jnp.float32)
     start = jnp.zeros((b,), jnp.int32)
     length = jnp.array(lb, jnp.int32)
-    if variant == "two":
-        x = jnp.zeros((b, lb, FEATURE_DIM), jnp.float32)
-        return model.init(key, x, x, mask, length, start)
-    x = jnp.zeros((b, lb, cfg.feature_dim), jnp.float32)
-    return model.init(key, x, mask, length, start)
+    feats = [jnp.zeros((b, lb, cfg.feature_dim), jnp.float32) for _ in spec.modalities]
+    return spec.build(cfg).init(key, *feats, mask, length, start)

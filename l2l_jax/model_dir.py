@@ -40,6 +40,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from l2l_jax import variants
 from l2l_jax.errors import WeightsError
 from l2l_jax.integrity import leaf_names, nonfinite_tensors, tensor_checksum
 
@@ -47,7 +48,7 @@ FORMAT = "l2l-jax-model"
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
 VARIABLES_DIR = "variables"
-MODEL_VARIANTS = ("two", "single", "imageaudionet")
+MODEL_VARIANTS = variants.MODEL_KINDS
 
 
 class NotAModelDirError(WeightsError):
@@ -78,7 +79,7 @@ def _check_variables(variables: Mapping[str, Any], meta: Mapping[str, Any]) -> N
         kernel = variables["params"]["net_classifier"]["classifier"]["kernel"]
     except (KeyError, TypeError) as e:
         raise WeightsError(f"variables have no params/net_classifier/classifier ({e!r})") from None
-    want = (meta["feature_dim"] if meta["variant"] == "single" else 512, meta["num_classes"])
+    want = (variants.model_width(meta["variant"], meta["feature_dim"]), meta["num_classes"])
     if tuple(np.shape(kernel)) != want or tuple(np.shape(bias)) != want[1:]:
         raise WeightsError(f"the classifier is {tuple(np.shape(kernel))}, but meta.json says num_classes "
                            f"{meta['num_classes']} and feature_dim {meta['feature_dim']} (expected {want})")

@@ -34,23 +34,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-VARIANTS = ("two", "single")
-
-#: Top-level modules of each trainable variant, in upstream's registration order (docs/UPSTREAM.md §4, §5).
-MODULES: dict[str, tuple[str, ...]] = {
-    "two": (
-        "net_imageAudio",
-        "net_classifier",
-        "image_queryfeature_mlp",
-        "audio_queryfeature_mlp",
-        "prediction_fc",
-        "image_key_conv1x1",
-        "audio_key_conv1x1",
-        "rnn",
-        "modality_attention",
-    ),
-    "single": ("net_classifier", "queryfeature_mlp", "prediction_fc", "key_conv1x1", "rnn"),
-}
+from l2l_jax import variants
 
 #: Label of the parameters that the optimizer never touches (no group, or no gradient path).
 FROZEN = "frozen"
@@ -66,20 +50,12 @@ class ParamGroup:
 
 
 def param_groups(variant: str, freeze: bool) -> list[ParamGroup]:
-    """Upstream's param groups in upstream's order (docs/UPSTREAM.md §6); modules in no group are never updated."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+    """Upstream's param groups in upstream's order (docs/UPSTREAM.md §6; the variant's `freeze_groups` under
+    --freeze_imageAudioNet); modules in no group are never updated."""
+    spec = variants.get(variant)
     if not freeze:
-        return [ParamGroup("all", MODULES[variant], 1.0)]
-    if variant == "two":
-        # the policy's own modules, in registration order: query MLPs, prediction_fc, key convs, rnn
-        names = MODULES["two"][MODULES["two"].index("image_queryfeature_mlp"):MODULES["two"].index("rnn") + 1]
-        groups = [ParamGroup(n, (n,), 1.0) for n in names]
-        groups.append(ParamGroup("net_classifier", ("net_classifier",), 0.1))
-        groups.append(ParamGroup("net_imageAudio", ("net_imageAudio",), 0.0))
-        return groups  # modality_attention: in no group (quirk 12)
-    names = ("queryfeature_mlp", "prediction_fc", "key_conv1x1", "rnn", "net_classifier")
-    return [ParamGroup(n, (n,), 1.0) for n in names]
+        return [ParamGroup("all", spec.modules, 1.0)]
+    return [ParamGroup(m, (m,), factor) for m, factor in spec.freeze_groups]
 
 
 def no_grad_modules(
@@ -92,36 +68,24 @@ def no_grad_modules(
 ) -> frozenset[str]:
     """Top-level modules with no gradient path to the configured loss (torch leaves their ``.grad`` None).
 
-    Two modalities: the avgpool logits use the fused step inputs (start + E-1 attended features), the LSTM
-    logits ``prediction_fc`` of the last hidden state. Single: the avgpool logits use the E soft attended
-    features, the LSTM logits the last hidden state, whose input is a hard pick (no gradient to the query MLP
-    and the keys) when ``hard`` (single trains hard under ``--gt_feature_eval``, docs/UPSTREAM.md
-    §5). ``E = 1`` leaves no attended feature in use.
+    Each loss reaches the variant's `avgpool_uses` / `lstm_uses`, plus its `attention_modules` when a soft
+    attended feature reaches that loss: never when ``hard`` (single trains hard under ``--gt_feature_eval``,
+    docs/UPSTREAM.md §5, so the last state's input is a hard pick) and never with ``E = 1`` (no attended
+    feature in use).
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+    spec = variants.get(variant)
     _require_a_loss(with_avgpool_ce_loss, with_lstm_ce_loss)
-    used: set[str] = set()
     attention_used = episode_length >= 2 and not hard  # some consumed input is a soft attended feature
-    if variant == "two":
-        attention = {"image_queryfeature_mlp", "audio_queryfeature_mlp", "image_key_conv1x1",
-                     "audio_key_conv1x1", "modality_attention", "rnn"}
-        if with_avgpool_ce_loss:
-            used |= {"net_imageAudio", "net_classifier"}
-            if attention_used:
-                used |= attention
-        if with_lstm_ce_loss:
-            used |= {"net_imageAudio", "rnn", "prediction_fc"}
-            if attention_used:
-                used |= attention
-    else:
-        if with_avgpool_ce_loss:  # the produced soft features always depend on the query, keys and rnn
-            used |= {"net_classifier", "queryfeature_mlp", "key_conv1x1", "rnn"}
-        if with_lstm_ce_loss:
-            used |= {"rnn", "prediction_fc"}
-            if attention_used:
-                used |= {"queryfeature_mlp", "key_conv1x1"}
-    return frozenset(m for m in MODULES[variant] if m not in used)
+    used: set[str] = set()
+    if with_avgpool_ce_loss:
+        used |= spec.avgpool_uses
+        if attention_used and spec.avgpool_attends:
+            used |= spec.attention_modules
+    if with_lstm_ce_loss:
+        used |= spec.lstm_uses
+        if attention_used:
+            used |= spec.attention_modules
+    return frozenset(m for m in spec.modules if m not in used)
 
 
 def _require_a_loss(with_avgpool_ce_loss: bool, with_lstm_ce_loss: bool) -> None:
@@ -186,11 +150,10 @@ class Recipe:
     episode_length: int = 10
 
     def __post_init__(self):
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown variant {self.variant!r}; expected one of {VARIANTS}")
+        spec = variants.get(self.variant)
         weighted = self.avgpool_ce_loss_weight != 1.0 or self.lstm_ce_loss_weight != 1.0
-        if self.variant == "single" and weighted:
-            raise ValueError("the single-modality variant has no loss weights (upstream sums the losses)")
+        if not spec.loss_weights and weighted:
+            raise ValueError(f"the {spec.title} variant has no loss weights (upstream sums the losses)")
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
 
     @classmethod
@@ -233,7 +196,7 @@ class Recipe:
 
     def module_labels(self) -> dict[str, str]:
         """Top-level module -> optimizer label (a group name, or `FROZEN`)."""
-        labels = {m: FROZEN for m in MODULES[self.variant]}
+        labels = {m: FROZEN for m in variants.get(self.variant).modules}
         for g in self.groups():
             for m in g.modules:
                 labels[m] = g.name
@@ -355,7 +318,6 @@ def compute_loss(
 
 __all__ = [
     "FROZEN",
-    "MODULES",
     "ParamGroup",
     "Recipe",
     "compute_loss",

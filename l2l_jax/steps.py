@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from l2l_jax import layouts
+from l2l_jax import layouts, variants
 from l2l_jax.model import sample_start
 from l2l_jax.recipe import Recipe
 
@@ -81,7 +81,7 @@ def make_train_step(model: nn.Module, recipe: Recipe) -> Callable[[TrainState, B
     """The (not yet jitted) train step for a model and recipe. Returns (new state, metrics) where metrics
     are per-batch sums over valid rows (`avgpool_correct`, `lstm_correct`, `count`) and the losses."""
     tx = recipe.optimizer()
-    train_hard = recipe.variant == "single" and recipe.hard  # single trains hard under --gt_feature_eval
+    train_hard = variants.get(recipe.variant).trains_hard and recipe.hard  # single: --gt_feature_eval trains hard
     constant = recipe.constant_modules()  # no gradient computed for parameters that never change
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:

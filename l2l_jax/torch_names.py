@@ -2,8 +2,8 @@
 
 `state_dict_keys(variant)` lists upstream's keys in upstream's `state_dict()` order (docs/UPSTREAM.md §4
 and §5); `to_state_dict` and `from_state_dict` convert numpy arrays both ways, bit-exactly (only transposes
-and dtype changes of integer counters). Variants: "two" (the two-modality preview model), "single" (the
-single-modality one) and "imageaudionet" (fusion net + classifier, upstream's ImageAudioClassify container).
+and dtype changes of integer counters). Models: every policy variant (its spec's `weight_table`,
+`l2l_jax.variants`) and "imageaudionet" (fusion net + classifier, upstream's ImageAudioClassify container).
 """
 
 from __future__ import annotations
@@ -12,31 +12,12 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-# (kind, upstream module prefix, Flax module path). Kinds say how the module's tensors map.
-_FUSION_CLASSIFIER = [
-    ("linear", "net_imageAudio.imageAudio_fc1", ("net_imageAudio", "imageAudio_fc1")),
-    ("linear", "net_imageAudio.imageAudio_fc2", ("net_imageAudio", "imageAudio_fc2")),
-    ("linear", "net_classifier.classifier", ("net_classifier", "classifier")),
-]
-_LAYOUTS = {
-    "imageaudionet": _FUSION_CLASSIFIER,
-    "two": _FUSION_CLASSIFIER + [
-        ("query", "image_queryfeature_mlp", ("image_queryfeature_mlp",)),
-        ("query", "audio_queryfeature_mlp", ("audio_queryfeature_mlp",)),
-        ("linear", "prediction_fc", ("prediction_fc",)),
-        ("keyconv", "image_key_conv1x1", ("image_key_conv1x1",)),
-        ("keyconv", "audio_key_conv1x1", ("audio_key_conv1x1",)),
-        ("lstm", "rnn", ("rnn",)),
-        ("linear", "modality_attention", ("modality_attention",)),
-    ],
-    "single": [
-        ("linear", "net_classifier.classifier", ("net_classifier", "classifier")),
-        ("query", "queryfeature_mlp", ("queryfeature_mlp",)),
-        ("linear", "prediction_fc", ("prediction_fc",)),
-        ("keyconv", "key_conv1x1", ("key_conv1x1",)),
-        ("lstm", "rnn", ("rnn",)),
-    ],
-}
+from l2l_jax.variants import FUSION_CLASSIFIER, IMAGEAUDIONET
+from l2l_jax.variants import VARIANTS as VARIANTS_BY_NAME
+
+# (kind, upstream module prefix, Flax module path) rows: each variant's own table (`l2l_jax.variants`), and the
+# fusion net + classifier model.
+_LAYOUTS = {IMAGEAUDIONET: FUSION_CLASSIFIER, **{v.name: v.weight_table for v in VARIANTS_BY_NAME.values()}}
 VARIANTS = tuple(_LAYOUTS)
 
 # torch's weight_norm re-registers weight_hh first, then weight_ih (docs/UPSTREAM.md §4).

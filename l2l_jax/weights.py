@@ -22,11 +22,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from l2l_jax import variants
 from l2l_jax.errors import WeightsError
 
 Kind = Literal["pth", "model_dir", "run"]
 #: The two-modality modules that ``--weights_audioImageModel`` sets: upstream's released ImageAudioNet.
-FUSION_MODULES = ("net_imageAudio", "net_classifier")
+FUSION_MODULES = variants.FUSION_MODULES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +104,7 @@ def load(path: str | Path | WeightsRef, variant: str, flag: str = "weights") -> 
             from l2l_jax import model_dir
 
             variables, meta = model_dir.load_model_dir(ref.path)
-            if meta["variant"] != variant and not (variant == "imageaudionet" and meta["variant"] == "two"):
+            if not variants.holds(meta["variant"], variant):
                 raise WeightsError(f"{flag} {ref.path} holds a {meta['variant']!r} model, not {variant!r} "
                                    "(check --variant)")
         else:

@@ -13,6 +13,7 @@ import torch
 from fixture_inputs import manifest_state_dict, read_json
 
 from l2l_jax import recipe as R
+from l2l_jax import variants
 
 SHAPES = {"kernel": (5, 3), "bias": (3,), "bn": {"scale": (3,), "bias": (3,)}}
 
@@ -40,7 +41,8 @@ def _params(variant: str, seed: int) -> dict:
     def leaf(shape):
         return rng.standard_normal(shape).astype(np.float32)
 
-    return {m: jax.tree.map(leaf, SHAPES, is_leaf=lambda x: isinstance(x, tuple)) for m in R.MODULES[variant]}
+    return {m: jax.tree.map(leaf, SHAPES, is_leaf=lambda x: isinstance(x, tuple))
+            for m in variants.get(variant).modules}
 
 
 def _leaves(tree) -> list[tuple[str, np.ndarray]]:
@@ -95,14 +97,14 @@ def test_optimizer_matches_torch_sgd(cfg, warmup):
                 np.testing.assert_allclose(v, ref, rtol=1e-6, atol=1e-8, err_msg=f"{m}{key} step {k}")
     # What never moves: modules in no group, lr-0 groups, no-gradient modules.
     init = _params(rec.variant, 0)
-    for m in R.MODULES[rec.variant]:
+    for m in variants.get(rec.variant).modules:
         same = all(np.array_equal(a, b) for (_, a), (_, b) in zip(_leaves(params[m]), _leaves(init[m]),
                                                                     strict=True))
         if not same:
             moved.add(m)
     frozen = {m for m, lab in labels.items() if lab == R.FROZEN}
     zero_lr = {m for g in rec.groups() if g.lr_factor == 0 for m in g.modules}
-    assert moved == set(R.MODULES[rec.variant]) - frozen - zero_lr
+    assert moved == set(variants.get(rec.variant).modules) - frozen - zero_lr
 
 
 def test_groups_of_the_freeze_recipes():
@@ -114,7 +116,7 @@ def test_groups_of_the_freeze_recipes():
     assert "modality_attention" not in {m for g in two for m in g.modules}
     assert [g.name for g in R.param_groups("single", True)] == ["queryfeature_mlp", "prediction_fc",
                                                                 "key_conv1x1", "rnn", "net_classifier"]
-    assert R.param_groups("two", False)[0].modules == R.MODULES["two"]
+    assert R.param_groups("two", False)[0].modules == variants.get("two").modules
     rec = R.Recipe("two", freeze=True, with_avgpool_ce_loss=True)
     assert rec.module_labels()["modality_attention"] == R.FROZEN
     assert rec.module_labels()["prediction_fc"] == R.FROZEN  # quirk 14
@@ -133,7 +135,7 @@ def test_no_grad_modules_rules():
     assert ng("single", False, True) == {"net_classifier"}
     assert ng("single", False, True, hard=True) == {"net_classifier", "queryfeature_mlp", "key_conv1x1"}
     assert ng("single", True, True, hard=True) == set()
-    assert ng("two", True, False, episode_length=1) == set(R.MODULES["two"]) - {"net_imageAudio",
+    assert ng("two", True, False, episode_length=1) == set(variants.get("two").modules) - {"net_imageAudio",
                                                                                 "net_classifier"}
     with pytest.raises(ValueError, match="no loss selected"):
         ng("two", False, False)
@@ -253,4 +255,4 @@ def test_no_grad_rule_matches_the_model_gradients(variant, hard, E):
     for a, l in [(True, False), (False, True), (True, True)]:
         live = (used(g_avg) if a else set()) | (used(g_lstm) if l else set())
         rule = R.no_grad_modules(variant, with_avgpool_ce_loss=a, with_lstm_ce_loss=l, hard=hard, episode_length=E)
-        assert rule == set(R.MODULES[variant]) - live, (a, l)
+        assert rule == set(variants.get(variant).modules) - live, (a, l)

@@ -24,20 +24,18 @@ import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
+from l2l_jax import variants
 from l2l_jax.errors import L2LError
 
-Variant = Literal["two", "single"]
+Variant = str  # a --variant name (`l2l_jax.variants`)
 
 TEMPLATE_DIR = "imageAudio_features"
-MODALITY_DIRS: dict[str, tuple[str, ...]] = {
-    "two": ("image_features", "audio_features"),
-    "single": ("r2plus1d152_features",),
-}
-MODALITY_KEYS: dict[str, tuple[str, ...]] = {"two": ("image", "audio"), "single": ("features",)}
+#: each variant's feature folders and batch keys, as its spec gives them
+MODALITY_DIRS: dict[str, tuple[str, ...]] = {v.name: v.feature_dirs for v in variants.VARIANTS.values()}
+MODALITY_KEYS: dict[str, tuple[str, ...]] = {v.name: v.modalities for v in variants.VARIANTS.values()}
 
 
 class DatasetError(L2LError, ValueError):
@@ -239,8 +237,7 @@ def parse_index(obj: object, *, variant: Variant = "two", feature_root=None, bas
 
     Relative paths are resolved against `base_dir` (the pickle's directory) unless `feature_root` is set.
     """
-    if variant not in MODALITY_DIRS:
-        raise ValueError(f"variant must be 'two' or 'single', got {variant!r}")
+    variants.get(variant)  # a ValueError for an unknown variant
     if not isinstance(obj, tuple | list) or len(obj) != 2:
         raise DatasetError(f"{source}: expected a pair (feature_paths, labels), got {type(obj).__name__}")
     paths, labels = obj

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from l2l_jax import variants
+
 from .fingerprint import fingerprint
 from .index import DatasetError, Variant, load_index
 from .source import (
@@ -139,7 +141,7 @@ def _main(argv: Sequence[str] | None) -> None:
     ap = argparse.ArgumentParser(prog="l2l-pack", description=__doc__.split("\n")[0])
     ap.add_argument("pickles", nargs="+", help="upstream dataset pickles (train.pkl, val.pkl, ...)")
     ap.add_argument("--out", default=None, help="pack directory (one pickle only; default <stem>.pack beside it)")
-    ap.add_argument("--variant", choices=("two", "single"), default="two")
+    ap.add_argument("--variant", choices=variants.NAMES, default=variants.DEFAULT.name)
     ap.add_argument("--feature_root", default=None, help="replaces everything before imageAudio_features")
     ap.add_argument("--num_classes", type=int, default=None, help="check labels in [0, C)")
     ap.add_argument("--width", type=int, default=512, help="expected feature width (0: any)")

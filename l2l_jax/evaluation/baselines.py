@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from l2l_jax import layouts
+from l2l_jax import layouts, variants
 from l2l_jax.model import Classifier, ImageAudioNet, PreviewConfig
 from l2l_jax.steps import model_inputs
 
@@ -132,7 +132,8 @@ def baseline_logits(params: Mapping, batch: Mapping, cfg: PreviewConfig, variant
     cls_vars = {"params": params["net_classifier"]}
     layout = layouts.of_batch(batch)
     feats = [layout.features(x) for x in model_inputs(batch)]
-    if variant == "two":
+    spec = variants.get(variant)
+    if spec.fusion:
         # fuse every position of the layout once (positions with mask 0 are never averaged); gathering
         # fused rows equals fusing gathered clips (the net is per clip)
         feats = [ImageAudioNet(p).apply({"params": params["net_imageAudio"]}, *feats)]
@@ -148,7 +149,7 @@ def baseline_logits(params: Mapping, batch: Mapping, cfg: PreviewConfig, variant
     pos = jnp.stack([jnp.pad(uniform_positions(n, k), ((0, 0), (0, e - k))) for k in range(1, e + 1)], axis=1)
     feats = _gather(clip_feats, pos)  # (B, E, E, F)
     out["uniform_steps_logits"] = head(jnp.einsum("kj,bkjf->bkf", jnp.asarray(tri), feats))
-    if variant == "two":
+    if spec.fusion:  # the policy's k-step curve: the classifier on the mean of its first k fused inputs
         prefix = np.tril(np.ones((e, e), np.float32)) / np.arange(1, e + 1, dtype=np.float32)[:, None]
         out["policy_steps_logits"] = head(jnp.einsum("kj,bjf->bkf", jnp.asarray(prefix), policy_out["fused"]))
     else:

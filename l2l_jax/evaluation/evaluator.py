@@ -34,16 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from l2l_jax import parallel
+from l2l_jax import parallel, variants
 from l2l_jax.errors import ConfigError
 from l2l_jax.evaluation import baselines
-from l2l_jax.metrics import SOFTMAX_OF_VARIANT, VideoMetrics, fraction_correct, top1_correct, video_map
+from l2l_jax.metrics import VideoMetrics, fraction_correct, top1_correct, video_map
 from l2l_jax.model import PreviewConfig
 from l2l_jax.steps import make_eval_step
 
-#: Per-video outputs kept on the host (beyond index/label/valid, which come from the batch).
-POLICY_KEYS = {"two": ("avgpool_logits", "lstm_logits", "image_idx", "audio_idx", "modality_w", "start_idx"),
-               "single": ("avgpool_logits", "lstm_logits", "idx", "start_idx", "selected_gt_mean", "steps_taken")}
 #: The k-step curves (`baselines.baseline_logits`): mAP after k = 1..E steps.
 CURVES = ("policy", "uniform")
 
@@ -115,7 +112,7 @@ def make_eval_fn(model: Any, cfg: PreviewConfig, variant: str, *, hard: bool,
     """(variables, batch, key) -> per-row outputs: the policy's (via `steps.make_eval_step`), plus the
     baselines' logits and the logits after k = 1..E steps for the policy and uniform sampling."""
     eval_step = make_eval_step(model, hard=hard)
-    keep = POLICY_KEYS[variant]
+    keep = variants.get(variant).policy_outputs  # kept on the host, beyond index/label/valid
 
     def fn(variables: Mapping, batch: Mapping, key: jax.Array) -> dict:
         keys = video_keys(key, batch["index"])
@@ -157,8 +154,7 @@ class Evaluator:
     def __init__(self, model: Any, cfg: PreviewConfig, variant: str, *, hard: bool = False,
                  with_baselines: bool = True, mesh: Mesh | None = None, seed: int = 0, key: jax.Array | None = None,
                  layout: str = "dense") -> None:
-        if variant not in POLICY_KEYS:
-            raise ValueError(f"variant {variant!r}: expected one of {sorted(POLICY_KEYS)}")
+        variants.get(variant)  # a ValueError for an unknown variant
         self.model, self.cfg, self.variant, self.hard = model, cfg, variant, hard
         self.with_baselines, self.layout = with_baselines, layout
         self.mesh = parallel.make_mesh() if mesh is None else mesh
@@ -292,14 +288,14 @@ def clips_consumed(videos: Mapping[str, np.ndarray], cfg: PreviewConfig, variant
     """Distinct clips whose features the policy fed to its LSTM, per video (hard mode): the start (unless
     the mean start) and the clips chosen at steps 0..E-2 (the last step's choice is never consumed); with
     `hard_audio_index` the audio choices count too."""
-    e = cfg.episode_length
-    if variant == "two":
-        chosen = [videos["image_idx"][:, : e - 1]]
-        if cfg.hard_audio_index:
-            chosen.append(videos["audio_idx"][:, : e - 1])
-    else:
-        steps = videos["steps_taken"]
-        chosen = [np.where(np.arange(e - 1)[None, :] < steps[:, None] - 1, videos["idx"][:, : e - 1], -1)]
+    e, spec = cfg.episode_length, variants.get(variant)
+    keys = spec.chosen
+    if cfg.hard_audio_index and spec.chosen_with_audio_index:
+        keys += (spec.chosen_with_audio_index,)
+    chosen = [videos[k][:, : e - 1] for k in keys]
+    if spec.steps_output is not None:  # the episode stopped early: later steps consumed nothing
+        steps = videos[spec.steps_output]
+        chosen = [np.where(np.arange(e - 1)[None, :] < steps[:, None] - 1, c, -1) for c in chosen]
     if not cfg.mean_feature_as_start:
         chosen.append(videos["start_idx"][:, None])
     sets = np.concatenate(chosen, axis=1)
@@ -317,7 +313,8 @@ def _safe_map(logits: np.ndarray, labels: np.ndarray, num_classes: int, softmax:
 def _summarize(videos: dict[str, np.ndarray], cfg: PreviewConfig, variant: str, hard: bool, run_s: float,
                compile_s: float) -> EvalResult:
     c = cfg.num_classes
-    softmax = SOFTMAX_OF_VARIANT[variant]
+    spec = variants.get(variant)
+    softmax = spec.metrics_softmax
     labels = videos["label"]
     n = len(labels)
     vm = VideoMetrics(c, variant)
@@ -336,7 +333,7 @@ def _summarize(videos: dict[str, np.ndarray], cfg: PreviewConfig, variant: str, 
             curves[name] = [_safe_map(lg[:, k], labels, c, softmax) for k in range(lg.shape[1])]
     consumed = float(np.mean(clips_consumed(videos, cfg, variant))) if hard else None
     gt_map = gt_acc = None
-    if variant == "single":  # upstream's meaningless "gt" numbers: the D feature dims as classes (§5)
+    if spec.gt_metrics:  # upstream's meaningless "gt" numbers: the D feature dims as classes (§5)
         gt_acc = fraction_correct(top1_correct(videos["selected_gt_mean"], labels))
         gt_map = _safe_map(videos["selected_gt_mean"], labels, videos["selected_gt_mean"].shape[1], "stable") \
             if labels.max() < videos["selected_gt_mean"].shape[1] else None
@@ -350,4 +347,4 @@ def _summarize(videos: dict[str, np.ndarray], cfg: PreviewConfig, variant: str, 
         gt_acc=gt_acc, gt_map=gt_map, videos=videos)
 
 
-__all__ = ["POLICY_KEYS", "EvalResult", "Evaluator", "clips_consumed", "draw_starts", "make_eval_fn", "video_keys"]
+__all__ = ["EvalResult", "Evaluator", "clips_consumed", "draw_starts", "make_eval_fn", "video_keys"]

@@ -21,6 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from l2l_jax import variants  # noqa: E402
+
 
 def timeline(path: str | os.PathLike, *, num_clips: int, rows: Mapping[str, Sequence[int]],
              start: int | None = None, title: str = "", fig: Any = None) -> Path:
@@ -72,7 +74,7 @@ def write_all(result: Any, out_dir: str | os.PathLike, names: Mapping[int, str] 
     """Every video's timeline and the mAP-vs-steps summary for an `EvalResult`; returns the files."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    v = result.videos
+    v, spec = result.videos, variants.get(result.variant)
     written = []
     curves = {"policy": result.steps_map.get("policy", []), "uniform sampling": result.steps_map.get("uniform", [])}
     written.append(map_vs_steps(out / "map_vs_steps.png", curves, f"{result.num_videos} videos"))
@@ -82,8 +84,8 @@ def write_all(result: Any, out_dir: str | os.PathLike, names: Mapping[int, str] 
     try:
         for r in range(n):
             i = int(v["index"][r])
-            rows = ({"image": v["image_idx"][r], "audio": v["audio_idx"][r]} if result.variant == "two"
-                    else {"clip": v["idx"][r][: int(v["steps_taken"][r])]})
+            steps = int(v[spec.steps_output][r]) if spec.steps_output else None
+            rows = {label: v[key][r][:steps] for label, key in spec.timeline_rows}
             start = None if result.mean_start else int(v["start_idx"][r])
             name = names.get(i, str(i)) if names else str(i)
             title = f"{name}: label {int(v['label'][r])}, predicted {int(pred[r])}"

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from l2l_jax import variants
 from l2l_jax.evaluation import baselines
 from l2l_jax.evaluation.evaluator import EvalResult
 from l2l_jax.outputs import atomic_write_text
@@ -20,12 +21,13 @@ from l2l_jax.outputs import atomic_write_text
 def summary_lines(result: EvalResult, checkpoint: str) -> str:
     """Upstream's validate.py summary, character for character (quirk 25): accuracy x100, two-modality mAP
     as a fraction; the single variant prints its own line, all x100."""
-    if result.variant == "single":
-        gt = float("nan") if result.gt_map is None else result.gt_map * 100
-        return (f"Testing Summary for checkpoint: {checkpoint}\nvideo accuracy/mAP/gt mAP: "
-                f"{result.avgpool_acc * 100} \t {result.avgpool_map * 100} \t {gt}\n")
-    return (f"Testing Summary for checkpoint: {checkpoint}\nAvgpool Acc: {result.avgpool_acc * 100} \n"
-            f" LSTM Acc: {result.lstm_acc * 100} \n Avgpool mAP: {result.avgpool_map} \n LSTM mAP: {result.lstm_map}")
+    def pct(x: float | None) -> float:
+        return float("nan") if x is None else x * 100
+
+    return variants.get(result.variant).summary_template.format(
+        checkpoint=checkpoint, avgpool_acc_pct=result.avgpool_acc * 100, lstm_acc_pct=result.lstm_acc * 100,
+        avgpool_map=result.avgpool_map, lstm_map=result.lstm_map, avgpool_map_pct=pct(result.avgpool_map),
+        gt_map_pct=pct(result.gt_map))
 
 
 def comparison_table(result: EvalResult) -> str:
@@ -80,13 +82,8 @@ def write_export(result: EvalResult, path: str | os.PathLike, names: Mapping[int
                                "num_clips": int(min(v["n_valid"][r], v["length"][r]))}
         if names is not None and int(i) in names:
             rec["name"] = names[int(i)]
-        if result.variant == "two":
-            rec["image_idx"] = v["image_idx"][r].tolist()
-            rec["audio_idx"] = v["audio_idx"][r].tolist()
-            rec["modality_w"] = v["modality_w"][r].tolist()
-        else:
-            rec["idx"] = v["idx"][r].tolist()
-            rec["steps_taken"] = int(v["steps_taken"][r])
+        for key in variants.get(result.variant).export_outputs:
+            rec[key] = v[key][r].tolist()
         lines.append(json.dumps(rec) + "\n")
     atomic_write_text(path, "".join(lines))
     return path

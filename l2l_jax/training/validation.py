@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from l2l_jax import config, parallel
+from l2l_jax import config, parallel, variants
 from l2l_jax.evaluation import Evaluator
 
 
@@ -40,19 +40,12 @@ class Validation:
 
 
 def validation_lines(variant: str, epoch: int, r: Mapping[str, float]) -> list[str]:
-    """validate()'s lines in epoch.log (docs/UPSTREAM.md §6 "Logs"), per variant."""
-    if variant == "single":
-        lines = [f"Final accuracy from avgpooling at epoch {epoch}: {r['avgpool_acc']}",
-                 f"Final accuracy from lstm  at epoch {epoch}: {r['lstm_acc']}",
-                 f"mAP from avgpooling at epoch {epoch}: {r['avgpool_map']}",
-                 f"mAP from lstm at epoch {epoch}: {r['lstm_map']}"]
-        if "gt_map" in r:  # the evaluator gives the gt mAP only (quirk 19)
-            lines.append(f"mAP from gt predictions at epoch {epoch}: {r['gt_map']}\n")
-        return lines
-    return [f"Final accuracy from avgpooling at epoch {epoch}: {r['avgpool_acc']}",
-            f"Final accuracy from lstm final prediction at epoch {epoch}: {r['lstm_acc']}",
-            f"mAP from avgpooling at epoch {epoch}: {r['avgpool_map']}",
-            f"mAP from lstm final prediction at epoch {epoch}: {r['lstm_map']}\n"]
+    """validate()'s lines in epoch.log (docs/UPSTREAM.md §6 "Logs"), in the variant's wording."""
+    spec = variants.get(variant)
+    lines = [t.format(epoch=epoch, **r) for t in spec.epoch_log_templates]
+    if "gt_map" in r and spec.gt_log_template:
+        lines.append(spec.gt_log_template.format(epoch=epoch, **r))
+    return lines
 
 
 __all__ = ["Validation", "validation_lines"]
