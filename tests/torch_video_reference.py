@@ -141,3 +141,30 @@ def randomize_batchnorm(model: nn.Module, generator: torch.Generator) -> None:
                 m.running_mean.copy_(0.1 * torch.randn(c, generator=generator))
                 m.running_var.copy_(0.5 + torch.rand(c, generator=generator))
                 m.num_batches_tracked.fill_(int(torch.randint(1, 1000, (), generator=generator)))
+
+
+class Student(nn.Module):
+    """The end-to-end student of `l2l-distill` in plain PyTorch: VisualNet and AudioNet (each on its own
+    resnet18), then upstream's fusion net and classifier (``net_imageAudio``, ``net_classifier``: the names of
+    upstream's ImageAudioClassify container). Used by tests/test_distill.py for gradients."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        import torch_reference as tr
+
+        self.visual = VisualNet(ResNet18())
+        self.audio = AudioNet(ResNet18())
+        self.net_imageAudio = tr.ImageAudioNet()
+        self.net_classifier = tr.ClassifierNet(512, num_classes)
+
+    def forward(self, images, spectrograms):
+        """images (B, 3, H, W) normalised, spectrograms (B, 1, T, F) -> logits (B, C)."""
+        fused = self.net_imageAudio(self.visual(images), self.audio(spectrograms))
+        return self.net_classifier(fused)
+
+
+def distill_loss(student_logits, teacher_logits, temperature: float):
+    """T^2 * mean over rows of KL(softmax(teacher / T) || softmax(student / T)), written out."""
+    log_q = F.log_softmax(student_logits / temperature, dim=-1)
+    log_p = F.log_softmax(teacher_logits / temperature, dim=-1)
+    return temperature ** 2 * (log_p.exp() * (log_p - log_q)).sum(-1).mean()

@@ -1,0 +1,124 @@
+"""l2l-distill's student and train step: gradients against a PyTorch reference (tests/torch_video_reference.py),
+1 vs 4 devices, and a student that learns a teacher it can represent.
+
+Inputs are tiny (32 x 32 frames, 16-frame spectrograms of 40 bins: VisualNet and AudioNet take any size) so that
+the file stays within about a minute on a 2-core CPU; most of it is compiling the resnet18s.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import torch
+import torch_video_reference as tvr
+
+from l2l_jax import torch_names
+from l2l_jax.video import convert as C
+from l2l_jax.video import distill_step as S
+
+ROOT = Path(__file__).resolve().parents[1]
+GRAD_TOL = 1e-4  # max |ours - torch| / max |torch|, per tensor
+
+
+def tiny_batch(rng: np.random.Generator, b: int, num_classes: int, size: int = 32, frames: int = 16) -> dict:
+    return {"frames": rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8),
+            "logmel": rng.standard_normal((b, frames, 40)).astype(np.float32),
+            "target": (3 * rng.standard_normal((b, num_classes))).astype(np.float32)}
+
+
+def _sd64(module: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def test_gradients_match_pytorch_in_train_mode():
+    """d(distillation loss)/d(every parameter) of the Flax student equals torch's (float64) within 1e-4,
+    train-mode BatchNorm (batch statistics), random BatchNorm affine parameters, temperature 2."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    num_classes, temperature = 5, 2.0
+    ref = tvr.Student(num_classes)
+    tvr.randomize_batchnorm(ref, gen)
+    ref = ref.double().train()
+    rng = np.random.default_rng(0)
+    batch = tiny_batch(rng, 8, num_classes, size=64)
+    images = np.asarray(S.normalise_frames(batch["frames"]), np.float64).transpose(0, 3, 1, 2)
+    loss_t = tvr.distill_loss(ref(torch.from_numpy(images), torch.from_numpy(batch["logmel"][:, None].astype(
+        np.float64))), torch.from_numpy(batch["target"].astype(np.float64)), temperature)
+    loss_t.backward()
+    grads_t = {name: p.grad.numpy() for name, p in ref.named_parameters()}
+
+    f32 = lambda sd: {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in sd.items()}  # noqa: E731
+    visual = C.visualnet_from_state_dict(f32(_sd64(ref.visual)))
+    audio = C.audionet_from_state_dict(f32(_sd64(ref.audio)))
+    fusion_sd = {k: v for k, v in f32(_sd64(ref)).items() if k.startswith(("net_imageAudio.", "net_classifier."))}
+    fusion = torch_names.from_state_dict(fusion_sd, "imageaudionet")
+    variables = S.student_variables(num_classes, visual=visual, audio=audio, imageaudio=fusion)
+    grad_fn = jax.jit(S.loss_and_grad_fn(S.Student(num_classes), "distill", temperature))
+    (loss, _), grads = grad_fn(variables["params"], variables["batch_stats"], batch)
+    assert abs(float(loss) - loss_t.item()) < 1e-4 * max(1.0, abs(loss_t.item()))
+
+    stats = variables["batch_stats"]
+    ours = {}
+    for part, net in (("visual", "visualnet"), ("audio", "audionet")):
+        sd = C.to_state_dict({"params": grads[part], "batch_stats": stats[part]}, net, "upstream")
+        ours.update({f"{part}.{k}": v for k, v in sd.items()})
+    ours.update(torch_names.to_state_dict({"params": grads["imageaudio"]}, "imageaudionet"))
+    assert set(grads_t) <= set(ours)
+    worst = {}
+    for name, g in grads_t.items():
+        scale = np.abs(g).max()
+        assert scale > 0, name
+        worst[name] = float(np.abs(ours[name].astype(np.float64) - g).max() / scale)
+    bad = {k: v for k, v in worst.items() if v >= GRAD_TOL}
+    assert not bad, sorted(bad.items(), key=lambda kv: -kv[1])[:5]
+
+
+_THREE_STEPS = textwrap.dedent("""
+    import sys, numpy as np, jax
+    from l2l_jax import parallel
+    from l2l_jax.video import distill_step as S
+    assert jax.device_count() == 4, jax.devices()
+    model, tx = S.Student(5), S.make_optimizer("sgd", 1e-3, momentum=0.9)
+    out = {}
+    for n in (1, 4):
+        mesh = parallel.make_mesh(jax.devices()[:n])
+        state = parallel.replicate(S.init_state(S.student_variables(5, seed=3), tx), mesh)
+        step = S.jit_train_step(S.train_step_fn(model, tx, "distill", 2.0), mesh)
+        rng = np.random.default_rng(0)
+        for _ in range(3):
+            b = {"frames": rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8),
+                 "logmel": rng.standard_normal((8, 16, 40)).astype(np.float32),
+                 "target": (3 * rng.standard_normal((8, 5))).astype(np.float32)}
+            state, m = step(state, parallel.shard_batch(b, mesh))
+        flat = jax.tree_util.tree_flatten_with_path(parallel.to_host({"p": state["params"],
+                                                                      "s": state["batch_stats"]}))[0]
+        out.update({f"{n}{jax.tree_util.keystr(k)}": np.asarray(v) for k, v in flat})
+    np.savez(sys.argv[1], **out)
+""")
+
+
+def test_one_and_four_devices_give_the_same_parameters(tmp_path):
+    """3 SGD steps (momentum, batch 8, train-mode BatchNorm) on a mesh of 1 and of 4 fake CPU devices:
+    parameters within 1e-5; BatchNorm running statistics within 1e-4 of their scale (the variance of layer4's
+    32 values per channel amplifies float32 rounding after two updates). The statistics are over the global
+    batch, not per device: per-device statistics would differ by far more."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", _THREE_STEPS, str(tmp_path / "p.npz")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = np.load(tmp_path / "p.npz")
+    keys = [k[1:] for k in got.files if k.startswith("1")]
+    assert len(keys) > 100 and all(f"4{k}" in got.files for k in keys)
+    for k in keys:
+        one, four = got[f"1{k}"].astype(np.float64), got[f"4{k}"].astype(np.float64)
+        tol = 1e-5 if k.startswith("['p']") else 1e-4 * max(1.0, np.abs(one).max())
+        assert np.abs(one - four).max() <= tol, k
+    start = S.student_variables(5, seed=3)["params"]["visual"]["resnet"]["conv1"]["kernel"]
+    assert np.abs(got["1['p']['visual']['resnet']['conv1']['kernel']"] - start).max() > 1e-4  # it did train
