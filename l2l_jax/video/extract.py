@@ -790,6 +790,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", nargs="+", default=None,
                    help="splits to write (default: all in the CSV; without a split column: the one split, train)")
     p.add_argument("--weights_resnet18", default=None, help="ImageNet resnet18 .pth (torchvision names)")
+    p.add_argument("--weights_imageaudionet", default=None,
+                   help="an l2l-distill output folder: its trained VisualNet and AudioNet, and its fusion net, "
+                        "which also writes imageAudio_features/")
     p.add_argument("--seed", type=int, default=0, help=f"seed of new/fresh network layers, 0..{MAX_SEED} (default 0)")
     p.add_argument("--batch_size", type=int, default=64, help="clips per network batch, all devices (default 64)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
@@ -849,6 +852,9 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise ConfigError(f"--max_seconds {args.max_seconds}: must be a positive number of seconds")
     if args.calibrate_bn and args.weights_resnet18:
         raise ConfigError("--calibrate_bn is for random networks; --weights_resnet18 keeps resnet18's statistics")
+    if args.weights_imageaudionet and (args.weights_resnet18 or args.calibrate_bn):
+        raise ConfigError("--weights_imageaudionet gives the trained networks; it takes neither --weights_resnet18 "
+                          "nor --calibrate_bn")
 
 
 def _check_outputs(root: Path, splits: Iterable[str], class_names: bool) -> None:
@@ -862,6 +868,20 @@ def _check_outputs(root: Path, splits: Iterable[str], class_names: bool) -> None
         output_file(root / name, "--out", advice=advice)
 
 
+def _distilled(path: str) -> tuple[Networks, dict, dict]:
+    """``--weights_imageaudionet``: (the trained trunks as `Networks`, fusion net variables, its meta)."""
+    from l2l_jax.errors import L2LError
+    from l2l_jax.integrity import tensor_checksum
+    from l2l_jax.video.distill import load_distilled
+
+    try:
+        visual, audio, fusion, meta = load_distilled(path)
+    except L2LError as e:
+        raise WeightsError(f"--weights_imageaudionet {path}: {e}") from None
+    checksum = tensor_checksum({"visual": visual, "audio": audio, "fusion": fusion})
+    return Networks(visual, audio, f"l2l-distill output {path}", checksum), fusion, meta
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     _check_flags(args)
@@ -872,8 +892,10 @@ def _main(argv: Sequence[str] | None) -> int:
     entries, class_names = table.entries, table.class_names
     _check_outputs(root, (e.split for e in entries), class_names is not None)
     print(describe_labels(table))
-    nets = load_networks(args.weights_resnet18, args.seed)
-    record = manifest_record(weights=str(Path(args.weights_resnet18).absolute()) if args.weights_resnet18 else None,
+    distilled = _distilled(args.weights_imageaudionet) if args.weights_imageaudionet else None
+    nets = distilled[0] if distilled else load_networks(args.weights_resnet18, args.seed)
+    weights = args.weights_resnet18 or args.weights_imageaudionet
+    record = manifest_record(weights=str(Path(weights).absolute()) if weights else None,
                              weights_sha256=nets.weights_sha256, seed=args.seed, calibrate_bn=args.calibrate_bn,
                              networks_sha256="", frame_size=args.frame_size, crop=args.crop,
                              precision=args.precision, label_kind=table.kind, classes=class_names)
@@ -919,6 +941,18 @@ def _main(argv: Sequence[str] | None) -> int:
             write_pickle(root / f"{split}.pkl", [str(root / TEMPLATE_DIR / f"{e.name}.npy") for e in rows],
                          [e.label for e in rows])
             written[split] = len(rows)
+        if distilled:  # the distilled fusion net's imageAudio features, the files the pickles name
+            from l2l_jax.data import open_split
+            from l2l_jax.video.finetune import FusedFeatures, write_fused
+
+            classes = int(distilled[2]["num_classes"])
+            fused = FusedFeatures(distilled[1], classes)
+            for split, n in written.items():
+                if n:
+                    source = open_split(root / f"{split}.pkl", variant="two", num_classes=max(
+                        classes, 1 + max(e.label for e in entries)), width=WIDTH, cache=False,
+                                        progress=not args.no_progress)
+                    write_fused(source, fused, progress=not args.no_progress)
     _report(summary, root, written, desc)
     return 0
 
