@@ -183,14 +183,19 @@ def jit_train_step(step: Callable, mesh: Mesh, donate: bool = True) -> Callable:
     """`step` jitted with the state replicated and the batch split over ``data`` (state donated)."""
     rep, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
     return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep),
-                   donate_argnums=(0,) if donate else (), compiler_options=parallel.compiler_options())
+                   donate_argnums=(0,) if donate else (), compiler_options=_options(mesh))
 
 
 def jit_eval_step(step: Callable, mesh: Mesh) -> Callable:
     """`eval_step_fn`'s step jitted: variables replicated, inputs and outputs split over ``data``."""
     rep, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
-    return jax.jit(step, in_shardings=(rep, data, data), out_shardings=data,
-                   compiler_options=parallel.compiler_options())
+    return jax.jit(step, in_shardings=(rep, data, data), out_shardings=data, compiler_options=_options(mesh))
+
+
+def _options(mesh: Mesh) -> dict[str, str]:
+    """`parallel.compiler_options` for a mesh of CPU devices; none for other platforms (e.g. deviceless
+    accelerator topologies compiled ahead of time from a CPU host)."""
+    return parallel.compiler_options() if mesh.devices.flat[0].platform == "cpu" else {}
 
 
 def batch_shapes(batch_size: int, crop: int, num_classes: int, objective: str, mel_frames: int = 101,
