@@ -4,7 +4,8 @@
   window and crops, zero padding by concatenation, last-clip fill, mask, `torch.stack`), in one process with
   one torch thread, as each of upstream's DataLoader workers runs;
 - ours, per-file: `BatchLoader.make_batch` on a `FileSource` (reads only the rows a batch keeps, straight into
-  the bucket-padded batch), one thread, and through the grain iterator with --threads reader threads;
+  the bucket-padded batch), one thread, and through `BatchLoader.iterator` (batches made ahead on a background
+  thread, each batch's rows read by --threads threads together), as `l2l-train` consumes them;
 - ours, packed: the same on a `l2l-pack` copy (float32, and float16).
 
 Data: --videos synthetic videos of upstream's layout, float32, 512 wide, T uniform in [--min_len, --max_len]
@@ -93,9 +94,9 @@ def run_upstream(pickle: Path, batch_size: int, train: bool) -> float:
 
 
 def run_ours(source, batch_size: int, train: bool, threads: int, epochs: int = 4) -> float:
-    """Videos/s over `epochs` epochs: make_batch in this thread (threads=0) or the grain iterator."""
+    """Videos/s over `epochs` epochs: make_batch in this thread (threads=0) or the prefetching iterator."""
     loader = BatchLoader(source, batch_size=batch_size, train=train, seed=0, num_threads=max(threads, 1),
-                         prefetch=max(2 * threads, 1), process_index=0, process_count=1)
+                         process_index=0, process_count=1)
     t0 = time.perf_counter()
     if threads == 0:
         for e in range(epochs):
@@ -131,16 +132,17 @@ def main() -> None:
     clips = int(files.lengths.sum())
     print(f"{len(files)} videos, T in [{files.lengths.min()}, {files.lengths.max()}] (mean {clips / len(files):.0f}), "
           f"512 wide, {clips * 512 * 4 * 2 / 2**20:.0f} MiB float32 (image+audio); batch {args.batch_size}; "
-          f"torch {torch.__version__}; best of {args.repeats}")
+          f"torch {torch.__version__}; best of {args.repeats}; load average {os.getloadavg()[0]:.1f}")
     rows = [
         ("upstream way: np.load per file + upstream collate (torch)", lambda t: run_upstream(pkl, args.batch_size, t)),
         ("ours, per-file, 1 thread", lambda t: run_ours(files, args.batch_size, t, 0)),
-        (f"ours, per-file, grain {args.threads} threads", lambda t: run_ours(files, args.batch_size, t, args.threads)),
+        (f"ours, per-file, {args.threads} threads, iterator",
+         lambda t: run_ours(files, args.batch_size, t, args.threads)),
         ("ours, packed float32, 1 thread", lambda t: run_ours(pack32, args.batch_size, t, 0)),
-        (f"ours, packed float32, grain {args.threads} threads",
+        (f"ours, packed float32, {args.threads} threads, iterator",
          lambda t: run_ours(pack32, args.batch_size, t, args.threads)),
         ("ours, packed float16, 1 thread", lambda t: run_ours(pack16, args.batch_size, t, 0)),
-        (f"ours, packed float16, grain {args.threads} threads",
+        (f"ours, packed float16, {args.threads} threads, iterator",
          lambda t: run_ours(pack16, args.batch_size, t, args.threads)),
     ]
     for train in (True, False):

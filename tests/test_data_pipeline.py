@@ -252,3 +252,36 @@ def test_chunk_groups_write_the_chunk_layout_of_the_dense_batch(root, variant, g
     assert chunk_ld.pool.reused > 0
     with pytest.raises(ValueError, match="chunk groups"):
         loader(src, chunk_groups=3)
+
+
+def test_prefetch_is_bounded_in_bytes_whatever_the_threads(root):
+    """Batches made ahead of a consumer that does not ask stay within `prefetch_bytes` (one batch at least),
+    however many reader threads; the batches are those of `make_batch`, bit for bit."""
+    import time
+
+    src = source(root)
+    ref = loader(src, seed=4, num_threads=1)
+    one = max(ref.batch_nbytes(0, b) for b in range(ref.batches_per_epoch))
+    for threads, limit in ((1, int(2.5 * one)), (4, int(2.5 * one)), (4, one // 2)):
+        ld = loader(src, seed=4, num_threads=threads, prefetch=50, prefetch_bytes=limit)
+        it = ld.iterator(num_epochs=5)
+        assert_batches_equal(next(it), ref.make_batch(0, 0))
+        held = []
+        for _ in range(30):  # the producer runs ahead while this consumer waits
+            time.sleep(0.01)
+            with it._ahead.cond:
+                held.append((len(it._ahead.made), sum(m[2] for m in it._ahead.made.values())))
+        assert max(n for n, _ in held) >= 1
+        assert all(nbytes <= limit or n == 1 for n, nbytes in held), held
+        for k in range(1, 5 * ld.batches_per_epoch):
+            assert_batches_equal(next(it), ref.batch_at(k))
+        with pytest.raises(StopIteration):
+            next(it)
+
+
+def test_threads_and_chunk_layout_give_the_same_batches(root):
+    src = source(root)
+    for kw in ({}, {"chunk_groups": 2}):
+        one, four = loader(src, seed=6, num_threads=1, **kw), loader(src, seed=6, num_threads=4, **kw)
+        for b in range(one.batches_per_epoch):
+            assert_batches_equal(one.make_batch(1, b), four.make_batch(1, b))

@@ -4,9 +4,11 @@ Batch k of a run is a pure function of (seed, epoch, batch-in-epoch): the epoch'
 training, as upstream's `shuffle=True`; in order for eval), the global batch's members, and its plan
 (L window, crops, random fills: `collate.plan_seeded`, drawn from a Generator keyed by those three numbers)
 are computed identically by every process; each process then reads only its rows
-`[p * B/P, (p+1) * B/P)` of the global batch. The grain pipeline maps batch numbers to batches with a
-thread pool that reads ahead (`prefetch` batches), and its iterator state (`{"next_index": k}`) is all a
-checkpoint needs to resume exactly where it stopped.
+`[p * B/P, (p+1) * B/P)` of the global batch. `BatchLoader.iterator` makes batches ahead of the consumer
+on one background thread, each batch's rows read by `num_threads` threads together, and holds at most
+`prefetch` batches and `prefetch_bytes` bytes made ahead (at least one batch): host memory is bounded in bytes,
+whatever the thread count. Its state (`{"next_index": k}`, as a grain iterator's) is all a checkpoint needs to
+resume exactly where it stopped.
 
 Shapes: the time axis is padded to a length bucket (`buckets.bucket_length(L)`), so a jitted step compiles
 once per bucket; partial last batches are filled to the batch size with copies of row 0 marked valid=0 and
@@ -18,7 +20,10 @@ from __future__ import annotations
 import math
 import sys
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import grain
 import numpy as np
@@ -31,6 +36,7 @@ from .source import FeatureSource
 
 _TAG_SHUFFLE = 0x5348
 _TAG_BATCH = 0x4241
+DEFAULT_PREFETCH_BYTES = 1 << 29  # batches made ahead of the consumer, at most (at least one batch)
 
 
 def _refs(x: object) -> int:
@@ -46,16 +52,20 @@ class BufferPool:
     """Reusable memory for batch arrays. Fresh large arrays cost page faults and a kernel zeroing pass on
     every batch (about twice the time of the copies themselves); a pool buffer is handed out again only when
     nothing but the pool references it (no batch, view or device alias of it is alive), so live data is
-    never overwritten. Buffers are flat bytes; a batch array is a contiguous view of the first bytes."""
+    never overwritten. Buffers are flat bytes; a batch array is a contiguous view of the first bytes.
+    The pool remembers which bytes of each buffer its last batch wrote (`record`), so that a recycled buffer
+    is cleared only where old data lies outside what the new batch writes, not over all its padding."""
 
     def __init__(self, max_buffers: int):
         self.max_buffers = max_buffers
         self._bufs: list[np.ndarray] = []
+        self._dirty: dict[int, np.ndarray] = {}  # id(buffer) -> (k, 2) byte ranges that may be nonzero
         self._lock = threading.Lock()
         self.reused = 0  # how many arrays came from recycled memory
 
-    def take(self, shape: tuple[int, ...], dtype) -> tuple[np.ndarray, bool]:
-        """An array of `shape`/`dtype`: (array, recycled). Recycled arrays hold stale data."""
+    def take(self, shape: tuple[int, ...], dtype) -> tuple[np.ndarray, np.ndarray]:
+        """An array of `shape`/`dtype` and the (k, 2) byte ranges of it that may hold stale data (none for
+        fresh memory, which is zero)."""
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
         with self._lock:
@@ -64,8 +74,7 @@ class BufferPool:
                 if buf.nbytes >= nbytes and _refs(buf) == _FREE_REFS:
                     chosen = buf
                     break
-            recycled = chosen is not None
-            self.reused += recycled
+            self.reused += chosen is not None
             if chosen is None:
                 if len(self._bufs) >= self.max_buffers:  # replace a free buffer that is too small, if any
                     small = None
@@ -74,12 +83,66 @@ class BufferPool:
                             small = buf
                             break
                     if small is None:
-                        return np.zeros(shape, dtype), False
+                        return np.zeros(shape, dtype), _NO_RANGES
                     self._bufs.remove(small)
+                    self._dirty.pop(id(small), None)
                     del small
                 chosen = np.zeros(max([nbytes] + [b.nbytes for b in self._bufs]), np.uint8)
                 self._bufs.append(chosen)
-            return chosen[:nbytes].view(dtype).reshape(shape), recycled
+                self._dirty[id(chosen)] = _NO_RANGES
+            dirty = self._dirty[id(chosen)]
+            self._dirty[id(chosen)] = _ALL  # until `record`: a batch that fails half-way leaves it unknown
+            stale = np.clip(dirty, 0, nbytes)
+            return chosen[:nbytes].view(dtype).reshape(shape), stale[stale[:, 1] > stale[:, 0]]
+
+    def record(self, array: np.ndarray, written: np.ndarray) -> None:
+        """After `array` (from `take`) was filled: it is zero outside the (k, 2) byte ranges `written`."""
+        buf = array.base
+        with self._lock:
+            old = self._dirty.get(id(buf))
+            if old is None or not any(b is buf for b in self._bufs):
+                return
+            tail = np.clip(old, array.nbytes, None)  # beyond this array the buffer keeps its old data
+            self._dirty[id(buf)] = np.concatenate([written, tail[tail[:, 1] > tail[:, 0]]])
+
+
+_NO_RANGES = np.zeros((0, 2), np.int64)
+_ALL = np.array([[0, 2**62]], np.int64)
+
+
+def _outside(dirty: np.ndarray, written: np.ndarray) -> np.ndarray:
+    """The (k, 2) byte ranges covered by `dirty` but not by `written` (each a set of disjoint ranges)."""
+    if not len(dirty):
+        return _NO_RANGES
+    pts = np.unique(np.concatenate([dirty.ravel(), written.ravel()]))
+    lo, hi = pts[:-1], pts[1:]
+
+    def covered(ranges: np.ndarray) -> np.ndarray:
+        if not len(ranges):
+            return np.zeros(len(lo), bool)
+        order = np.argsort(ranges[:, 0], kind="stable")
+        starts, stops = ranges[order, 0], ranges[order, 1]
+        j = np.searchsorted(starts, lo, "right") - 1
+        return (j >= 0) & (lo < stops[np.maximum(j, 0)])
+
+    keep = covered(dirty) & ~covered(written)
+    return np.stack([lo[keep], hi[keep]], axis=1) if keep.any() else _NO_RANGES
+
+
+@dataclass(frozen=True)
+class _Draft:
+    """Everything about a local batch but its features: rows, draws, bucket, mask, chunk index, array shape."""
+
+    lpos: np.ndarray
+    lvalid: np.ndarray
+    plan: BatchPlan
+    out_len: int
+    lengths: np.ndarray
+    mask: np.ndarray
+    chunks: np.ndarray | None
+    spans: np.ndarray | None
+    shape: tuple[int, ...]
+    nbytes: int  # of the feature arrays, all modalities
 
 
 class BatchLoader:
@@ -93,6 +156,9 @@ class BatchLoader:
     (`l2l_jax.layouts.chunk`; one group per local device), which the batch carries as ``chunks``: the policy's
     own layout, written directly, with no dense (B, Lb, F) copy. Without it they are dense (B, Lb, F).
     `feature_dtype` (e.g. "float16") converts features while reading; default: as the source stores them.
+    `num_threads` threads read the rows of one batch together; `iterator()` holds at most `prefetch` batches
+    and `prefetch_bytes` bytes of features made ahead of the consumer (at least one batch), so the memory a
+    loader holds does not grow with its thread count.
     """
 
     def __init__(self, source: FeatureSource, *, batch_size: int, train: bool, seed: int = 0,
@@ -101,7 +167,8 @@ class BatchLoader:
                  shuffle: bool | None = None, fill_last: bool = True, pad_short_batches: bool = False,
                  num_threads: int = 2, prefetch: int = 2, process_index: int | None = None,
                  process_count: int | None = None, reuse_buffers: bool = True, chunk_groups: int | None = None,
-                 longest_first: bool = False, feature_dtype: str | None = None):
+                 longest_first: bool = False, feature_dtype: str | None = None,
+                 prefetch_bytes: int | None = DEFAULT_PREFETCH_BYTES):
         if process_index is None or process_count is None:
             import jax
 
@@ -137,7 +204,10 @@ class BatchLoader:
         self.fill_last = fill_last
         self.pad_short_batches = pad_short_batches
         self.num_threads = num_threads
-        self.prefetch = prefetch
+        self.prefetch = max(1, prefetch)
+        self.prefetch_bytes = prefetch_bytes  # None: no byte bound (only `prefetch` batches)
+        self._executor: ThreadPoolExecutor | None = None
+        self._workers_lock = threading.Lock()
         self.process_index = process_index
         self.process_count = process_count
         self.local_batch_size = batch_size // process_count
@@ -147,7 +217,8 @@ class BatchLoader:
         self.batches_per_epoch = math.ceil(len(source) / batch_size)
         self._order_cache: tuple[int, np.ndarray] | None = None
         n_keys = len(source.keys)
-        self.pool = BufferPool(n_keys * (prefetch + num_threads + 4)) if reuse_buffers else None
+        # made ahead (at most `prefetch`), in the making (one), held by the consumer and its device (a few)
+        self.pool = BufferPool(n_keys * (self.prefetch + 4)) if reuse_buffers else None
 
     # ----- the pure part: which videos, which draws -----
     def order(self, epoch: int) -> np.ndarray:
@@ -198,65 +269,113 @@ class BatchLoader:
     # ----- the I/O part -----
     def make_batch(self, epoch: int, batch: int) -> dict[str, np.ndarray]:
         """This process's share of global batch `batch` of `epoch`, padded to its length bucket."""
+        return self._assemble(self._draft(epoch, batch))
+
+    def batch_nbytes(self, epoch: int, batch: int) -> int:
+        """Bytes of the feature arrays of `make_batch(epoch, batch)`, known before anything is read."""
+        return self._draft(epoch, batch).nbytes
+
+    def _draft(self, epoch: int, batch: int) -> _Draft:
         pos, valid, plan = self.plan(epoch, batch)
         rows = self.local_rows(len(pos))
         lpos, lvalid = pos[rows], valid[rows]
         lplan = plan.take(np.arange(len(pos))[rows])
-        L = plan.L
-        out_len = bucket_length(L, self.buckets, self.overflow_step)
-        src, sub = self.source, self.subsample
+        out_len = bucket_length(plan.L, self.buckets, self.overflow_step)
         lengths = self.lengths[lpos]
-        mask = mask_for(lengths, L, out_len, self.min_clips)
-        chunks = None
+        mask = mask_for(lengths, plan.L, out_len, self.min_clips)
+        chunks = spans = None
         if self.chunk_groups:
-            groups = self.chunk_groups
-            chunks = chunk_layout.chunk_index(mask, lvalid, groups, full=self.process_count > 1)
+            chunks = chunk_layout.chunk_index(mask, lvalid, self.chunk_groups, full=self.process_count > 1)
             spans = chunk_layout.row_spans(chunks, len(lpos), out_len)
-            shape = (groups, chunks.shape[1] * chunk_layout.CHUNK, src.width)
+            shape = (self.chunk_groups, chunks.shape[1] * chunk_layout.CHUNK, self.source.width)
         else:
-            shape = (len(lpos), out_len, src.width)
-        dtype = self.feature_dtype
-        taken = [self.pool.take(shape, dtype) if self.pool else (np.zeros(shape, dtype), False)
-                 for _ in src.keys]
+            shape = (len(lpos), out_len, self.source.width)
+        nbytes = math.prod(shape) * self.feature_dtype.itemsize * len(self.source.keys)
+        return _Draft(lpos, lvalid, lplan, out_len, lengths, mask, chunks, spans, shape, nbytes)
+
+    def _assemble(self, d: _Draft) -> dict[str, np.ndarray]:
+        """The batch of a draft: feature arrays (recycled memory when free), rows read by the loader's threads."""
+        src, L = self.source, d.plan.L
+        taken = [self.pool.take(d.shape, self.feature_dtype) if self.pool
+                 else (np.zeros(d.shape, self.feature_dtype), _NO_RANGES) for _ in src.keys]
         outs = [o for o, _ in taken]
-        stale = any(r for _, r in taken)
-        if chunks is not None:  # each row's span of the chunk layout; filler rows have none
-            rows_out = [[o[g, a:z] for o in outs] if z > a else None for g, a, z in spans]
-            if stale:  # a recycled buffer: clear every group's unused slots
-                for g in range(groups):
-                    for o in outs:
-                        o[g, spans[spans[:, 0] == g, 2].max(initial=0):] = 0
+        written = self._written(d)
+        for o, stale in taken:  # recycled memory: clear old data the rows will not overwrite
+            flat = o.reshape(-1).view(np.uint8)
+            for a, z in _outside(stale, written).tolist():
+                flat[a:z] = 0
+        if d.chunks is not None:  # each row's span of the chunk layout; filler rows have none
+            rows_out = [[o[g, a:z] for o in outs] if z > a else None for g, a, z in d.spans]
         else:
-            rows_out = [[o[r] for o in outs] for r in range(len(lpos))]
-        first_real: dict[int, int] = {}
-        for r, i in enumerate(lpos):
-            i = int(i)
-            dests = rows_out[r]
-            if dests is None:
+            rows_out = [[o[r] for o in outs] for r in range(len(d.lpos))]
+        reads, copies, first_real = [], [], {}
+        for r, i in enumerate(d.lpos.tolist()):  # a filler row of a video read here copies that row
+            if rows_out[r] is None:
                 continue
-            if not lvalid[r] and i in first_real:  # filler: copy the row already read
-                for d, d0 in zip(dests, rows_out[first_real[i]], strict=True):
-                    d[:] = d0
+            if not d.lvalid[r] and i in first_real:
+                copies.append((r, first_real[i]))
                 continue
-            s = int(lplan.starts[r])
-            n = min(int(lengths[r]), L)
-            src.read_into(i, s * sub, (s + n - 1) * sub + 1, sub, [d[:n] for d in dests])
-            for p in range(int(lengths[r]), self.min_clips):
-                for d in dests:
-                    d[p] = d[lplan.fill_src[r, p]]
-            if stale:  # a recycled buffer: clear what this row did not write
-                for d in dests:
-                    d[max(n, self.min_clips) :] = 0
+            reads.append(r)
             first_real.setdefault(i, r)
+
+        def read_rows(part: Sequence[int]) -> None:
+            sub = self.subsample
+            for r in part:
+                dests = rows_out[r]
+                n_raw = int(d.lengths[r])
+                s, n = int(d.plan.starts[r]), min(n_raw, L)
+                src.read_into(int(d.lpos[r]), s * sub, (s + n - 1) * sub + 1, sub, [x[:n] for x in dests])
+                for p in range(n_raw, self.min_clips):
+                    for x in dests:
+                        x[p] = x[d.plan.fill_src[r, p]]
+
+        workers = self._workers()
+        if workers is None or len(reads) < 2:
+            read_rows(reads)
+        else:  # contiguous shares, one per thread; every share finishes before the batch is returned
+            k = min(self.num_threads, len(reads))
+            cuts = [len(reads) * j // k for j in range(k + 1)]
+            futures = [workers.submit(read_rows, reads[cuts[j] : cuts[j + 1]]) for j in range(k)]
+            for f in futures:
+                f.result()
+        for r, r0 in copies:
+            for x, x0 in zip(rows_out[r], rows_out[r0], strict=True):
+                x[:] = x0
+        if self.pool:
+            for o in outs:
+                self.pool.record(o, written)
         batch_d = dict(zip(src.keys, outs, strict=True))
-        batch_d["mask"] = mask
-        if chunks is not None:
-            batch_d["chunks"] = chunks
-        batch_d["label"] = src.labels[lpos].astype(np.int32)
-        batch_d["index"] = np.where(lvalid, src.ids[lpos], -1).astype(np.int32)
-        batch_d["valid"] = lvalid.astype(np.float32)
+        batch_d["mask"] = d.mask
+        if d.chunks is not None:
+            batch_d["chunks"] = d.chunks
+        batch_d["label"] = src.labels[d.lpos].astype(np.int32)
+        batch_d["index"] = np.where(d.lvalid, src.ids[d.lpos], -1).astype(np.int32)
+        batch_d["valid"] = d.lvalid.astype(np.float32)
         batch_d["length"] = np.asarray(L, np.int32)
         return batch_d
+
+    def _written(self, d: _Draft) -> np.ndarray:
+        """The (k, 2) byte ranges of one feature array that the rows of `d` write: each row's first
+        max(clips, E_c) positions (its clips and fills; a filler row copies a row of the same video)."""
+        w = np.maximum(np.minimum(d.lengths, d.plan.L), self.min_clips)
+        if d.chunks is not None:
+            g, a, z = d.spans.T
+            has = z > a
+            starts, w = (g * d.shape[1] + a)[has], np.minimum(w[has], (z - a)[has])
+        else:
+            starts, w = np.arange(len(d.lpos)) * d.out_len, np.minimum(w, d.out_len)
+        row_bytes = d.shape[-1] * self.feature_dtype.itemsize
+        return np.stack([starts * row_bytes, (starts + w) * row_bytes], axis=1).astype(np.int64)
+
+    def _workers(self) -> ThreadPoolExecutor | None:
+        """The threads that read a batch's rows together (None with one thread), made on first use."""
+        if self.num_threads < 2:
+            return None
+        with self._workers_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.num_threads, thread_name_prefix="l2l-read")
+                weakref.finalize(self, self._executor.shutdown, wait=False)
+            return self._executor
 
     def batch_at(self, step: int, start_epoch: int = 0) -> dict[str, np.ndarray]:
         """Batch number `step` of a run that begins at `start_epoch` (epoch-major order)."""
@@ -274,10 +393,11 @@ class BatchLoader:
         n = (2**62 if num_epochs is None else num_epochs * self.batches_per_epoch)
         return grain.MapDataset.range(n).map(lambda k: self.batch_at(int(k), start_epoch))
 
-    def iterator(self, *, num_epochs: int | None = 1, start_epoch: int = 0) -> grain.DatasetIterator:
-        """A prefetching grain iterator over the batches; `get_state()`/`set_state()` resume it exactly."""
-        opts = grain.ReadOptions(num_threads=max(1, self.num_threads), prefetch_buffer_size=max(1, self.prefetch))
-        return iter(self.dataset(num_epochs=num_epochs, start_epoch=start_epoch).to_iter_dataset(opts))
+    def iterator(self, *, num_epochs: int | None = 1, start_epoch: int = 0) -> BatchIterator:
+        """A prefetching iterator over the batches (`BatchIterator`, bounded in bytes); `get_state()` /
+        `set_state()` resume it exactly."""
+        n = (2**62 if num_epochs is None else num_epochs * self.batches_per_epoch)
+        return BatchIterator(self, n, start_epoch)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         """One epoch (epoch 0): the natural loop for evaluation."""
@@ -285,3 +405,116 @@ class BatchLoader:
 
     def __len__(self) -> int:
         return self.batches_per_epoch
+
+
+class _Ahead:
+    """What a `BatchIterator` and its producer thread share (the thread holds no reference to the iterator, so
+    an abandoned iterator is collected and its thread stops)."""
+
+    def __init__(self, start: int):
+        self.cond = threading.Condition()
+        self.next = start  # the consumer's next batch
+        self.made: dict[int, tuple[dict | None, BaseException | None, int]] = {}  # k -> (batch, error, bytes)
+        self.generation = 0  # bumped by set_state and close: a producer of an older generation stops
+        self.thread: threading.Thread | None = None
+
+
+def _produce(ahead: _Ahead, loader: BatchLoader, length: int, start_epoch: int, generation: int) -> None:
+    """Make batches k = ahead.next.. in order while what is made ahead stays within the loader's bounds."""
+    with ahead.cond:
+        k = ahead.next
+    limit = loader.prefetch_bytes
+    while k < length:
+        error, batch = None, None
+        try:
+            draft = loader._draft(*loader.epoch_of(k, start_epoch))
+        except Exception as e:  # noqa: BLE001 - handed to the consumer at batch k
+            draft, error = None, e
+        nbytes = draft.nbytes if draft is not None else 0
+        with ahead.cond:
+            while ahead.generation == generation and ahead.made and (
+                    len(ahead.made) >= loader.prefetch
+                    or (limit is not None and sum(m[2] for m in ahead.made.values()) + nbytes > limit)):
+                ahead.cond.wait()
+            if ahead.generation != generation:
+                return
+        if draft is not None:
+            try:
+                batch = loader._assemble(draft)
+            except Exception as e:  # noqa: BLE001 - handed to the consumer at batch k
+                error = e
+        with ahead.cond:
+            if ahead.generation != generation:
+                return
+            ahead.made[k] = (batch, error, nbytes)
+            ahead.cond.notify_all()
+        del batch, draft
+        if error is not None:
+            return  # the consumer raises it; its next call starts a new producer after k
+        k += 1
+
+
+class BatchIterator:
+    """Batches 0..length-1 of a run (`BatchLoader.batch_at(k, start_epoch)`), in order, made ahead of the
+    consumer by one background thread: the batch in the making and those waiting count against the loader's
+    `prefetch` (batches) and `prefetch_bytes` (feature bytes); one batch is always allowed. A batch that fails
+    raises at its turn. `get_state()`/`set_state()` use grain's form, `{"next_index": k}`."""
+
+    def __init__(self, loader: BatchLoader, length: int, start_epoch: int = 0):
+        self._loader = loader
+        self._length = int(length)
+        self._start_epoch = int(start_epoch)
+        self._ahead = _Ahead(0)
+        weakref.finalize(self, _stop, self._ahead)
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        a = self._ahead
+        with a.cond:
+            if a.next >= self._length:
+                raise StopIteration
+            if a.next not in a.made and (a.thread is None or not a.thread.is_alive()):
+                a.thread = threading.Thread(target=_produce, name="l2l-batches", daemon=True,
+                                            args=(a, self._loader, self._length, self._start_epoch, a.generation))
+                a.thread.start()
+            while a.next not in a.made:
+                a.cond.wait()
+            batch, error, _ = a.made.pop(a.next)
+            a.next += 1
+            a.cond.notify_all()
+        if error is not None:
+            raise error
+        return batch
+
+    def get_state(self) -> dict[str, int]:
+        """`{"next_index": k}`: the next batch this iterator returns."""
+        return {"next_index": self._ahead.next}
+
+    def set_state(self, state: dict) -> None:
+        """Continue at batch `state["next_index"]` (what `get_state` returned); work made ahead is dropped."""
+        k = int(state["next_index"])
+        if not 0 <= k <= self._length:
+            raise IndexError(f"next_index {k} is out of range for {self._length} batches")
+        _stop(self._ahead)
+        with self._ahead.cond:
+            self._ahead.next = k
+
+    def close(self) -> None:
+        """Stop making batches ahead and drop those made."""
+        _stop(self._ahead)
+
+    def __len__(self) -> int:
+        return self._length
+
+
+def _stop(ahead: _Ahead) -> None:
+    """Stop the producer (after the batch it is making) and drop what it made."""
+    with ahead.cond:
+        ahead.generation += 1
+        ahead.made.clear()
+        ahead.cond.notify_all()
+        thread, ahead.thread = ahead.thread, None
+    if thread is not None and thread is not threading.current_thread():
+        thread.join()

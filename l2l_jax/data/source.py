@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,7 @@ PACK_FORMAT = "l2l-pack"
 PACK_VERSION = 2  # 2: sources.json records each source file's fingerprint (v1 packs cannot be checked)
 SOURCES_FILE = "sources.json"
 SHOW_CHANGED = 5  # how many changed source files a message names
+_HAS_PREADV = hasattr(os, "preadv")
 
 
 class StalePackWarning(UserWarning):
@@ -69,6 +71,15 @@ class FeatureSource:
         outs = tuple(np.empty((n, self.width), self.dtype) for _ in self.keys)
         self.read_into(i, start, stop, step, outs)
         return outs
+
+    def _scratch_buffer(self, nbytes: int) -> np.ndarray:
+        """This thread's reusable bytes for reads that are converted or strided on the way to the batch (no
+        fresh allocation per read, which left each reader thread's allocator holding memory)."""
+        local = self.__dict__.setdefault("_scratch", threading.local())
+        buf = getattr(local, "buf", None)
+        if buf is None or buf.nbytes < nbytes:
+            buf = local.buf = np.empty(nbytes, np.uint8)
+        return buf[:nbytes]
 
     def check_labels(self, num_classes: int) -> None:
         bad = np.flatnonzero((self.labels < 0) | (self.labels >= num_classes))
@@ -123,7 +134,7 @@ class FileSource(FeatureSource):
                     rows = stop - start
                     row_bytes = shape[1] * dtype.itemsize
                     direct = step == 1 and dtype == dest.dtype and dest.flags.c_contiguous
-                    buf = dest if direct else np.empty((rows, shape[1]), dtype)
+                    buf = dest if direct else self._scratch_buffer(rows * row_bytes).view(dtype).reshape(rows, shape[1])
                     f.seek(offset + start * row_bytes)
                     got = f.readinto(buf)
             except BadFileError as e:
@@ -164,11 +175,32 @@ class PackedSource(FeatureSource):
                 or self.offsets[-1] != self.arrays[0].shape[0]):
             raise DatasetError(f"{self.dir}: offsets, labels, ids, names and the packed arrays do not agree; "
                                "the pack is damaged: re-run l2l-pack")
+        # reads go through the files (pread), not the memory maps: a mapping's touched pages count as the
+        # process's resident memory (and the kernel maps far more than the rows read, about 12x measured),
+        # so an epoch over a memory-mapped pack grew the resident set by the whole pack
+        self._files = [open_regular(self.dir / f"{k}.npy", buffering=0) for k in self.keys]
+        self._data_offsets = [int(a.offset) for a in self.arrays]
+        self._row_bytes = self.width * self.dtype.itemsize
 
     def read_into(self, i: int, start: int, stop: int, step: int, dests: Sequence[np.ndarray]) -> None:
         base = int(self.offsets[i])
-        for arr, dest in zip(self.arrays, dests, strict=True):
-            dest[...] = arr[base + start : base + stop : step]
+        rows = stop - start
+        if rows <= 0:
+            return
+        nbytes = rows * self._row_bytes
+        for f, data, arr, dest in zip(self._files, self._data_offsets, self.arrays, dests, strict=True):
+            pos = data + (base + start) * self._row_bytes
+            direct = step == 1 and dest.dtype == self.dtype and dest.flags.c_contiguous
+            if not _HAS_PREADV:  # no positioned reads on this platform: copy from the memory map
+                dest[...] = arr[base + start : base + stop : step]
+                continue
+            buf = dest if direct else self._scratch_buffer(nbytes)
+            got = os.preadv(f.fileno(), [buf], pos)
+            if got != nbytes:
+                raise DatasetError(f"{self.dir}: short read of video {i} ({got} of {nbytes} bytes); the pack is "
+                                   "damaged: re-run l2l-pack")
+            if not direct:
+                dest[...] = buf[:nbytes].view(self.dtype).reshape(rows, self.width)[::step]
 
 
 def _pack_array(path: Path, *, kinds: str, ndim: int, mmap: bool = False) -> np.ndarray:
