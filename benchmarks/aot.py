@@ -48,7 +48,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 import time
 import traceback
@@ -63,6 +62,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import step_cost  # noqa: E402
 
 from l2l_jax import cli, config, parallel  # noqa: E402
 from l2l_jax.layouts import chunk as chunk_layout  # noqa: E402
@@ -195,103 +197,6 @@ def build_steps(mesh: Mesh, batch: int, length: int, layout: str, precision: str
 # ----------------------------------------------------------------------------------------------------------
 # Reading a compiled executable
 # ----------------------------------------------------------------------------------------------------------
-_HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
-_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.*)$")
-_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
-
-
-def _opcode(rhs: str) -> str:
-    """The opcode of an HLO instruction's right-hand side ``SHAPE opcode(operands), attrs``."""
-    if rhs.startswith("("):  # a tuple shape: skip to its closing parenthesis
-        depth, i = 0, 0
-        while True:
-            depth += (rhs[i] == "(") - (rhs[i] == ")")
-            i += 1
-            if depth == 0 or i == len(rhs):
-                break
-    else:
-        i = rhs.find(" ")
-    rest = rhs[i:].lstrip()
-    return rest[: rest.find("(")] if "(" in rest else rest
-
-
-def parse_hlo(text: str) -> tuple[str | None, dict[str, list[tuple[str, str]]]]:
-    """(entry name, computation name -> [(opcode, instruction text)]) of an HLO module's text."""
-    comps: dict[str, list[tuple[str, str]]] = {}
-    entry, current = None, None
-    for line in text.splitlines():
-        if current is None:
-            m = _HEADER.match(line)
-            if m and "=" not in line.split("(")[0]:
-                current = m.group(2)
-                comps[current] = []
-                if m.group(1):
-                    entry = current
-            continue
-        if line.strip() == "}":
-            current = None
-            continue
-        m = _INSTR.match(line)
-        if m:
-            comps[current].append((_opcode(m.group(1)), line))
-    return entry, comps
-
-
-def _attr(line: str, name: str) -> list[str]:
-    m = re.search(rf"\b{name}=\{{([^}}]*)\}}", line) or re.search(rf"\b{name}=%?([\w.\-]+)", line)
-    return [s.strip().lstrip("%") for s in m.group(1).split(",")] if m else []
-
-
-def _bound(cond: list[tuple[str, str]]) -> int | None:
-    """The trip count a while condition ``i < N`` implies for a counter from 0 (as `lax.scan` lowers), where XLA
-    does not annotate it (XLA:TPU): N when the condition is one compare LT against its one integer constant."""
-    consts = [re.search(r"constant\((-?\d+)\)", line) for op, line in cond if op == "constant"]
-    compares = [line for op, line in cond if op == "compare"]
-    if len(consts) == 1 and consts[0] and len(compares) == 1 and "direction=LT" in compares[0]:
-        return int(consts[0].group(1))
-    return None
-
-
-def launch_sites(text: str) -> dict[str, Any]:
-    """Fusions and custom calls (kernel launch sites) of a compiled module: in the entry computation (with the
-    computations it calls: command buffers, conditional branches, async wrappers), and per while loop (body
-    plus condition, run once per iteration; nested loops counted in their own entry)."""
-    entry, comps = parse_hlo(text)
-    loops: list[dict[str, Any]] = []
-
-    def count(name: str, seen: tuple = ()) -> dict[str, int]:
-        c = {"fusion": 0, "custom-call": 0, "collective": 0}
-        if name not in comps or name in seen:
-            return c
-        for op, line in comps[name]:
-            if op in ("fusion", "custom-call"):
-                c[op] += 1
-            elif op.startswith(("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")):
-                c["collective"] += not op.endswith("-done")
-            if op == "while":
-                body, cond = _attr(line, "body"), _attr(line, "condition")
-                trip = _TRIP.search(line)
-                trip = int(trip.group(1)) if trip else _bound(comps.get(cond[0], []) if cond else [])
-                inner = {"fusion": 0, "custom-call": 0, "collective": 0}
-                for sub in body + cond:
-                    for k, v in count(sub, (*seen, name)).items():
-                        inner[k] += v
-                loops.append({"body": body[0] if body else "?", "trip_count": trip,
-                              "launches": inner["fusion"] + inner["custom-call"], **inner})
-            elif op in ("call", "conditional", "async-start") or op.endswith("-start") and "calls=" in line:
-                subs = _attr(line, "to_apply") + _attr(line, "calls") + _attr(line, "branch_computations") + \
-                    _attr(line, "true_computation") + _attr(line, "false_computation")
-                for sub in subs:
-                    for k, v in count(sub, (*seen, name)).items():
-                        c[k] += v
-        return c
-
-    top = count(entry) if entry else {"fusion": 0, "custom-call": 0, "collective": 0}
-    loops.reverse()  # outermost first (a nested loop is appended before the loop that holds it)
-    return {"entry": top["fusion"] + top["custom-call"], **{f"entry_{k}": v for k, v in top.items()},
-            "loops": loops}
-
-
 def cost(exe: Any) -> dict[str, float | None]:
     try:
         ca = exe.cost_analysis()
@@ -317,7 +222,10 @@ def memory(exe: Any) -> dict[str, int | None]:
     return out
 
 
-def compile_one(fn: Any, args: tuple, options: dict) -> dict[str, Any]:
+def compile_one(fn: Any, args: tuple, options: dict, *, target: str, precision: str, devices: int,
+                batch: int) -> dict[str, Any]:
+    """Compiles one step; its memory, XLA's cost figures, the per-step counts (`step_cost`: launches,
+    collectives and kernel bytes per chip, loops times their trips; FLOPs from the jaxpr) and the roofline."""
     t0 = time.perf_counter()
     try:
         lowered = fn.lower(*args)
@@ -328,35 +236,39 @@ def compile_one(fn: Any, args: tuple, options: dict) -> dict[str, Any]:
         return {"compiled": False, "error": f"{type(e).__name__}: {first}"[:300],
                 "traceback": traceback.format_exc(limit=3), "compile_s": time.perf_counter() - t0}
     t2 = time.perf_counter()
+    counts = step_cost.hlo_step_counts(exe.as_text())
+    flops = step_cost.step_flops(fn, args) / devices
+    roof = step_cost.roofline(step_cost.chip_of(target), precision, flops, counts["step_bytes"], batch)
     return {"compiled": True, "compile_s": t2 - t0, "lower_s": t1 - t0, "memory": memory(exe), **cost(exe),
-            "launches": launch_sites(exe.as_text())}
+            "launches": counts, "step_flops": flops, "roofline": roof}
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Table
 # ----------------------------------------------------------------------------------------------------------
-COLUMNS = (("target", 16), ("layout", 6), ("prec", 5), ("step", 14), ("ok", 3), ("compile s", 9),
-           ("MiB/device", 10), ("launches entry", 14), ("per while body (trips)", 24), ("GFLOP", 8),
-           ("GB accessed", 11))
+COLUMNS = (("target", 10), ("layout", 6), ("prec", 5), ("step", 14), ("ok", 3), ("compile s", 9),
+           ("MiB/chip", 8), ("launches/step", 13), ("collectives/step", 16), ("GFLOP/chip", 10),
+           ("GB/chip", 8), ("XLA GB", 7), ("roofline videos/s", 17))
+
+
+def _cells(r: dict[str, Any], *, compile_fmt: str, number_fmt: str) -> list[str]:
+    """The cells of a compiled row, for the plain table and the Markdown one (which groups thousands)."""
+    mem, lc, roof = r["memory"]["total"], r["launches"], r.get("roofline") or {}
+    vps = roof.get("videos_per_s")
+    return [r["target"], r["layout"], r["precision"], r["step"], "yes", f"{r['compile_s']:{compile_fmt}}",
+            "-" if mem is None else f"{mem / 2**20:{number_fmt}.0f}", f"{lc['step_launches']:{number_fmt}.0f}",
+            f"{lc['step_collectives']:{number_fmt}.0f}", f"{r['step_flops'] / 1e9:{number_fmt}.1f}",
+            f"{lc['step_bytes'] / 1e9:.2f}",
+            "-" if r["bytes_accessed"] is None else f"{r['bytes_accessed'] / 1e9:.2f}",
+            "-" if vps is None else f"{vps:{number_fmt}.0f} ({roof['bound']})"]
 
 
 def fmt_row(r: dict[str, Any]) -> str:
     if not r["compiled"]:
         cells = [r["target"], r["layout"], r["precision"], r["step"], "no", f"{r['compile_s']:.1f}"]
         return "  ".join(f"{c:<{w}}" for c, (_, w) in zip(cells, COLUMNS, strict=False)) + "  " + r["error"]
-    cells = _cells(r, compile_fmt=".1f", number_fmt="", loop_fmt="{n}(x{trips})", loop_sep=" ")
+    cells = _cells(r, compile_fmt=".1f", number_fmt="")
     return "  ".join(f"{c:<{w}}" for c, (_, w) in zip(cells, COLUMNS, strict=True))
-
-
-def _cells(r: dict[str, Any], *, compile_fmt: str, number_fmt: str, loop_fmt: str, loop_sep: str) -> list[str]:
-    """The cells of a compiled row, for the plain table and the Markdown one (which groups thousands)."""
-    mem = r["memory"]["total"]
-    loops = loop_sep.join(loop_fmt.format(n=lp["launches"], trips=lp["trip_count"]) if lp["trip_count"]
-                          else f"{lp['launches']}" for lp in r["launches"]["loops"]) or "-"
-    return [r["target"], r["layout"], r["precision"], r["step"], "yes", f"{r['compile_s']:{compile_fmt}}",
-            "-" if mem is None else f"{mem / 2**20:{number_fmt}.0f}", str(r["launches"]["entry"]), loops,
-            "-" if r["flops"] is None else f"{r['flops'] / 1e9:{number_fmt}.1f}",
-            "-" if r["bytes_accessed"] is None else f"{r['bytes_accessed'] / 1e9:.2f}"]
 
 
 def header() -> str:
@@ -364,21 +276,26 @@ def header() -> str:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """The rows as a Markdown table (failed rows carry their error in the last column)."""
-    names = ["target", "layout", "precision", "step", "compiled", "compile s", "MiB/device", "launches: entry",
-             "per while body (trips)", "GFLOP", "GB accessed"]
-    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * 4 + ":-:|" + "---:|" * 6]
+    """The rows as a Markdown table (failed rows carry their error in the fifth column)."""
+    names = [n for n, _ in COLUMNS]
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * 4 + ":-:|" + "---:|" * (len(names) - 5)]
     for r in rows:
         if "layout" not in r:  # a target whose topology was refused
-            lines.append(f"| {r['target']} | | | | no: {r['error']} |" + " |" * 6)
+            lines.append(f"| {r['target']} | | | | no: {r['error']} |" + " |" * (len(names) - 5))
             continue
         if not r["compiled"]:
             lines.append(f"| {r['target']} | {r['layout']} | {r['precision']} | {r['step']} | no: {r['error']} | "
-                         f"{r['compile_s']:.0f} |" + " |" * 5)
+                         f"{r['compile_s']:.0f} |" + " |" * (len(names) - 6))
             continue
-        cells = _cells(r, compile_fmt=".0f", number_fmt=",", loop_fmt="{n} (x{trips})", loop_sep=", ")
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_cells(r, compile_fmt=".0f", number_fmt=",")) + " |")
     return "\n".join(lines)
+
+
+def peaks_table() -> str:
+    """The chips' published peaks the roofline uses (`step_cost.PEAKS`)."""
+    rows = [f"  {k}: bf16 {v['bf16'] / 1e12:.0f} TFLOP/s, f32 as exact computes {v['f32'] / 1e12:.1f} TFLOP/s, "
+            f"{v['hbm'] / 1e9:.0f} GB/s ({v['source']})" for k, v in step_cost.PEAKS.items()]
+    return "roofline peaks per chip:\n" + "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -421,6 +338,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
     print(f"batch {args.batch_size}, Lb {args.length}, C {C}, F {F}, published recipe; "
           f"layouts {args.layouts}, precisions {precisions}")
+    print(peaks_table())
     rows: list[dict[str, Any]] = []
     for target in args.targets:
         try:
@@ -453,7 +371,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     fn, fargs = steps[step]
                     r = {"target": target, "devices": len(devices), "device_kind": desc, "layout": layout,
                          "precision": precision, "step": step, "batch_size": args.batch_size,
-                         "length": args.length, **compile_one(fn, fargs, options)}
+                         "length": args.length,
+                         **compile_one(fn, fargs, options, target=target, precision=precision,
+                                       devices=len(devices), batch=args.batch_size)}
                     rows.append(r)
                     print(fmt_row(r), flush=True)
     if args.json:

@@ -148,6 +148,7 @@ class KeyConv(nn.Module):
         (B, W, K) (no gradient)."""
         numerics = self.numerics
         y, bias = Conv1x1(KEY_DIM, self.in_features, numerics, name="conv")(x, weights, layout)
+        y = numerics.store(y)  # FAST: the conv output in 16 bits (float32 accumulation); EXACT: float32 as it is
         w, implicit = layout.statistics(weights, bias)
         bn = TorchBatchNorm(KEY_DIM, scale_init_std=0.02, numerics=numerics, name="bn")
         if implicit is None:
