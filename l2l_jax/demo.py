@@ -41,6 +41,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                "videos": {"classes": 4, "train": 32, "val": 16, "seconds": (12, 18)},
                "extract": ["--frame_size", "48", "--crop", "48", "--batch_size", "32", "--calibrate_bn"],
                "finetune": ["--epochs", "20", "--batch_size", "64", "--lr", "1e-3"]},
+    # generated videos + a teacher -> frozen-resnet18 features vs l2l-distill's (l2l_jax.video.distill_demo)
+    "distill": {"train": ["--epochs", "10", "--batch_size", "8", "--milestones", "8", "--warmup_epochs", "0",
+                          "--checkpoint_freq", "5", "--buckets", "32", "--print_freq", "4"]},
 }
 EPISODE_LENGTH = 10
 
@@ -268,6 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if args.preset == "distill":
+        from l2l_jax.video import distill_demo
+
+        print(distill_demo.run(out, args.seed, compute), flush=True)
+        return 0
     if args.preset == "videos":
         data, num_classes, fit = step_videos(out, args.seed)
     else:

@@ -7,7 +7,9 @@ the file stays within about a minute on a 2-core CPU; most of it is compiling th
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 import torch
 import torch_video_reference as tvr
 
@@ -157,3 +160,71 @@ def test_student_learns_a_teacher_it_can_represent():
         {"params": state["params"], "batch_stats": state["batch_stats"]}, held["frames"], held["logmel"])
     agreement = float(np.mean(np.asarray(out["logits"]).argmax(-1) == cls))
     assert agreement >= 0.95, (agreement, float(m["loss"]))
+
+
+@pytest.mark.slow
+def test_program_end_to_end(tmp_path, capsys):
+    """l2l-distill on tiny videos: outputs (.pth files, converted directory, metrics), resume after the newest
+    checkpoint, the run lock and bad flags (exit 2, one line); then l2l-extract --weights_imageaudionet writes
+    all three feature kinds from the distilled networks."""
+    from convert.torch_io import read_state_dict
+    from l2l_jax.video import decode as D
+    from l2l_jax.video import distill as DI
+    from l2l_jax.video import extract as X
+
+    videos, teacher = tmp_path / "videos", tmp_path / "teacher"
+    videos.mkdir()
+    teacher.mkdir()
+    rows = ["video,label,split"]
+    for i in range(5):
+        D.write_test_video(videos / f"v{i}.mp4", seconds=3, seed=i)
+        rows.append(f"v{i}.mp4,{i % 2},{'train' if i < 3 else 'val'}")
+        np.save(teacher / f"v{i}.npy", np.random.default_rng(i).standard_normal((6, 3)).astype(np.float32))
+    (videos / "labels.csv").write_text("\n".join(rows) + "\n")
+    (videos / "broken.mp4").write_bytes(b"not a video")
+    out = tmp_path / "out"
+    argv = [str(videos), "--labels", str(videos / "labels.csv"), "--out", str(out), "--teacher", str(teacher),
+            "--frame_size", "40", "--crop", "32", "--batch_size", "4", "--random_crop", "--flip", "--no_progress"]
+    assert DI.main([*argv, "--epochs", "1"]) == 0
+    for name in ("ImageAudioNet_out.pth", "visualnet.pth", "audionet.pth", "imageaudionet", "distill.json"):
+        assert (out / name).exists(), name
+    sd, _ = read_state_dict(out / "ImageAudioNet_out.pth")
+    assert sd["net_classifier.classifier.weight"].shape == (3, 512)  # the teacher's 3 classes (6 rows -> 3 clips)
+    assert "feature_extraction.0.weight" in read_state_dict(out / "audionet.pth")[0]
+    assert DI.main([*argv, "--epochs", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "resumed after epoch 1" in text
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    # the lock of a live run, and a bad flag: one line, exit 2
+    (out / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    assert DI.main([*argv, "--epochs", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0] and "another run" in err[0]
+    (out / ".lock").unlink()
+    assert DI.main([str(videos), "--labels", str(videos / "labels.csv"), "--out", str(out)]) == 2
+    assert "needs --teacher" in capsys.readouterr().err
+    # extract again with the distilled networks: image, audio and imageAudio features, l2l-train's layout
+    root = tmp_path / "feats"
+    assert X.main([str(videos), "--labels", str(videos / "labels.csv"), "--out", str(root), "--frame_size", "40",
+                   "--crop", "32", "--weights_imageaudionet", str(out), "--no_progress"]) == 0
+    for kind in ("image_features", "audio_features", "imageAudio_features"):
+        x = np.load(root / kind / "v0.npy")
+        assert x.shape == (3, 512) and np.isfinite(x).all(), kind
+
+
+def test_demo_teacher_needs_image_and_sound_together():
+    """The distill preset's teacher names a clip's class only inside the segment where the class's shape is seen
+    and its tone heard; the silent distractor and every other clip get uninformative (all-zero) logits."""
+    from l2l_jax.video import decode as D
+    from l2l_jax.video import distill_demo as DD
+
+    for seed in range(5):
+        plan = D.synthetic_clip_plan(2, 4, 14, seed)
+        rows = DD.teacher_rows(plan, 4, 14)
+        s0, s1 = plan["segment"]
+        assert rows.shape == (14, 4) and np.all(rows[s0:s1].argmax(-1) == 2) and rows[s0:s1].max() > 0
+        outside = [t for t in range(14) if not s0 <= t < s1]
+        assert np.all(rows[outside] == 0)
+        if plan["distractor"] is not None:
+            d0, d1, _ = plan["distractor"]
+            assert np.all(rows[d0:d1] == 0)
