@@ -199,14 +199,17 @@ def _bank(x: Array, mask: Array, length: Array, cfg: PreviewConfig, layout: Layo
     return x
 
 
-def _scan(body, length: int, train: bool):
+def _scan(body, length: int, train: bool, numerics: Numerics = EXACT):
     """nn.scan over the E steps of an episode: parameters broadcast; in training the BatchNorm statistics
-    are carried (the query BatchNorm updates its running statistics once per step, in step order, section 4)."""
+    are carried (the query BatchNorm updates its running statistics once per step, in step order, section 4).
+    Numerics that unroll the episode (FAST) unroll it fully: no loop-carried gradient accumulators and no
+    per-step residual stores, so on a GPU a training step launches about half the kernels."""
+    unroll = length if numerics.unroll_episode else 1
     if train:
         return nn.scan(body, variable_broadcast="params", variable_carry="batch_stats",
-                       split_rngs={"params": False}, length=length)
+                       split_rngs={"params": False}, length=length, unroll=unroll)
     return nn.scan(body, variable_broadcast=["params", "batch_stats"], split_rngs={"params": False},
-                   length=length)
+                   length=length, unroll=unroll)
 
 
 class PreviewModel(nn.Module):
@@ -243,6 +246,7 @@ class PreviewModel(nn.Module):
         keys_i, head_i = self.image_key_conv1x1(bank_i, key_w, train, layout)
         keys_a, head_a = self.audio_key_conv1x1(bank_a, key_w, train, layout)
         ties_i, ties_a = cfg.numerics.ties(head_i), cfg.numerics.ties(head_a)
+        keys_i, keys_a = layout.key_view(keys_i), layout.key_view(keys_a)  # as every step reads them
         if cfg.mean_feature_as_start:
             count = jnp.sum(mask, axis=1, keepdims=True)
             x_i, x_a = layout.row_sums(bank_i) / count, layout.row_sums(bank_a) / count
@@ -285,7 +289,7 @@ class PreviewModel(nn.Module):
             out = (fused, logits, i_idx, a_idx, w)
             return (h, c, nx_i, nx_a, m_i, m_a, i_idx, a_idx), out
 
-        _, (fused, logits, i_idx, a_idx, w) = _scan(step, cfg.episode_length, train)(self, carry, None)
+        _, (fused, logits, i_idx, a_idx, w) = _scan(step, cfg.episode_length, train, cfg.numerics)(self, carry, None)
         avgpool = self.net_classifier(jnp.mean(fused, axis=0))
         step_logits = jnp.swapaxes(logits, 0, 1)
         return {
@@ -326,6 +330,7 @@ class SinglePreviewModel(nn.Module):
         # keys from RAW features (quirk 18)
         keys, head = self.key_conv1x1(features, valid[:, None] * inside, train, layout)
         ties = cfg.numerics.ties(head)
+        keys = layout.key_view(keys)
         if cfg.mean_feature_as_start:
             x = layout.row_sums(features) / jnp.sum(mask, axis=1, keepdims=True)
         else:
@@ -355,7 +360,7 @@ class SinglePreviewModel(nn.Module):
             done = jnp.logical_or(done, jnp.sum(m * valid[:, None]) == 0)
             return (h, c, nx, m, j, done), (soft, chosen, logits, j, active)
 
-        _, (soft, chosen, logits, idx, active) = _scan(step, cfg.episode_length, train)(self, carry, None)
+        _, (soft, chosen, logits, idx, active) = _scan(step, cfg.episode_length, train, cfg.numerics)(self, carry, None)
         weight = active.astype(jnp.float32)[:, None, None]
         steps = jnp.sum(active.astype(jnp.int32))
         n = steps.astype(jnp.float32)

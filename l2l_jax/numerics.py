@@ -10,7 +10,10 @@ network that computes receives it. It decides:
   with their custom gradients (`l2l_jax.exact`), or plain ``jnp.sum``/``mean`` that XLA partitions into one
   all-reduce (`sum`, `position_sum`, `spread`, `softmax`, `ties`);
 - **BatchNorm**: torch's two-pass statistics through the trees, or one-pass float32 moments whose sums XLA
-  can combine into one all-reduce (`moments`).
+  can combine into one all-reduce (`moments`);
+- **the episode loop**: a scan, or fully unrolled (`unroll_episode`): with E = 10 steps, unrolling removes the
+  loop's per-step residual stores and loop-carried gradient accumulators, which is most of a GPU step's kernel
+  launches and memory traffic.
 
 Two policies exist:
 
@@ -18,8 +21,9 @@ Two policies exist:
   bucket-dependent sum a fixed tree, exact ties. What upstream computes; every parity test runs in it.
 - ``FAST``: made for accelerators. bfloat16 operands with float32 accumulation; features, keys and banks
   stored in bfloat16; plain reductions everywhere (one all-reduce each on a sharded batch); no tie
-  canonicalisation. Parameters, optimizer state, BatchNorm statistics, LSTM state, softmax and losses stay
-  float32. It owes nothing to bitwise exactness and is judged by quality bounds (README, BENCHMARKS.md).
+  canonicalisation; the episode unrolled. Parameters, optimizer state, BatchNorm statistics, LSTM state,
+  softmax and losses stay float32. It owes nothing to bitwise exactness and is judged by quality bounds
+  (README, BENCHMARKS.md).
 
 `Numerics` is a frozen dataclass: hashable, so it can be a Flax module attribute and a static argument.
 """
@@ -48,6 +52,7 @@ class Numerics:
     operand_dtype: Any  # of matrix-product operands: None = float32 at HIGHEST precision
     storage_dtype: Any  # of features, keys and attention banks on the device
     exact_sums: bool  # fixed halving trees, custom gradients and exact ties (`l2l_jax.exact`)
+    unroll_episode: bool = False  # the E policy steps unrolled into straight-line code (`l2l_jax.model._scan`)
 
     # -- products -------------------------------------------------------------------------------------------
     def dot_general(self, lhs: Array, rhs: Array, dimension_numbers, precision=None,
@@ -152,7 +157,8 @@ class Numerics:
 
 
 EXACT = Numerics("exact", operand_dtype=None, storage_dtype=jnp.float32, exact_sums=True)
-FAST = Numerics("fast", operand_dtype=jnp.bfloat16, storage_dtype=jnp.bfloat16, exact_sums=False)
+FAST = Numerics("fast", operand_dtype=jnp.bfloat16, storage_dtype=jnp.bfloat16, exact_sums=False,
+                unroll_episode=True)
 
 POLICIES: dict[str, Numerics] = {n.name: n for n in (EXACT, FAST)}
 #: the names `--precision` accepts, in the order help texts list them

@@ -189,8 +189,15 @@ class ChunkLayout(NamedTuple):
         return to_dense(x, self)
 
     def bank_view(self, bank: Array) -> Array:
+        if not self.numerics.exact_sums:  # chunk by chunk, the shape every step's product reads
+            return self.key_view(bank)
         # the scan reads the banks 2-D, as the key convs do: XLA:CPU then converts float16 features once
         return bank.reshape(-1, bank.shape[-1])
+
+    def key_view(self, keys: Array) -> Array:
+        if not self.numerics.exact_sums:  # (G, C, CHUNK, K): one shape for the keys and their gradient
+            return keys.reshape(self.groups, -1, CHUNK, keys.shape[-1])
+        return keys
 
     def conv(self, x: Array, kernel: Array, bias: Array, weights: Array) -> Array:
         # exactly what flax's nn.Dense computes, on the chunk positions only

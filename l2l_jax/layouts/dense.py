@@ -133,6 +133,9 @@ class DenseLayout(NamedTuple):
     def bank_view(self, bank: Array) -> Array:
         return bank
 
+    def key_view(self, keys: Array) -> Array:
+        return keys
+
     def conv(self, x: Array, kernel: Array, bias: Array, weights: Array) -> Array:
         if not self.numerics.exact_sums:
             return self.numerics.dot(x, kernel) + bias
