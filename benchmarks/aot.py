@@ -86,7 +86,7 @@ EVAL_FLAGS = ["--num_classes", str(C), "--scheduler", "--episode_length", "10", 
               "--mean_feature_as_start", "--feature_interpolate", "--subsample_factor", "1"]
 
 DEFAULT_TARGETS = ["v5e:2x2", "v6e:2x2", "h100"]
-STEPS = ("train", "eval", "eval+baselines")
+STEPS = ("train", "eval", "eval+baselines", "distill")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -166,8 +166,10 @@ def eval_fn_factory():
     return make_eval_fn
 
 
-def build_steps(mesh: Mesh, batch: int, length: int, layout: str, precision: str) -> dict[str, tuple]:
-    """step name -> (jitted function, abstract arguments), built as the programs build them."""
+def build_steps(mesh: Mesh, batch: int, length: int, layout: str, precision: str,
+                distill_batch: int | None = None) -> dict[str, tuple]:
+    """step name -> (jitted function, abstract arguments), built as the programs build them; with
+    `distill_batch`, also l2l-distill's train step on that many clips (it has no feature layout)."""
     rep = parallel.replicated(mesh)
     steps = {}
 
@@ -191,6 +193,11 @@ def build_steps(mesh: Mesh, batch: int, length: int, layout: str, precision: str
     if make_eval_fn is not None:
         fn = make_eval_fn(emodel, ecfg, "two", hard=False, with_baselines=True)
         steps["eval+baselines"] = (jax.jit(fn), (variables, data_batch, key))
+    if distill_batch:
+        from l2l_jax import numerics
+        from l2l_jax.video.distill_step import abstract_train_step
+
+        steps["distill"] = abstract_train_step(mesh, distill_batch, numerics.get(precision))
     return steps
 
 
@@ -307,6 +314,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--layouts", nargs="+", default=["dense", "chunk"], choices=["dense", "chunk"])
     ap.add_argument("--precisions", nargs="+", default=["exact", "fast"], choices=["exact", "fast"])
     ap.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
+    ap.add_argument("--distill_batch", type=int, default=256,
+                    help="clips per l2l-distill train step (the distill row's batch; its roofline counts clips/s)")
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
     ap.add_argument("--markdown", default=None, help="also write the rows as a Markdown table here")
     ap.add_argument("--from_json", nargs="+", default=None, metavar="JSON",
@@ -356,7 +365,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for layout in args.layouts:
             for precision in precisions:
                 try:
-                    steps = build_steps(mesh, args.batch_size, args.length, layout, precision)
+                    first_layout = layout == args.layouts[0]
+                    steps = build_steps(mesh, args.batch_size, args.length, layout, precision,
+                                        args.distill_batch if first_layout and "distill" in args.steps else None)
                 except Exception as e:
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                     steps = {}
@@ -369,11 +380,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     if step not in steps:
                         continue
                     fn, fargs = steps[step]
-                    r = {"target": target, "devices": len(devices), "device_kind": desc, "layout": layout,
-                         "precision": precision, "step": step, "batch_size": args.batch_size,
-                         "length": args.length,
+                    distill = step == "distill"  # clips of 224 x 224 frames and 1 s log-mels, no layout
+                    n = args.distill_batch if distill else args.batch_size
+                    r = {"target": target, "devices": len(devices), "device_kind": desc,
+                         "layout": "-" if distill else layout, "precision": precision, "step": step,
+                         "batch_size": n, "length": None if distill else args.length,
                          **compile_one(fn, fargs, options, target=target, precision=precision,
-                                       devices=len(devices), batch=args.batch_size)}
+                                       devices=len(devices), batch=n)}
                     rows.append(r)
                     print(fmt_row(r), flush=True)
     if args.json:

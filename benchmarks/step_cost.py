@@ -96,7 +96,7 @@ def jaxpr_flops(jaxpr: Any) -> float:
 
 def step_flops(fn: Any, args: tuple) -> float:
     """Global FLOPs of one call of `fn` (a jitted function) on abstract `args`."""
-    return jaxpr_flops(jax.make_jaxpr(fn)(*args))
+    return jaxpr_flops(fn.trace(*args).jaxpr)
 
 
 # ---------------------------------------------------------------------------------------------------------
