@@ -255,7 +255,7 @@ def compile_one(fn: Any, args: tuple, options: dict, *, target: str, precision: 
 # ----------------------------------------------------------------------------------------------------------
 COLUMNS = (("target", 10), ("layout", 6), ("prec", 5), ("step", 14), ("ok", 3), ("compile s", 9),
            ("MiB/chip", 8), ("launches/step", 13), ("collectives/step", 16), ("GFLOP/chip", 10),
-           ("GB/chip", 8), ("XLA GB", 7), ("roofline videos/s", 17))
+           ("GB/chip", 8), ("all GB", 7), ("XLA GB", 7), ("roofline videos/s", 17))
 
 
 def _cells(r: dict[str, Any], *, compile_fmt: str, number_fmt: str) -> list[str]:
@@ -265,7 +265,7 @@ def _cells(r: dict[str, Any], *, compile_fmt: str, number_fmt: str) -> list[str]
     return [r["target"], r["layout"], r["precision"], r["step"], "yes", f"{r['compile_s']:{compile_fmt}}",
             "-" if mem is None else f"{mem / 2**20:{number_fmt}.0f}", f"{lc['step_launches']:{number_fmt}.0f}",
             f"{lc['step_collectives']:{number_fmt}.0f}", f"{r['step_flops'] / 1e9:{number_fmt}.1f}",
-            f"{lc['step_bytes'] / 1e9:.2f}",
+            f"{lc['step_bytes'] / 1e9:.2f}", f"{lc['step_bytes_all'] / 1e9:.2f}",
             "-" if r["bytes_accessed"] is None else f"{r['bytes_accessed'] / 1e9:.2f}",
             "-" if vps is None else f"{vps:{number_fmt}.0f} ({roof['bound']})"]
 

@@ -12,7 +12,8 @@ step several-fold. Here:
 - **Kernels** (`hlo_step_counts`): fusions and custom calls in the compiled module's entry computation plus
   each while body times its trip count; collectives the same way; **bytes** as the operands and results of
   every kernel and copy that lie in device memory (HBM: what a kernel reads from and writes to it; buffers
-  that XLA:TPU placed in on-chip memory do not count), per chip.
+  that XLA:TPU placed in on-chip memory do not count), per chip; and `step_bytes_all`, every operand and
+  result wherever it lies (an upper bound, closer to what XLA's own figure counts).
 - **Roofline** (`roofline`): step time >= max(FLOPs / peak, bytes / bandwidth) on one chip; videos/s =
   batch / that time. An upper bound on speed: launch overheads, collectives and imperfect overlap are not
   counted.
@@ -23,8 +24,6 @@ from __future__ import annotations
 import math
 import re
 from typing import Any
-
-import jax
 
 #: Published per-chip peaks: dense bfloat16 matrix FLOP/s, float32 FLOP/s as the exact precision computes
 #: (HIGHEST: float32 on the GPU's CUDA cores; six bfloat16 passes on a TPU's MXU, so 1/6 of the bfloat16 peak),
@@ -116,12 +115,12 @@ _MEMORY_OPS = {"copy", "copy-start", "dot", "convolution", "gather", "scatter", 
                *_COLLECTIVES, *(c + "-start" for c in _COLLECTIVES)}
 
 
-def shape_bytes(text: str) -> int:
+def shape_bytes(text: str, on_chip: bool = False) -> int:
     """Bytes in device memory of every array shape written in `text` (``f32[64,512]{1,0}`` ...): arrays whose
     layout puts them in another memory space (``S(1)``: on-chip memory that XLA:TPU prefetches into) are not
-    device-memory traffic and count 0."""
+    device-memory traffic and count 0, unless `on_chip` (then every array counts, wherever it lies)."""
     return sum(_BYTES[t] * math.prod(int(d) for d in dims.split(",") if d)
-               for t, dims, layout in _SHAPE.findall(text) if not _ON_CHIP.search(layout or ""))
+               for t, dims, layout in _SHAPE.findall(text) if on_chip or not _ON_CHIP.search(layout or ""))
 
 
 def _opcode(rhs: str) -> tuple[str, int]:
@@ -189,7 +188,7 @@ def _bound(cond: list[tuple[str, str]]) -> int | None:
 
 
 def _zero() -> dict[str, float]:
-    return {"fusion": 0, "custom-call": 0, "collective": 0, "bytes": 0}
+    return {"fusion": 0, "custom-call": 0, "collective": 0, "bytes": 0, "bytes_all": 0}
 
 
 def hlo_step_counts(text: str) -> dict[str, Any]:
@@ -211,7 +210,9 @@ def hlo_step_counts(text: str) -> dict[str, Any]:
             elif op.startswith(_COLLECTIVES):
                 c["collective"] += not op.endswith("-done")
             if op in ("fusion", "custom-call") or op in _MEMORY_OPS:
-                c["bytes"] += shape_bytes(rhs[: rhs.find(op)]) + shape_bytes(_operands(rhs, _opcode(rhs)[1]))
+                result, operands = rhs[: rhs.find(op)], _operands(rhs, _opcode(rhs)[1])
+                c["bytes"] += shape_bytes(result) + shape_bytes(operands)
+                c["bytes_all"] += shape_bytes(result, True) + shape_bytes(operands, True)
             if op == "while":
                 body, cond = _attr(rhs, "body"), _attr(rhs, "condition")
                 trip = _TRIP.search(rhs)
@@ -235,7 +236,8 @@ def hlo_step_counts(text: str) -> dict[str, Any]:
     per_step = {k: top[k] + sum(lp[k] * (lp["trip_count"] or 1) for lp in loops) for k in top}
     return {"entry": top["fusion"] + top["custom-call"], **{f"entry_{k}": v for k, v in top.items()},
             "loops": loops, "step_launches": per_step["fusion"] + per_step["custom-call"],
-            "step_collectives": per_step["collective"], "step_bytes": per_step["bytes"]}
+            "step_collectives": per_step["collective"], "step_bytes": per_step["bytes"],
+            "step_bytes_all": per_step["bytes_all"]}
 
 
 # ---------------------------------------------------------------------------------------------------------
