@@ -44,6 +44,28 @@ def chip_of(target: str) -> str | None:
     return name if name in PEAKS else None
 
 
+#: device_kind substrings of the chips in `PEAKS`
+_KINDS = (("h100", "h100"), ("v5 lite", "v5e"), ("v5e", "v5e"), ("v6 lite", "v6e"), ("v6e", "v6e"), ("v5p", "v5p"))
+
+
+def chip_of_device(device_kind: str) -> str | None:
+    """The `PEAKS` key of a jax device's ``device_kind`` ("NVIDIA H100 80GB HBM3", "TPU v5 lite", ...)."""
+    kind = device_kind.lower()
+    return next((chip for key, chip in _KINDS if key in kind), None)
+
+
+def estimate(fn: Any, args: tuple, compiled: Any, precision: str, batch: int) -> dict[str, Any]:
+    """The roofline of one compiled step on the device jax runs on (`roofline`), from the step's FLOPs
+    (`step_flops`, split over the devices) and its compiled kernels' device-memory bytes."""
+    import jax
+
+    chip = chip_of_device(jax.devices()[0].device_kind)
+    counts = hlo_step_counts(compiled.as_text())
+    flops = step_flops(fn, args) / jax.device_count()
+    return {"chip": chip, "flops": flops, "bytes": counts["step_bytes"], "launches": counts["step_launches"],
+            **roofline(chip, precision, flops, counts["step_bytes"], batch)}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # FLOPs from the jaxpr
 # ---------------------------------------------------------------------------------------------------------
@@ -256,5 +278,5 @@ def roofline(chip: str | None, precision: str, flops_per_chip: float | None, byt
             "bound": "memory" if memory >= compute else "compute"}
 
 
-__all__ = ["PEAKS", "chip_of", "hlo_step_counts", "jaxpr_flops", "parse_hlo", "roofline", "shape_bytes",
-           "step_flops"]
+__all__ = ["PEAKS", "chip_of", "chip_of_device", "estimate", "hlo_step_counts", "jaxpr_flops", "parse_hlo",
+           "roofline", "shape_bytes", "step_flops"]

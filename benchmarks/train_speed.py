@@ -14,7 +14,9 @@ Ours: `steps.make_train_step` under `jax.jit` with the state donated, batches pu
 `l2l-train` does, no host sync until the end; compilation (one per bucket met) timed separately. PyTorch:
 `tests/torch_reference.py` `train_step` (upstream's style: Python loop over the E steps, `loss.item()` each
 iteration), default thread count. Prints a table: videos/s for each of our precisions (exact: float32 as
-upstream; fast: bfloat16 products, 16-bit features) and for PyTorch, the ratios, compile seconds.
+upstream; fast: bfloat16 products, 16-bit features) and for PyTorch, the ratios, compile seconds, and on a GPU
+or TPU whose peaks `step_cost.PEAKS` knows, the roofline bound of our steps (`step_cost.estimate`) beside the
+measured rate.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import step_cost  # noqa: E402
 
 from l2l_jax import cli, config, parallel  # noqa: E402
 from l2l_jax.data.buckets import bucket_length  # noqa: E402
@@ -101,12 +106,14 @@ def run_ours(batches, run_cfg, variables) -> dict:
     def signature(d):
         return tuple((k, v.shape) for k, v in sorted(d.items()))
 
+    roof: dict = {}
     for d in dev:
         sig = signature(d)
         if sig not in compiled:
             t0 = time.perf_counter()
             compiled[sig] = step.lower(state, d).compile()
             compile_s += time.perf_counter() - t0
+            roof[sig] = step_cost.estimate(step, (state, d), compiled[sig], run_cfg["precision"], len(d["label"]))
     # one untimed step per executable (first-run allocation), then the timed loop
     for sig, exe in compiled.items():
         d = next(x for x in dev if signature(x) == sig)
@@ -121,8 +128,10 @@ def run_ours(batches, run_cfg, variables) -> dict:
     jax.block_until_ready(state)
     secs = time.perf_counter() - t0
     n = sum(len(b["label"]) for b, _ in batches)
+    bound_s = [roof[signature(d)]["step_s"] for d in dev]
+    roofline = None if None in bound_s else n / sum(bound_s)
     return {"videos_per_s": n / secs, "seconds": secs, "compile_s": compile_s, "executables": len(compiled),
-            "loss": float(np.mean([float(x) for x in losses])), "layout": layout}
+            "loss": float(np.mean([float(x) for x in losses])), "layout": layout, "roofline_videos_per_s": roofline}
 
 
 def run_torch(batches, cfg: PreviewConfig, variables) -> dict:
@@ -178,11 +187,13 @@ def main(argv: list[str] | None = None) -> dict:
           f"{args.steps} steps, mean L {mean_L:.0f} (padded to {mean_Lb:.0f}), layout {ours['layout']}")
     if not args.skip_torch:
         rows.append(("PyTorch eager", run_torch(batches, config.model_config(run_cfg), variables)))
-    print(f"{'implementation':<16} {'videos/s':>10} {'s/step':>8} {'compile s':>10} {'mean loss':>10}")
+    print(f"{'implementation':<16} {'videos/s':>10} {'s/step':>8} {'compile s':>10} {'mean loss':>10} "
+          f"{'roofline videos/s':>18}")
     for name, r in rows:
         comp = f"{r['compile_s']:.1f}" if "compile_s" in r else "-"
+        roof = r.get("roofline_videos_per_s")
         print(f"{name:<16} {r['videos_per_s']:>10.1f} {r['seconds'] / args.steps:>8.3f} {comp:>10} "
-              f"{r['loss']:>10.4f}")
+              f"{r['loss']:>10.4f} {'-' if roof is None else f'{roof:.0f}':>18}")
     result = {"ours": ours, "batch_size": args.batch_size, "steps": args.steps,
               "rows": {name: r for name, r in rows}}
     if not args.skip_torch:
