@@ -15,7 +15,8 @@ metrics. Ours: the `Evaluator` as `l2l-eval` builds it from the same flags (`l2l
 by the loader, sorted by length, one executable per bucket), timed without compilation (reported
 separately), without and with the baselines; one evaluator each, run --repeats times and the last run
 reported (only the first compiles; it also pulls the files into memory, which the PyTorch side gets for
-free by preloading). Prints a table of videos/s and the ratio.
+free by preloading). Prints a table of videos/s and the ratio, and on a GPU or TPU whose peaks
+`step_cost.PEAKS` knows, the roofline bound of our evaluator over the same batches beside the measured rate.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import step_cost  # noqa: E402
 
 from l2l_jax import cli, config, weights  # noqa: E402
 from l2l_jax.data import open_split  # noqa: E402
@@ -73,6 +76,29 @@ def torch_eval(variables, source, cfg: PreviewConfig, batch_size: int, starts: d
     return vm.result(), seconds
 
 
+def roofline_rate(evaluator: Evaluator, variables, loader, precision: str) -> float | None:
+    """Videos/s the roofline allows our evaluator on this device (`step_cost.estimate` of every batch's
+    executable, summed over the batches), or None where `step_cost.PEAKS` does not know the chip."""
+    if step_cost.chip_of_device(jax.devices()[0].device_kind) is None:
+        return None
+    from l2l_jax import parallel
+    from l2l_jax.evaluation.evaluator import _shard, _signature
+
+    dev_vars = parallel.replicate(dict(variables), evaluator.mesh)
+    seen: dict = {}
+    seconds, videos = 0.0, 0
+    for batch in loader:
+        dev = _shard(dict(batch), evaluator.mesh, evaluator.layout)
+        sig = _signature(dev)
+        if sig not in seen:
+            args = (dev_vars, dev, evaluator._key)
+            exe = evaluator._jitted.lower(*args).compile()
+            seen[sig] = step_cost.estimate(evaluator._jitted, args, exe, precision, len(batch["index"]))["step_s"]
+        seconds += seen[sig]
+        videos += int(np.sum(batch["valid"]))
+    return videos / seconds if seconds else None
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=None, help="default: runs/bench_<preset>")
@@ -111,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.packed and not (data / "val.pack").exists():
         pack_pickle(data / "val.pkl", feature_root=data, num_classes=cfg.num_classes, float16=True)
     source = open_split(data / "val.pkl", packed=args.packed, **config.split_options(run_cfg, progress=False))
-    rows = []
+    rows, roofs = [], {}
     ours = None
     runs = [(p, False) for p in args.precisions] + [(args.precisions[0], True)]
     for precision, with_baselines in runs:
@@ -124,7 +150,9 @@ def main(argv: list[str] | None = None) -> None:
             res = evaluator.run(variables, loader, progress=False)
             compile_s += res.compile_seconds  # only the first run compiles
         res.compile_seconds = compile_s
-        rows.append((f"l2l-jax {precision} ({'with' if with_baselines else 'no'} baselines)", res))
+        name = f"l2l-jax {precision} ({'with' if with_baselines else 'no'} baselines)"
+        roofs[name] = roofline_rate(evaluator, variables, loader, precision)
+        rows.append((name, res))
         ours = ours or res
     starts = dict(zip(ours.videos["index"].tolist(), ours.videos["start_idx"].tolist(), strict=True))
     t_metrics, t_seconds = torch_eval(variables, source, cfg, args.batch_size, starts)
@@ -134,11 +162,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{n} videos (synthetic '{args.preset}' val, T median {np.median(lengths):.0f}, max {lengths.max()}), "
           f"batch {args.batch_size}, {jax.device_count()} {jax.devices()[0].platform} device(s), "
           f"torch {__import__('torch').get_num_threads()} threads")
-    print(f"{'implementation':42s} {'videos/s':>9} {'vs torch':>9} {'compile s':>10}")
-    print(f"{'PyTorch reference (eager, preloaded)':42s} {torch_vps:9.1f} {1.0:9.2f} {'-':>10}")
+    print(f"{'implementation':42s} {'videos/s':>9} {'vs torch':>9} {'compile s':>10} {'roofline videos/s':>18}")
+    print(f"{'PyTorch reference (eager, preloaded)':42s} {torch_vps:9.1f} {1.0:9.2f} {'-':>10} {'-':>18}")
     for name, r in rows:
+        roof = "-" if roofs[name] is None else f"{roofs[name]:.0f}"
         print(f"{name:42s} {r.videos_per_second:9.1f} {r.videos_per_second / torch_vps:9.2f} "
-              f"{r.compile_seconds:10.1f}")
+              f"{r.compile_seconds:10.1f} {roof:>18}")
     print("\nmetrics (same starts):  torch " + ", ".join(f"{k} {t_metrics[k]:.6f}" for k in
                                                       ("avgpool_acc", "lstm_acc", "avgpool_map", "lstm_map")))
     for name, r in rows:
