@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from fixture_inputs import manifest_state_dict
+from path_helpers import unwritable_dir
 
 PREVIEW = "manifests/preview_two_C12.json"
 FUSION = "manifests/imageaudionet_C12.json"
@@ -257,16 +258,6 @@ def _model_dir_without_variant(tmp: Path) -> Path:
     return out
 
 
-def _unwritable(tmp: Path) -> Path:
-    d = tmp / "readonly"
-    d.mkdir()
-    d.chmod(0o500)
-    if os.access(d, os.W_OK):
-        d.chmod(0o700)
-        pytest.skip("running as root: a 0o500 directory stays writable")
-    return d
-
-
 def _faulty_cases(f, tmp: Path) -> dict:
     """name -> (program, argv, what the message must name)."""
     (tmp / "a_file").write_text("x")
@@ -325,7 +316,7 @@ UNWRITABLE = ["train", "eval-export", "eval-plot", "pack", "convert"]
 
 @pytest.mark.parametrize("case", UNWRITABLE)
 def test_unwritable_output_directory(files, tmp_path, capsys, case):
-    ro = _unwritable(tmp_path)
+    ro = unwritable_dir(tmp_path)
     try:
         argv = {"train": _replace(_train_args(files, tmp_path), "--workdir", str(ro / "run")),
                 "eval-export": _eval_args(files, "--export", str(ro / "x.jsonl")),

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from fixture_inputs import manifest_state_dict
+from path_helpers import unwritable_dir
 
 PREVIEW = "manifests/preview_two_C12.json"
 FUSION = "manifests/imageaudionet_C12.json"
@@ -85,20 +86,10 @@ def train_args(f, tmp: Path, *extra) -> list:
             "--epochs", "1", *extra]
 
 
-def _readonly(tmp: Path) -> Path:
-    d = tmp / "readonly"
-    d.mkdir()
-    d.chmod(0o500)
-    if os.access(d, os.W_OK):
-        d.chmod(0o700)
-        pytest.skip("running as root: a 0o500 directory stays writable")
-    return d
-
-
 def _bad_output(kind: str, tmp: Path) -> Path:
     """A path that cannot take an output file (kinds: readonly, dev_full, fifo, dir, below_file)."""
     if kind == "readonly":
-        return _readonly(tmp) / "x.out"
+        return unwritable_dir(tmp) / "x.out"
     if kind == "dev_full":
         if not os.path.exists("/dev/full"):
             pytest.skip("no /dev/full here")
@@ -207,7 +198,7 @@ def test_synth_refuses_before_writing(tmp_path, capsys, case):
     if case == "file":
         out.write_text("x")
     elif case == "readonly":
-        out = _readonly(tmp_path) / "out"
+        out = unwritable_dir(tmp_path) / "out"
         argv[1] = out
     elif case == "num_train_0":
         argv += ["--num_train", "0"]
