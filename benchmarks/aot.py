@@ -108,6 +108,13 @@ def target_devices(target: str) -> tuple[list, str]:
     return devices, f"{len(devices)} x {devices[0].device_kind}"
 
 
+def target_backend(target: str) -> str:
+    """The jax backend a target compiles for ("cpu", "gpu" or "tpu"): the numerics adapt to it."""
+    if target == "cpu":
+        return "cpu"
+    return "gpu" if target == "h100" or target.startswith("gpu:") else "tpu"
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Abstract inputs
 # ----------------------------------------------------------------------------------------------------------
@@ -167,7 +174,7 @@ def eval_fn_factory():
 
 
 def build_steps(mesh: Mesh, batch: int, length: int, layout: str, precision: str,
-                distill_batch: int | None = None) -> dict[str, tuple]:
+                distill_batch: int | None = None, backend: str = "cpu") -> dict[str, tuple]:
     """step name -> (jitted function, abstract arguments), built as the programs build them; with
     `distill_batch`, also l2l-distill's train step on that many clips (it has no feature layout)."""
     rep = parallel.replicated(mesh)
@@ -175,7 +182,7 @@ def build_steps(mesh: Mesh, batch: int, length: int, layout: str, precision: str
 
     train_cfg = resolve("train", TRAIN_FLAGS, batch, layout, precision)
     data_batch = abstract_batch(mesh, batch, length, layout, feature_dtype(train_cfg))
-    mcfg = config.model_config(train_cfg)
+    mcfg = config.model_config(train_cfg, backend)
     recipe = config.recipe(train_cfg, math.ceil(TRAIN_VIDEOS / batch))
     model = build_model(mcfg, "two")
     state = jax.eval_shape(lambda: create_train_state(init_variables(mcfg, "two", jax.random.key(0)),
@@ -184,7 +191,7 @@ def build_steps(mesh: Mesh, batch: int, length: int, layout: str, precision: str
     steps["train"] = (train, (abstract(state, rep), data_batch))
 
     eval_cfg = resolve("eval", EVAL_FLAGS, batch, layout, precision)
-    ecfg = config.model_config(eval_cfg)
+    ecfg = config.model_config(eval_cfg, backend)
     emodel = build_model(ecfg, "two")
     variables = abstract(jax.eval_shape(lambda: init_variables(ecfg, "two", jax.random.key(0))), rep)
     key = abstract(jax.eval_shape(lambda: jax.random.key(0)), rep)
@@ -367,7 +374,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 try:
                     first_layout = layout == args.layouts[0]
                     steps = build_steps(mesh, args.batch_size, args.length, layout, precision,
-                                        args.distill_batch if first_layout and "distill" in args.steps else None)
+                                        args.distill_batch if first_layout and "distill" in args.steps else None,
+                                        backend=target_backend(target))
                 except Exception as e:
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                     steps = {}

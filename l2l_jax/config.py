@@ -56,22 +56,29 @@ def read_subsample(cfg: Config) -> int:
     return 1
 
 
-def numerics(cfg: Config) -> numerics_policy.Numerics:
-    """The run's numerics policy from --precision (exact when unset)."""
+def numerics(cfg: Config, backend: str | None = None) -> numerics_policy.Numerics:
+    """The run's numerics policy from --precision (exact when unset), as it runs on `backend` (default: jax's;
+    `numerics.for_backend`)."""
     try:
-        return numerics_policy.get(cfg.get("precision") or "exact")
+        policy = numerics_policy.get(cfg.get("precision") or "exact")
     except ValueError as e:
         raise ConfigError(f"--precision: {e}") from None
+    if backend is None:
+        import jax
+
+        backend = jax.default_backend()
+    return numerics_policy.for_backend(policy, backend)
 
 
-def model_config(cfg: Config) -> PreviewConfig:
-    """The policy's switches from the flags (the same for training and evaluation)."""
+def model_config(cfg: Config, backend: str | None = None) -> PreviewConfig:
+    """The policy's switches from the flags (the same for training and evaluation); `backend` is where it will
+    run (default: jax's)."""
     return PreviewConfig(num_classes=int(cfg["num_classes"]), episode_length=int(cfg["episode_length"]),
                          mean_feature_as_start=bool(cfg["mean_feature_as_start"]),
                          with_replacement=bool(cfg["with_replacement"]),
                          feature_interpolate=bool(cfg["feature_interpolate"]),
                          subsample_factor=int(cfg["subsample_factor"]), feature_dim=feature_width(cfg),
-                         numerics=numerics(cfg))
+                         numerics=numerics(cfg, backend))
 
 
 def recipe(cfg: Config, iters_per_epoch: int) -> Recipe:

@@ -28,7 +28,9 @@ def test_exact_is_the_default_of_flags_model_and_loader():
         assert config.loader_options(cfg).feature_dtype is None
     assert PreviewConfig(num_classes=3).numerics is EXACT
     fast = cli.resolve("eval", ["--precision", "fast"])
-    assert config.model_config(fast).numerics is FAST
+    assert config.model_config(fast, "gpu").numerics is FAST
+    on_cpu = config.model_config(fast, "cpu").numerics  # the episode stays a loop on a CPU
+    assert on_cpu.name == "fast" and not on_cpu.unroll_episode and on_cpu.storage_dtype == FAST.storage_dtype
     assert config.loader_options(fast).feature_dtype == "float16"
 
 
