@@ -14,6 +14,7 @@ measures CPU cost, not the disk. Prints one table per mode (train: L ~ U{200..50
 longest).
 
     python benchmarks/data_speed.py [--videos 512] [--batch_size 64] [--threads 2]
+    python benchmarks/data_speed.py --pack runs/anet10k/train.pack --batch_size 256 --threads 4 [--passes 3]
 """
 
 from __future__ import annotations
@@ -109,6 +110,25 @@ def run_ours(source, batch_size: int, train: bool, threads: int, epochs: int = 4
     return epochs * len(source) / (time.perf_counter() - t0)
 
 
+def run_pack(pack: str, batch_size: int, threads: int, passes: int) -> None:
+    """Our training loader alone on an existing pack (e.g. the ActivityNet-scale one `host_memory.py` writes):
+    videos/s of each pass over the split, one loader throughout, and the process's peak resident set."""
+    source = open_split(pack, num_classes=2**31 - 1, progress=False)  # labels are not what is measured
+    print(f"{pack}: {len(source)} videos, mean {source.lengths.mean():.0f} clips, {source.dtype}; batch {batch_size}, "
+          f"training batches (dense); load average {os.getloadavg()[0]:.1f}")
+    for t in (1, threads):
+        loader = BatchLoader(source, batch_size=batch_size, train=True, seed=0, num_threads=t, process_index=0,
+                             process_count=1)
+        rates = []
+        for e in range(passes):
+            t0 = time.perf_counter()
+            n = sum(int(b["valid"].sum()) for b in loader.iterator(num_epochs=1, start_epoch=e))
+            rates.append(n / (time.perf_counter() - t0))
+        peak = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")) / 1024
+        print(f"{t} thread(s), iterator: " + ", ".join(f"{r:.0f}" for r in rates) + f" videos/s per pass "
+              f"(median {np.median(rates):.0f}); peak RSS so far {peak:.0f} MiB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "l2l_data_speed"),
@@ -119,7 +139,13 @@ def main() -> None:
     ap.add_argument("--batch_size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="best of N passes")
+    ap.add_argument("--pack", default=None, help="instead of the tables: our loader alone on this existing pack "
+                    "(e.g. runs/anet10k/train.pack from host_memory.py), 1 and --threads threads, --passes passes")
+    ap.add_argument("--passes", type=int, default=3, help="passes over the split with --pack")
     args = ap.parse_args()
+    if args.pack:
+        run_pack(args.pack, args.batch_size, args.threads, args.passes)
+        return
     root = Path(args.data)
     make_data(root, args.videos, args.min_len, args.max_len)
     pkl = root / "train.pkl"
