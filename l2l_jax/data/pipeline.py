@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import grain
 import numpy as np
 
+from l2l_jax import variants
 from l2l_jax.layouts import chunk as chunk_layout
 
 from .buckets import DEFAULT_BUCKETS, OVERFLOW_STEP, bucket_length
@@ -211,7 +212,7 @@ class BatchLoader:
         self.process_index = process_index
         self.process_count = process_count
         self.local_batch_size = batch_size // process_count
-        self.random_fill = source.variant == "single"
+        self.random_fill = variants.get(source.variant).random_fill
         self.lengths = -(-np.asarray(source.lengths, np.int64) // subsample)  # clips after subsampling
         self._longest_first = np.argsort(-self.lengths, kind="stable") if longest_first else None
         self.batches_per_epoch = math.ceil(len(source) / batch_size)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from l2l_jax import variants
+
 from .fingerprint import FINGERPRINT_VERSION, Fingerprint, what_changed
 from .index import MODALITY_KEYS, BadFileError, DatasetError, Variant, load_index, npy_header, open_regular
 from .validate import ScanResult, check_split
@@ -352,7 +354,7 @@ def pack_matches(pack_dir: Path, pickle_path: str | os.PathLike, variant: Varian
 def repack_command(pickle_path: str | os.PathLike | None, variant: Variant, feature_root) -> str:
     """The `l2l-pack` command line that rebuilds the pack of a pickle."""
     cmd = f"l2l-pack {pickle_path if pickle_path else '<pickle>'}"
-    if variant != "two":
+    if variant != variants.DEFAULT.name:
         cmd += f" --variant {variant}"
     if feature_root is not None:
         cmd += f" --feature_root {feature_root}"
