@@ -23,4 +23,10 @@ class NonFiniteLossError(L2LError, RuntimeError):
     """The training loss became NaN or infinite; the run stopped without saving the bad state."""
 
 
-__all__ = ["ConfigError", "L2LError", "NonFiniteLossError", "WeightsError"]
+def first_line(e: BaseException) -> str:
+    """The first line of `e`'s message (its type's name when it has none): the part a one-line error quotes."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+__all__ = ["ConfigError", "L2LError", "NonFiniteLossError", "WeightsError", "first_line"]
