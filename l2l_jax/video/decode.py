@@ -112,107 +112,152 @@ def _frame_duration(nominal_rate: float, deltas: list[float], clip_seconds: floa
     return min(deltas) if deltas else clip_seconds
 
 
-def decode_video(path: str | os.PathLike, *, clip_seconds: float = 1.0, sample_rate: int = 16000,
-                 threads: bool = True, max_seconds: float = MAX_SECONDS) -> DecodedVideo:
-    """Decode `path` (see the module docstring). `threads`: let FFmpeg decode with its own frame threads.
-    `max_seconds`: the longest video accepted (a longer one is a `DecodeError`, found before the memory for
-    it is taken)."""
+@dataclasses.dataclass
+class _VideoTrack:
+    """The video stream as it is decoded: the first frame of every clip that has one, and the frames' timing."""
+
+    path: str
+    clip_seconds: float
+    max_seconds: float
+    fps: float
+    container_s: float | None
+    picked: list[tuple[int, np.ndarray]] = dataclasses.field(default_factory=list)  # (k, first frame of clip k)
+    next_clip: int = 0
+    size: tuple[int, int] | None = None
+    t0: float | None = None
+    last_t: float = 0.0
+    n_frames: int = 0
+    prev_t: float | None = None
+    deltas: list[float] = dataclasses.field(default_factory=list)
+
+    def add(self, frame) -> None:
+        """Takes one decoded frame; refuses one past `max_seconds`."""
+        t = _frame_time(frame, self.n_frames, self.fps or 25.0)
+        if self.t0 is None:
+            self.t0 = t
+            self.size = (frame.width, frame.height)
+        t -= self.t0
+        if t > self.max_seconds:
+            raise DecodeError(self.path, f"a frame at {t:.1f} s is past --max_seconds {self.max_seconds:g} "
+                              f"({_describe(self.container_s, self.n_frames + 1)}; broken timestamps, or "
+                              "pass a larger --max_seconds)")
+        if self.prev_t is not None and t > self.prev_t and len(self.deltas) < 64:
+            self.deltas.append(t - self.prev_t)
+        self.prev_t = t
+        self.n_frames += 1
+        self.last_t = max(self.last_t, t)
+        # the last clip starting at or before t: this frame is its first when no earlier
+        # frame was; the clips in between (no frame of their own) repeat the frame before them
+        k = math.floor((t + TIME_TOLERANCE) / self.clip_seconds)
+        if k >= self.next_clip:
+            if (frame.width, frame.height) != self.size:
+                frame = frame.reformat(width=self.size[0], height=self.size[1])
+            self.picked.append((k, frame.to_ndarray(format="rgb24")))
+            self.next_clip = k + 1
+
+
+@dataclasses.dataclass
+class _AudioTrack:
+    """The audio stream as it is decoded: mono float32 chunks at the resampler's rate, up to `max_samples`."""
+
+    resampler: object
+    max_samples: int
+    chunks: list[np.ndarray] = dataclasses.field(default_factory=list)
+    kept_samples: int = 0
+    t0: float | None = None
+
+    def add(self, frame) -> None:
+        """Takes one decoded audio frame (the first one gives the stream's start time)."""
+        if self.t0 is None:
+            self.t0 = _frame_time(frame, 0, 1.0) if frame.pts is not None else None
+            self.t0 = 0.0 if self.t0 is None else self.t0
+        self._keep(self.resampler.resample(frame))
+
+    def flush(self) -> None:
+        """The resampler's last samples, at the end of the stream."""
+        self._keep(self.resampler.resample(None))
+
+    def _keep(self, outs) -> None:
+        for out in outs:
+            if self.kept_samples < self.max_samples:  # audio past max_seconds is never used
+                self.chunks.append(out.to_ndarray().reshape(-1))
+                self.kept_samples += self.chunks[-1].size
+
+
+def _open(path: str):
+    """The PyAV container of `path`; a file that cannot be opened is a `DecodeError`."""
     import av
 
-    path = os.fspath(path)
-    clip_samples = int(round(clip_seconds * sample_rate))
     try:
-        container = av.open(path)
+        return av.open(path)
     except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as e:
         raise DecodeError(path, f"cannot open ({_why(e)})") from None
-    try:
-        with container:
-            if not container.streams.video:
-                raise DecodeError(path, "no video stream")
-            container_s = _container_seconds(container)
-            if container_s is not None and container_s > max_seconds:
-                raise DecodeError(path, f"longer than --max_seconds {max_seconds:g} ({_describe(container_s, 0)}; "
-                                  "pass a larger --max_seconds to extract it)")
-            max_samples = int(math.ceil(max_seconds * sample_rate)) + sample_rate
-            kept_samples = 0
-            vstream = container.streams.video[0]
-            if threads:
-                vstream.thread_type = "AUTO"
-            astream = container.streams.audio[0] if container.streams.audio else None
-            fps, nominal_rate = _rate(vstream), _nominal_rate(vstream)  # read while the container is open
-            resampler = (av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-                         if astream is not None else None)
-            picked: list[tuple[int, np.ndarray]] = []  # (k, frame): the first frame of clip k, when it has one
-            next_clip = 0
-            size: tuple[int, int] | None = None
-            t0: float | None = None
-            last_t, n_frames, prev_t = 0.0, 0, None
-            deltas: list[float] = []
-            chunks: list[np.ndarray] = []
-            audio_t0: float | None = None
-            streams = [vstream] + ([astream] if astream is not None else [])
-            for packet in container.demux(streams):
-                for frame in packet.decode():
-                    if packet.stream is vstream:
-                        t = _frame_time(frame, n_frames, fps or 25.0)
-                        if t0 is None:
-                            t0 = t
-                            size = (frame.width, frame.height)
-                        t -= t0
-                        if t > max_seconds:
-                            raise DecodeError(path, f"a frame at {t:.1f} s is past --max_seconds {max_seconds:g} "
-                                              f"({_describe(container_s, n_frames + 1)}; broken timestamps, or "
-                                              "pass a larger --max_seconds)")
-                        if prev_t is not None and t > prev_t and len(deltas) < 64:
-                            deltas.append(t - prev_t)
-                        prev_t = t
-                        n_frames += 1
-                        last_t = max(last_t, t)
-                        # the last clip starting at or before t: this frame is its first when no earlier
-                        # frame was; the clips in between (no frame of their own) repeat the frame before them
-                        k = math.floor((t + TIME_TOLERANCE) / clip_seconds)
-                        if k >= next_clip:
-                            if (frame.width, frame.height) != size:
-                                frame = frame.reformat(width=size[0], height=size[1])
-                            picked.append((k, frame.to_ndarray(format="rgb24")))
-                            next_clip = k + 1
-                    else:
-                        if audio_t0 is None:
-                            audio_t0 = _frame_time(frame, 0, 1.0) if frame.pts is not None else None
-                            audio_t0 = 0.0 if audio_t0 is None else audio_t0
-                        for out in resampler.resample(frame):
-                            if kept_samples < max_samples:  # audio past max_seconds is never used
-                                chunks.append(out.to_ndarray().reshape(-1))
-                                kept_samples += chunks[-1].size
-            if resampler is not None:
-                for out in resampler.resample(None):
-                    if kept_samples < max_samples:
-                        chunks.append(out.to_ndarray().reshape(-1))
-                        kept_samples += chunks[-1].size
-    except DecodeError:
-        raise
-    except (av.FFmpegError, OSError, ValueError, MemoryError, EOFError) as e:
-        raise DecodeError(path, f"cannot decode ({_why(e)})") from None
-    if n_frames == 0 or not picked:
-        raise DecodeError(path, "no decodable video frame (fewer than one clip)")
-    duration = last_t + _frame_duration(nominal_rate, deltas, clip_seconds)
+
+
+def _demux(container, path: str, *, clip_seconds: float, sample_rate: int, threads: bool,
+           max_seconds: float) -> tuple[_VideoTrack, _AudioTrack | None, float]:
+    """One pass over the open `container`'s first video and audio streams: (video track, audio track or None,
+    the nominal frame rate). A video longer than `max_seconds` is refused as soon as that is known."""
+    import av
+
+    if not container.streams.video:
+        raise DecodeError(path, "no video stream")
+    container_s = _container_seconds(container)
+    if container_s is not None and container_s > max_seconds:
+        raise DecodeError(path, f"longer than --max_seconds {max_seconds:g} ({_describe(container_s, 0)}; "
+                          "pass a larger --max_seconds to extract it)")
+    max_samples = int(math.ceil(max_seconds * sample_rate)) + sample_rate
+    vstream = container.streams.video[0]
+    if threads:
+        vstream.thread_type = "AUTO"
+    astream = container.streams.audio[0] if container.streams.audio else None
+    fps, nominal_rate = _rate(vstream), _nominal_rate(vstream)  # read while the container is open
+    video = _VideoTrack(path, clip_seconds, max_seconds, fps, container_s)
+    sound = (_AudioTrack(av.AudioResampler(format="flt", layout="mono", rate=sample_rate), max_samples)
+             if astream is not None else None)
+    streams = [vstream] + ([astream] if astream is not None else [])
+    for packet in container.demux(streams):
+        for frame in packet.decode():
+            if packet.stream is vstream:
+                video.add(frame)
+            else:
+                sound.add(frame)
+    if sound is not None:
+        sound.flush()
+    return video, sound, nominal_rate
+
+
+def _clip_count(path: str, video: _VideoTrack, duration: float, clip_seconds: float, max_seconds: float) -> int:
+    """The number of clips of a video of `duration` seconds; refused past `max_seconds` or when implausible for
+    the clips that hold a frame of their own (broken timestamps)."""
     num_clips = max(1, math.ceil(duration / clip_seconds - 1e-6))
     if num_clips * clip_seconds > max_seconds + clip_seconds:
         raise DecodeError(path, f"{num_clips} clips are past --max_seconds {max_seconds:g} "
-                          f"({_describe(container_s, n_frames)}; pass a larger --max_seconds)")
-    own = sum(1 for k, _ in picked if k < num_clips)
+                          f"({_describe(video.container_s, video.n_frames)}; pass a larger --max_seconds)")
+    own = sum(1 for k, _ in video.picked if k < num_clips)
     if num_clips > PLAUSIBLE_RATIO * max(own, 1):
         raise DecodeError(path, f"implausible timing: {num_clips} clips of {clip_seconds:g} s, but only {own} hold "
-                          f"a frame of their own ({_describe(container_s, n_frames)}, the last frame at "
-                          f"{last_t:.1f} s); its timestamps are probably broken")
+                          f"a frame of their own ({_describe(video.container_s, video.n_frames)}, the last frame at "
+                          f"{video.last_t:.1f} s); its timestamps are probably broken")
+    return num_clips
+
+
+def _frame_rows(picked: list[tuple[int, np.ndarray]], num_clips: int) -> np.ndarray:
+    """(num_clips, H, W, 3): each clip's first frame; a clip without one repeats the frame before it."""
     frames = np.empty((num_clips, *picked[0][1].shape), np.uint8)
     for (k, rgb), (end, _) in zip(picked, [*picked[1:], (num_clips, None)], strict=True):
         frames[k:end] = rgb  # past num_clips: cut
+    return frames
+
+
+def _audio_rows(sound: _AudioTrack | None, video_t0: float | None, num_clips: int, clip_samples: int,
+                sample_rate: int) -> np.ndarray:
+    """(num_clips, clip_samples): the audio placed on the video's time line (silence before a later start, an
+    earlier start cut), zero-padded or cut; all silence without audio."""
     audio = np.zeros((num_clips, clip_samples), np.float32)
-    has_audio = astream is not None
-    if chunks:
-        wave = np.concatenate(chunks).astype(np.float32, copy=False)
-        offset = int(round(((audio_t0 or 0.0) - (t0 or 0.0)) * sample_rate))
+    if sound is not None and sound.chunks:
+        wave = np.concatenate(sound.chunks).astype(np.float32, copy=False)
+        offset = int(round(((sound.t0 or 0.0) - (video_t0 or 0.0)) * sample_rate))
         flat = audio.reshape(-1)
         if offset >= 0:
             n = min(len(wave), flat.size - offset)
@@ -222,7 +267,34 @@ def decode_video(path: str | os.PathLike, *, clip_seconds: float = 1.0, sample_r
             wave = wave[-offset:]
             n = min(len(wave), flat.size)
             flat[:n] = wave[:n]
-    return DecodedVideo(path, frames, audio, has_audio, fps, duration)
+    return audio
+
+
+def decode_video(path: str | os.PathLike, *, clip_seconds: float = 1.0, sample_rate: int = 16000,
+                 threads: bool = True, max_seconds: float = MAX_SECONDS) -> DecodedVideo:
+    """Decode `path` (see the module docstring). `threads`: let FFmpeg decode with its own frame threads.
+    `max_seconds`: the longest video accepted (a longer one is a `DecodeError`, found before the memory for
+    it is taken)."""
+    import av
+
+    path = os.fspath(path)
+    clip_samples = int(round(clip_seconds * sample_rate))
+    container = _open(path)
+    try:
+        with container:
+            video, sound, nominal_rate = _demux(container, path, clip_seconds=clip_seconds, sample_rate=sample_rate,
+                                                threads=threads, max_seconds=max_seconds)
+    except DecodeError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, MemoryError, EOFError) as e:
+        raise DecodeError(path, f"cannot decode ({_why(e)})") from None
+    if video.n_frames == 0 or not video.picked:
+        raise DecodeError(path, "no decodable video frame (fewer than one clip)")
+    duration = video.last_t + _frame_duration(nominal_rate, video.deltas, clip_seconds)
+    num_clips = _clip_count(path, video, duration, clip_seconds, max_seconds)
+    frames = _frame_rows(video.picked, num_clips)
+    audio = _audio_rows(sound, video.t0, num_clips, clip_samples, sample_rate)
+    return DecodedVideo(path, frames, audio, sound is not None, video.fps, duration)
 
 
 def _why(e: BaseException) -> str:
