@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import dataclasses
 import json
 import os
 import sys
@@ -265,13 +266,137 @@ def _main(argv: Sequence[str] | None) -> int:
         lock.release()
 
 
+def _targets(args: argparse.Namespace, cache, out: Path) -> tuple[np.ndarray, int]:
+    """(per-clip targets, class count): the teacher's logits (``--objective distill``, cached in DIR) or the
+    videos' labels (``classify``)."""
+    if args.objective == "distill":
+        from l2l_jax.video.teacher import read_head, teacher_logits
+
+        head = read_head(args.teacher_head) if args.teacher_head else None
+        targets = teacher_logits(args.teacher, [v.name for v in cache.videos], [v.clips for v in cache.videos],
+                                 out / "teacher_logits.npy", head)
+        return targets, targets.shape[1]
+    targets = cache.labels()
+    num_classes = args.num_classes or int(targets.max()) + 1
+    if targets.max() >= num_classes:
+        raise ConfigError(f"--num_classes {num_classes}: the labels go up to {int(targets.max())}")
+    return targets, num_classes
+
+
+@dataclasses.dataclass
+class _Trainer:
+    """The jitted steps over the device mesh, the (replicated) train state and the global batch size."""
+
+    mesh: Any
+    batch_size: int  # global: a multiple of the device count
+    state: Any
+    step: Any
+    eval_step: Any
+    init_desc: str
+
+
+def _trainer(args: argparse.Namespace, num_classes: int) -> _Trainer:
+    """The student, its optimizer and initial variables, replicated over every device, and the jitted steps."""
+    from l2l_jax import numerics, parallel
+    from l2l_jax.video import distill_step as S
+
+    mesh = parallel.make_mesh()
+    ndev = mesh.devices.size
+    batch_size = -(-args.batch_size // ndev) * ndev
+    policy = numerics.get(args.precision)
+    model = S.Student(num_classes, policy)
+    tx = S.make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay)
+    variables, init_desc = initial_variables(args, num_classes)
+    state = parallel.replicate(S.init_state(variables, tx), mesh)
+    step = S.jit_train_step(S.train_step_fn(model, tx, args.objective, args.temperature), mesh)
+    eval_step = S.jit_eval_step(S.eval_step_fn(model), mesh)
+    return _Trainer(mesh, batch_size, state, step, eval_step, init_desc)
+
+
+def _resume(ckpts, trainer: _Trainer, out: Path) -> int:
+    """Epochs already done: the newest checkpoint in ``DIR/checkpoints`` (restored into `trainer`), else 0."""
+    import orbax.checkpoint as ocp
+
+    from l2l_jax import parallel
+
+    if ckpts.latest_step() is None:
+        return 0
+    done = int(ckpts.latest_step())
+    try:
+        restored = ckpts.restore(done, args=ocp.args.StandardRestore(parallel.to_host(trainer.state)))
+    except Exception as e:  # orbax raises many types for a damaged or foreign checkpoint
+        raise ConfigError(f"--out {out}: its checkpoint {done} does not restore ({type(e).__name__}); another "
+                          "run's settings or a damaged file: use another --out or delete checkpoints/") from None
+    trainer.state = parallel.replicate(restored, trainer.mesh)
+    print(f"resumed after epoch {done} from {out / 'checkpoints'}")
+    return done
+
+
+def _train_epoch(args: argparse.Namespace, epoch: int, trainer: _Trainer, cache, train_rows: np.ndarray,
+                 targets: np.ndarray, bar, out: Path) -> dict[str, Any]:
+    """One pass over the train clips (seeded order and augmentation); returns the epoch's metrics. A loss that
+    is not finite stops the run."""
+    from l2l_jax import parallel
+
+    rng = np.random.default_rng([args.seed, epoch])
+    order = rng.permutation(train_rows)
+    aug = rng if args.random_crop or args.flip else None
+    batch_size = trainer.batch_size
+    batches = _Batches(cache, order, targets, batch_size, args.crop, aug, args.flip)
+    t0 = time.perf_counter()
+    loss_sum, hits, seen = 0.0, 0, 0
+    for batch in batches:
+        trainer.state, m = trainer.step(trainer.state, parallel.shard_batch(batch, trainer.mesh))
+        loss = float(m["loss"])
+        if not np.isfinite(loss):
+            from l2l_jax.errors import NonFiniteLossError
+
+            raise NonFiniteLossError(f"l2l-distill: the loss became {loss} in epoch {epoch + 1}; lower --lr "
+                                     f"(last good checkpoint: {out / 'checkpoints'})")
+        loss_sum += loss * batch_size
+        hits += int(m["hits"])
+        seen += batch_size
+        bar.update(1)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3f}")
+    seconds = time.perf_counter() - t0
+    return {"epoch": epoch + 1, "loss": loss_sum / seen, "train_top1": hits / seen, "seconds": seconds,
+            "clips_per_s": seen / seconds}
+
+
+def _end_epoch(args: argparse.Namespace, epoch: int, state, last: dict[str, Any], ckpts, out: Path, bar) -> None:
+    """After an epoch: its checkpoint, its line in ``metrics.jsonl`` and on the terminal."""
+    import orbax.checkpoint as ocp
+
+    ckpts.save(epoch + 1, args=ocp.args.StandardSave(state))
+    ckpts.wait_until_finished()
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(last) + "\n")
+    bar.write(f"epoch {epoch + 1}: loss {last['loss']:.4f}, train top-1 {last['train_top1']:.3f}"
+              + (f", {args.val_split} top-1 {last['val_top1']:.3f}" if "val_top1" in last else "")
+              + f" ({last['clips_per_s']:.1f} clips/s)")
+
+
+def _print_summary(args: argparse.Namespace, out: Path, cache, paths: dict[str, Path], last: dict[str, Any],
+                   done: int, train_clips: int) -> None:
+    """The run's last lines: skipped videos, the last epoch's scores, the files written."""
+    what = "agreement with the teacher" if args.objective == "distill" else "accuracy"
+    if cache.skipped:
+        print(f"skipped {len(cache.skipped)} video(s): " + "; ".join(f"{k}: {v}" for k, v in cache.skipped.items()))
+    if last:
+        print(f"trained {args.epochs - done} epoch(s) on {train_clips} clips; last epoch: train {what} "
+              f"{last['train_top1']:.3f}" + (f", {args.val_split} {what} {last['val_top1']:.3f}"
+                                               if "val_top1" in last else ""))
+    print(f"wrote {paths['pth']}, {paths['imageaudionet']} and the trunks {paths['visualnet'].name}, "
+          f"{paths['audionet'].name} in {out} (l2l-extract --weights_imageaudionet {out})")
+
+
 def _run(args: argparse.Namespace, out: Path) -> int:
+    """The program once DIR is locked: clip cache, targets, training (resumed), outputs, report."""
     import orbax.checkpoint as ocp
     from tqdm.auto import tqdm
 
-    from l2l_jax import numerics, parallel
+    from l2l_jax import parallel
     from l2l_jax.outputs import atomic_write_text
-    from l2l_jax.video import distill_step as S
     from l2l_jax.video.clip_cache import build_cache
     from l2l_jax.video.extract import read_labels
 
@@ -284,104 +409,42 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     val_rows = cache.rows(args.val_split)
     if len(train_rows) == 0:
         raise ConfigError(f"--labels {args.labels}: no decodable video in --train_split {args.train_split}")
-    if args.objective == "distill":
-        from l2l_jax.video.teacher import read_head, teacher_logits
-
-        head = read_head(args.teacher_head) if args.teacher_head else None
-        targets = teacher_logits(args.teacher, [v.name for v in cache.videos], [v.clips for v in cache.videos],
-                                 out / "teacher_logits.npy", head)
-        num_classes = targets.shape[1]
-    else:
-        targets = cache.labels()
-        num_classes = args.num_classes or int(targets.max()) + 1
-        if targets.max() >= num_classes:
-            raise ConfigError(f"--num_classes {num_classes}: the labels go up to {int(targets.max())}")
-    mesh = parallel.make_mesh()
-    ndev = mesh.devices.size
-    batch_size = -(-args.batch_size // ndev) * ndev
-    policy = numerics.get(args.precision)
-    model = S.Student(num_classes, policy)
-    tx = S.make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay)
-    variables, init_desc = initial_variables(args, num_classes)
-    state = parallel.replicate(S.init_state(variables, tx), mesh)
-    step = S.jit_train_step(S.train_step_fn(model, tx, args.objective, args.temperature), mesh)
-    eval_step = S.jit_eval_step(S.eval_step_fn(model), mesh)
+    targets, num_classes = _targets(args, cache, out)
+    trainer = _trainer(args, num_classes)
+    ndev, batch_size = trainer.mesh.devices.size, trainer.batch_size
 
     ckpts = ocp.CheckpointManager((out / "checkpoints").absolute(), options=ocp.CheckpointManagerOptions(
         max_to_keep=args.keep_checkpoints, create=True))
-    done = 0
-    if ckpts.latest_step() is not None:
-        done = int(ckpts.latest_step())
-        try:
-            restored = ckpts.restore(done, args=ocp.args.StandardRestore(parallel.to_host(state)))
-        except Exception as e:  # orbax raises many types for a damaged or foreign checkpoint
-            raise ConfigError(f"--out {out}: its checkpoint {done} does not restore ({type(e).__name__}); another "
-                              "run's settings or a damaged file: use another --out or delete checkpoints/") from None
-        state = parallel.replicate(restored, mesh)
-        print(f"resumed after epoch {done} from {out / 'checkpoints'}")
+    done = _resume(ckpts, trainer, out)
     per_epoch = max(1, len(train_rows) // batch_size)
     bar = tqdm(total=args.epochs * per_epoch, initial=min(done, args.epochs) * per_epoch, unit="step",
                desc=f"l2l-distill ({args.objective}, {ndev} device{'s' if ndev > 1 else ''})", disable=not progress)
-    metrics_path = out / "metrics.jsonl"
     last: dict[str, Any] = {}
     train_s = 0.0
     for epoch in range(done, args.epochs):
-        rng = np.random.default_rng([args.seed, epoch])
-        order = rng.permutation(train_rows)
-        aug = rng if args.random_crop or args.flip else None
-        batches = _Batches(cache, order, targets, batch_size, args.crop, aug, args.flip)
-        t0 = time.perf_counter()
-        loss_sum, hits, seen = 0.0, 0, 0
-        for batch in batches:
-            state, m = step(state, parallel.shard_batch(batch, mesh))
-            loss = float(m["loss"])
-            if not np.isfinite(loss):
-                from l2l_jax.errors import NonFiniteLossError
-
-                raise NonFiniteLossError(f"l2l-distill: the loss became {loss} in epoch {epoch + 1}; lower --lr "
-                                         f"(last good checkpoint: {out / 'checkpoints'})")
-            loss_sum += loss * batch_size
-            hits += int(m["hits"])
-            seen += batch_size
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3f}")
-        seconds = time.perf_counter() - t0
-        train_s += seconds
-        last = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_top1": hits / seen, "seconds": seconds,
-                "clips_per_s": seen / seconds}
+        last = _train_epoch(args, epoch, trainer, cache, train_rows, targets, bar, out)
+        train_s += last["seconds"]
         if len(val_rows):
+            state = trainer.state
             variables_now = {"params": state["params"], "batch_stats": state["batch_stats"]}
-            last["val_top1"] = evaluate(cache, val_rows, targets, variables_now, eval_step, mesh, batch_size,
-                                        args.crop, args.objective)
-        ckpts.save(epoch + 1, args=ocp.args.StandardSave(state))
-        ckpts.wait_until_finished()
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(last) + "\n")
-        bar.write(f"epoch {epoch + 1}: loss {last['loss']:.4f}, train top-1 {last['train_top1']:.3f}"
-                  + (f", {args.val_split} top-1 {last['val_top1']:.3f}" if "val_top1" in last else "")
-                  + f" ({last['clips_per_s']:.1f} clips/s)")
+            last["val_top1"] = evaluate(cache, val_rows, targets, variables_now, trainer.eval_step, trainer.mesh,
+                                        batch_size, args.crop, args.objective)
+        _end_epoch(args, epoch, trainer.state, last, ckpts, out, bar)
     bar.close()
     ckpts.close()
+    state = trainer.state
     host = parallel.to_host({"params": state["params"], "batch_stats": state["batch_stats"]})
     name = args.name or out.name
-    what = "agreement with the teacher" if args.objective == "distill" else "accuracy"
     paths = write_outputs(out, host, num_classes, name, {"source": f"l2l-distill --objective {args.objective} on "
                                                                    f"{args.labels}"})
-    report = {"objective": args.objective, "num_classes": num_classes, "init": init_desc, "devices": ndev,
+    report = {"objective": args.objective, "num_classes": num_classes, "init": trainer.init_desc, "devices": ndev,
               "batch_size": batch_size, "epochs": args.epochs, "resumed_after": done,
               "train_clips": int(len(train_rows)), "val_clips": int(len(val_rows)), "last_epoch": last,
               "train_seconds": train_s, "total_seconds": time.perf_counter() - t_start,
               "skipped_videos": cache.skipped, "outputs": {k: str(v) for k, v in paths.items()},
               "settings": {k: v for k, v in vars(args).items() if k not in ("debug", "no_progress")}}
     atomic_write_text(out / "distill.json", json.dumps(report, indent=1) + "\n")
-    if cache.skipped:
-        print(f"skipped {len(cache.skipped)} video(s): " + "; ".join(f"{k}: {v}" for k, v in cache.skipped.items()))
-    if last:
-        print(f"trained {args.epochs - done} epoch(s) on {len(train_rows)} clips; last epoch: train {what} "
-              f"{last['train_top1']:.3f}" + (f", {args.val_split} {what} {last['val_top1']:.3f}"
-                                               if "val_top1" in last else ""))
-    print(f"wrote {paths['pth']}, {paths['imageaudionet']} and the trunks {paths['visualnet'].name}, "
-          f"{paths['audionet'].name} in {out} (l2l-extract --weights_imageaudionet {out})")
+    _print_summary(args, out, cache, paths, last, done, len(train_rows))
     return 0
 
 
