@@ -7,11 +7,11 @@ Shows, without any accelerator, that the steps lower and compile through XLA's T
 memory a device needs, and how many kernels a step launches. Install, in a virtual environment of its own (the
 accelerator compilers; keep them out of the development venv):
 
-    python3.11 -m venv /work/venv-aot
-    /work/venv-aot/bin/pip install "jax[tpu]==0.10.2"                         # jax + libtpu (~1.3 GB venv)
-    /work/venv-aot/bin/pip install jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2   # XLA:GPU (~180 MB)
-    /work/venv-aot/bin/pip install torch==2.13.0 && /work/venv-aot/bin/pip install -e .
-    JAX_PLATFORMS=cpu /work/venv-aot/bin/python benchmarks/aot.py --json runs/aot.json
+    python3.11 -m venv .venv-aot
+    .venv-aot/bin/pip install "jax[tpu]==0.10.2"                         # jax + libtpu (~1.3 GB venv)
+    .venv-aot/bin/pip install jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2   # XLA:GPU (~180 MB)
+    .venv-aot/bin/pip install torch==2.13.0 && .venv-aot/bin/pip install -e .
+    JAX_PLATFORMS=cpu .venv-aot/bin/python benchmarks/aot.py --json runs/aot.json
 
 (the jax version must be the project's; the full ``jax[cuda12]`` extra, which adds the CUDA libraries, is not
 needed to compile, only to run on a card.) The script sets ``JAX_PLATFORMS=cpu`` itself when it is unset, so
