@@ -56,10 +56,13 @@ def chip_of_device(device_kind: str) -> str | None:
 
 def estimate(fn: Any, args: tuple, compiled: Any, precision: str, batch: int) -> dict[str, Any]:
     """The roofline of one compiled step on the device jax runs on (`roofline`), from the step's FLOPs
-    (`step_flops`, split over the devices) and its compiled kernels' device-memory bytes."""
+    (`step_flops`, split over the devices) and its compiled kernels' device-memory bytes; all None on a device
+    `PEAKS` does not know."""
     import jax
 
     chip = chip_of_device(jax.devices()[0].device_kind)
+    if chip is None:  # no published peaks for this device (e.g. a CPU): nothing to bound, nothing to count
+        return {"chip": None, **roofline(None, precision, None, None, batch)}
     counts = hlo_step_counts(compiled.as_text())
     flops = step_flops(fn, args) / jax.device_count()
     return {"chip": chip, "flops": flops, "bytes": counts["step_bytes"], "launches": counts["step_launches"],

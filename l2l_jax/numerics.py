@@ -135,11 +135,13 @@ class Numerics:
         return scores if ties is None else exact.canonical_scores(scores, ties)
 
     def moments(self, x: Array, axes: tuple[int, ...], counted: Array | None = None,
-                n: Array | None = None) -> tuple[Array, Array]:
+                n: Array | None = None, extra: tuple[Array, Array] | None = None) -> tuple[Array, Array]:
         """(mean, biased variance) of x over `axes` in float32, with plain reductions: two passes (exact:
         torch's order) or one pass, E[x^2] - E[x]^2 (fast: both sums in one sweep, so on a sharded batch XLA
         combines them into one all-reduce). `counted` (broadcastable to x) selects the entries that count and
-        `n` is their number (default: all entries)."""
+        `n` is their number (default: all entries); `extra` = (count, row) enters `count` more entries equal
+        to `row` without materialising them (`n` includes them)."""
+        count, row = (0.0, 0.0) if extra is None else extra
         x = x.astype(jnp.float32)
         zero = jnp.zeros((), jnp.float32)
         if n is None:
@@ -148,10 +150,14 @@ class Numerics:
                 n = n * x.shape[a]
         keep = (lambda y: y) if counted is None else (lambda y: jnp.where(counted, y, zero))
         if self.exact_sums or self.operand_dtype is None:
-            mean = jnp.sum(keep(x), axis=axes) / n
-            var = jnp.sum(keep(jnp.square(x - mean)), axis=axes) / n
-            return mean, var
+            if extra is None:
+                mean = jnp.sum(keep(x), axis=axes) / n
+                return mean, jnp.sum(keep(jnp.square(x - mean)), axis=axes) / n
+            mean = (jnp.sum(keep(x), axis=axes) + count * row) / n
+            return mean, (jnp.sum(keep(jnp.square(x - mean)), axis=axes) + count * jnp.square(row - mean)) / n
         s1, s2 = jnp.sum(keep(x), axis=axes), jnp.sum(keep(jnp.square(x)), axis=axes)
+        if extra is not None:
+            s1, s2 = s1 + count * row, s2 + count * jnp.square(row)
         mean = s1 / n
         return mean, jnp.maximum(s2 / n - jnp.square(mean), zero)
 

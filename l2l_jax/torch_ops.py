@@ -89,14 +89,9 @@ class TorchBatchNorm(nn.Module):
                 n = position_sum(w, lead)
                 mean = position_sum(x, lead, counted) / n
                 var = position_sum(jnp.square(x - spread(mean, w)), lead, counted) / n
-            else:
-                extra, row = implicit
-                axes = tuple(range(lead))
-                zero = jnp.zeros((), x.dtype)
-                n = jnp.sum(w) + extra
-                mean = (jnp.sum(jnp.where(counted, x, zero), axis=axes) + extra * row) / n
-                dev = jnp.where(counted, jnp.square(x - mean), zero)
-                var = (jnp.sum(dev, axis=axes) + extra * jnp.square(row - mean)) / n
+            else:  # the chunk layout: plain sums over a shape that does not depend on the bucket
+                n = jnp.sum(w) + implicit[0]
+                mean, var = numerics.moments(x, tuple(range(lead)), counted, n, implicit)
             if not self.is_initializing():
                 ra_mean.value = (1.0 - self.momentum) * ra_mean.value + self.momentum * mean
                 unbiased = var * (n / (n - 1.0))
@@ -115,17 +110,8 @@ class TorchBatchNorm(nn.Module):
         axes = tuple(range(x.ndim - 1))
         counted = (weights > 0)[..., None]
         if train:
-            n = jnp.sum(weights.astype(jnp.float32))
-            if implicit is None:
-                mean, var = self.numerics.moments(x, axes, counted, n)
-            else:
-                extra, row = implicit
-                n = n + extra
-                zero = jnp.zeros((), jnp.float32)
-                x32 = jnp.where(counted, x.astype(jnp.float32), zero)
-                mean = (jnp.sum(x32, axis=axes) + extra * row) / n
-                var = jnp.maximum((jnp.sum(jnp.square(x32), axis=axes) + extra * jnp.square(row)) / n
-                                  - jnp.square(mean), zero)
+            n = jnp.sum(weights.astype(jnp.float32)) + (0.0 if implicit is None else implicit[0])
+            mean, var = self.numerics.moments(x, axes, counted, n, implicit)
             if not self.is_initializing():
                 ra_mean.value = (1.0 - self.momentum) * ra_mean.value + self.momentum * mean
                 ra_var.value = (1.0 - self.momentum) * ra_var.value + self.momentum * var * (n / (n - 1.0))

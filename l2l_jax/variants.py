@@ -11,7 +11,6 @@ model code.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 #: (kind, upstream module prefix, Flax module path) rows of upstream's state dict; `l2l_jax.torch_names` expands
@@ -85,12 +84,6 @@ class Variant:
 
         return getattr(model, self.model_class)(cfg)
 
-    def group_modules(self, names: tuple[str, ...]) -> tuple[str, ...]:
-        """`names` in this variant's module order."""
-        return tuple(m for m in self.modules if m in names)
-
-    def format_lines(self, templates: tuple[str, ...], values: Mapping[str, Any]) -> list[str]:
-        return [t.format(**values) for t in templates]
 
 
 _TWO_ATTENTION = frozenset({"image_queryfeature_mlp", "audio_queryfeature_mlp", "image_key_conv1x1",

@@ -104,14 +104,10 @@ def _bad_output(kind: str, tmp: Path) -> Path:
     return tmp / "a_file" / "x.out"
 
 
-# ------------------------------------------------------------------------------------- l2l-eval's outputs
-@pytest.mark.parametrize("flag", ["--export", "--metrics_json"])
-@pytest.mark.parametrize("kind", ["readonly", "dev_full", "fifo", "dir", "below_file"])
-def test_eval_output_file_that_cannot_be_written_is_refused_before_the_evaluation(files, tmp_path, capsys, flag,
-                                                                                   kind):
-    path = _bad_output(kind, tmp_path)
+def _eval_refuses_output_before_loading(files, tmp_path, capsys, flag: str, path, kind: str) -> None:
+    """l2l-eval with `flag` naming `path` and weights that do not exist: the output path is reported first (exit
+    2, one line naming the flag and path), so it is checked before anything loads."""
     try:
-        # weights that do not exist: the output path is reported first, so it is checked before anything loads
         argv = eval_args(files, flag, path)
         argv[argv.index("--pretrained_model") + 1] = tmp_path / "no_such_model.pth"
         status, line = run("eval", argv, capsys)
@@ -119,6 +115,15 @@ def test_eval_output_file_that_cannot_be_written_is_refused_before_the_evaluatio
     finally:
         if kind == "readonly":
             path.parent.chmod(0o700)
+
+
+# ------------------------------------------------------------------------------------- l2l-eval's outputs
+@pytest.mark.parametrize("flag", ["--export", "--metrics_json"])
+@pytest.mark.parametrize("kind", ["readonly", "dev_full", "fifo", "dir", "below_file"])
+def test_eval_output_file_that_cannot_be_written_is_refused_before_the_evaluation(files, tmp_path, capsys, flag,
+                                                                                   kind):
+    path = _bad_output(kind, tmp_path)
+    _eval_refuses_output_before_loading(files, tmp_path, capsys, flag, path, kind)
     assert not (tmp_path / "fifo").exists() or (tmp_path / "fifo").is_fifo()
 
 
@@ -129,14 +134,7 @@ def test_eval_plot_directory_that_cannot_be_written_is_refused(files, tmp_path, 
         path = tmp_path / "a_file"
     else:
         path = _bad_output(kind, tmp_path)
-    try:
-        argv = eval_args(files, "--plot", path)
-        argv[argv.index("--pretrained_model") + 1] = tmp_path / "no_such_model.pth"
-        status, line = run("eval", argv, capsys)
-        assert status == 2 and f"--plot {path}" in line, line
-    finally:
-        if kind == "readonly":
-            path.parent.chmod(0o700)
+    _eval_refuses_output_before_loading(files, tmp_path, capsys, "--plot", path, kind)
 
 
 @pytest.mark.slow  # one whole evaluation (about 15 s on a CPU, mostly compiling)

@@ -151,7 +151,7 @@ class DenseLayout(NamedTuple):
         return jnp.take_along_axis(x, idx.astype(jnp.int32)[:, None, None], axis=1)[:, 0].astype(jnp.float32)
 
     def row_sums(self, x: Array) -> Array:
-        return self.numerics.sum(x.astype(jnp.float32) if self.numerics.exact_sums else x, axis=1)
+        return self.numerics.sum(x.astype(jnp.float32), axis=1)
 
     def scores(self, query: Array, keys: Array) -> Array:
         if not self.numerics.exact_sums:
