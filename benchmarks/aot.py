@@ -31,8 +31,8 @@ mesh over the target's devices: batch arrays on ``P("data")``, state and variabl
 allocated: ActivityNet-sized, C = 200 classes, bucket length Lb = --length, 512-wide image and audio features;
 in the chunk layout a chunk index at the capacity a full batch of length-Lb rows needs
 (`layouts.chunk.chunk_index(..., full=True)`: B/G * ceil(Lb/32) chunks per device group). Precisions: ``exact``,
-and ``fast`` when `l2l_jax.cli.FLAGS` has ``precision``. Features come in the dtype the loader hands them over
-in (`config.loader_options`: float32, or float16 in the fast precision).
+and ``fast`` when `l2l_jax.programs.flags.FLAGS` has ``precision``. Features come in the dtype the loader hands them
+over in (`config.loader_options`: float32, or float16 in the fast precision).
 
 Per target x layout x precision x step one row: compiled or not (the error's first line), compile seconds
 (lowering + compilation), memory per device from `memory_analysis()` (arguments + outputs + temporaries, less
@@ -66,9 +66,10 @@ from jax.sharding import Mesh, NamedSharding  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import step_cost  # noqa: E402
 
-from l2l_jax import cli, config, parallel  # noqa: E402
+from l2l_jax import config, parallel  # noqa: E402
 from l2l_jax.layouts import chunk as chunk_layout  # noqa: E402
 from l2l_jax.model import build_model, init_variables  # noqa: E402
+from l2l_jax.programs import flags as program_flags  # noqa: E402
 from l2l_jax.steps import create_train_state, make_eval_step, make_train_step  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -156,9 +157,9 @@ def abstract_batch(mesh: Mesh, batch: int, length: int, layout: str, dtype: Any)
 
 def resolve(program: str, flags: list[str], batch: int, layout: str, precision: str):
     argv = [*flags, "--batch_size", str(batch), "--layout", layout]
-    if "precision" in cli.FLAGS:
+    if "precision" in program_flags.FLAGS:
         argv += ["--precision", precision]
-    return cli.resolve(program, argv)
+    return program_flags.resolve(program, argv)
 
 
 def eval_fn_factory():
@@ -339,10 +340,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if jax.default_backend() != "cpu":
         print(f"warning: jax's default backend is {jax.default_backend()}; run under JAX_PLATFORMS=cpu",
               file=sys.stderr)
-    has_precision = "precision" in cli.FLAGS
+    has_precision = "precision" in program_flags.FLAGS
     precisions = [p for p in args.precisions if p == "exact" or has_precision]
     if len(precisions) < len(args.precisions):
-        print("note: l2l_jax.cli has no --precision flag in this checkout: compiling 'exact' only")
+        print("note: l2l_jax.programs.flags has no --precision flag in this checkout: compiling 'exact' only")
     if eval_fn_factory() is None and "eval+baselines" in args.steps:
         print("note: no make_eval_fn in this checkout: skipping eval+baselines")
     versions = {}

@@ -35,13 +35,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import step_cost  # noqa: E402
 
-from l2l_jax import cli, config, weights  # noqa: E402
+from l2l_jax import config, weights  # noqa: E402
 from l2l_jax.data import open_split  # noqa: E402
 from l2l_jax.data.pack import pack_pickle  # noqa: E402
 from l2l_jax.data.synthetic import PRESETS, generate  # noqa: E402
 from l2l_jax.evaluation import Evaluator  # noqa: E402
 from l2l_jax.metrics import VideoMetrics  # noqa: E402
 from l2l_jax.model import PreviewConfig, build_model, init_variables  # noqa: E402
+from l2l_jax.programs import flags as program_flags  # noqa: E402
 
 #: README's evaluation flags (mean start, no repeated clips, interpolation with s = 1, E = 10).
 README_EVAL = ["--episode_length", "10", "--mean_feature_as_start", "--with_replacement", "--feature_interpolate",
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     if loaded is not None:
         num_classes = loaded.meta["num_classes"]
     def flags(precision: str):
-        return cli.resolve("eval", [*README_EVAL, "--num_classes", str(num_classes), "--batch_size",
+        return program_flags.resolve("eval", [*README_EVAL, "--num_classes", str(num_classes), "--batch_size",
                                     str(args.batch_size), "--seed", str(args.seed), "--decode_threads", "2",
                                     "--feature_root", str(data), "--layout", args.layout, "--precision", precision])
 

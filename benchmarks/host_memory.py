@@ -77,11 +77,12 @@ def child(args: argparse.Namespace) -> None:
     """One run: l2l-train's loader path with --decode_threads args.threads[0]; prints one JSON line."""
     import jax
 
-    from l2l_jax import cli, config, parallel
+    from l2l_jax import config, parallel
     from l2l_jax.data import open_split
+    from l2l_jax.programs import flags as program_flags
 
     threads, layout = args.threads[0], args.layout[0]
-    cfg = cli.resolve("train", [*PUBLISHED, "--train_dataset_file", str(Path(args.data) / "train.pkl"),
+    cfg = program_flags.resolve("train", [*PUBLISHED, "--train_dataset_file", str(Path(args.data) / "train.pkl"),
                                 "--decode_threads", str(threads), "--layout", layout,
                                 "--checkpoint_path", str(Path(args.data) / "unused_run")], "host memory")
     mesh = parallel.make_mesh()

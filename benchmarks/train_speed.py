@@ -35,10 +35,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import step_cost  # noqa: E402
 
-from l2l_jax import cli, config, parallel  # noqa: E402
+from l2l_jax import config, parallel  # noqa: E402
 from l2l_jax.data.buckets import bucket_length  # noqa: E402
 from l2l_jax.data.collate import mask_for, plan_seeded  # noqa: E402
 from l2l_jax.model import PreviewConfig, build_model, init_variables  # noqa: E402
+from l2l_jax.programs import flags as program_flags  # noqa: E402
 from l2l_jax.steps import create_train_state, make_train_step  # noqa: E402
 
 C, F = 200, 512
@@ -173,8 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
     batches = make_batches(image, audio, labels, args.batch_size, args.steps, args.buckets, args.seed + 1)
     rows = []
     for precision in args.precisions:
-        run_cfg = cli.resolve("train", [*PUBLISHED, "--batch_size", str(args.batch_size), "--layout", args.layout,
-                                        "--seed", str(args.seed), "--precision", precision])
+        run_cfg = program_flags.resolve("train", [*PUBLISHED, "--batch_size", str(args.batch_size),
+                                                  "--layout", args.layout, "--seed", str(args.seed),
+                                                  "--precision", precision])
         cfg = config.model_config(run_cfg)
         variables = jax.tree_util.tree_map(np.asarray, init_variables(cfg, "two", jax.random.key(args.seed)))
         feed = batches if precision == "exact" else [(half(b), e) for b, e in batches]

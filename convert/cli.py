@@ -4,7 +4,7 @@
     l2l-convert preview --torch model_final.pth --out DIR [--variant single]    # a trained preview model
     l2l-convert export --flax DIR --out model.pth                               # back to upstream's format
 
-The directory format is documented in `l2l_jax.model_dir`; the checks and the exported file in `convert.core`.
+The directory format is documented in `l2l_jax.model_dir`; the checks and the exported file in `l2l_jax.pth_convert`.
 Bad input (a flag, an output path that cannot take the result, a file that is not a checkpoint or not a
 model) ends the program with one line naming the file and exit status 2, before anything is written.
 """
@@ -16,11 +16,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from convert.core import convert_file, export_file
 from l2l_jax import variants
 from l2l_jax.errors import ConfigError
 from l2l_jax.model_dir import is_model_dir
 from l2l_jax.outputs import output_dir, output_file, writing
+from l2l_jax.pth_convert import convert_file, export_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the converter; returns the exit status (0 ok, 2 with one line naming the file or flag on bad
-    input: `l2l_jax.cli.run_program`)."""
-    from l2l_jax.cli import run_program
+    input: `l2l_jax.programs.flags.run_program`)."""
+    from l2l_jax.programs.flags import run_program
 
     return run_program("convert", lambda: _main(argv), argv)
 

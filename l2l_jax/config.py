@@ -1,4 +1,4 @@
-"""The one place where a resolved configuration (`l2l_jax.cli.resolve`) becomes what the programs build:
+"""The one place where a resolved configuration (`l2l_jax.programs.flags.resolve`) becomes what the programs build:
 the model config, the training recipe, the loaders' options, the feature layout and the weights to start
 from. l2l-train, l2l-eval, l2l-demo and the benchmarks all call these functions, so a flag means the same
 thing in every program.

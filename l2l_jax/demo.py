@@ -192,10 +192,11 @@ def step_train(out: Path, data: Path, num_classes: int, weights: Path, preset: s
 def step_eval(out: Path, data: Path, num_classes: int, run_dir: Path, seed: int,
               compute: list[str] = ()) -> dict[str, Any]:
     """Step 4: l2l-eval of the final model with baselines, metrics JSON, per-video export and plots."""
-    from l2l_jax import cli, evaluate
+    from l2l_jax import evaluate
+    from l2l_jax.programs import flags as program_flags
 
     _header(4, "evaluate the policy and the baselines (uniform, random, all clips)")
-    cfg = cli.load_config_file(str(config_file()))
+    cfg = program_flags.load_config_file(str(config_file()))
     flags = [f"--{k}" for k in ("with_replacement", "mean_feature_as_start", "compute_mAP") if cfg.get(k)]
     metrics, plots, export = out / "metrics.json", out / "plots", out / "clips.jsonl"
     argv = ["--test_dataset_file", _shown(data / "val.pkl"), "--num_classes", str(num_classes),

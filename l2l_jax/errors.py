@@ -1,4 +1,4 @@
-"""The typed errors of l2l-jax. Library code raises these; only the programs' entry points (`l2l_jax.cli`)
+"""The typed errors of l2l-jax. Library code raises these; only the programs' entry points (`l2l_jax.programs.flags`)
 turn them into a one-line message and an exit status.
 
 Every message names the file or flag at fault and says what to do, so the entry point can print it as it is.

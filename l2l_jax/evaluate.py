@@ -26,20 +26,21 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from l2l_jax import cli, config, data, parallel
+from l2l_jax import config, data, parallel
 from l2l_jax.errors import ConfigError
 from l2l_jax.evaluation import Evaluator, report
 from l2l_jax.model import build_model
 from l2l_jax.outputs import output_dir, output_file, writing
+from l2l_jax.programs import flags as program_flags
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs `l2l-eval`; returns the exit status."""
-    return cli.run_program("eval", lambda: _run(argv), argv)
+    return program_flags.run_program("eval", lambda: _run(argv), argv)
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    cfg = cli.resolve("eval", argv, description=__doc__.split("\n\n")[0])
+    cfg = program_flags.resolve("eval", argv, description=__doc__.split("\n\n")[0])
     if not cfg.pretrained_model:
         print("No model for validation - failing!!!")
         return 0

@@ -16,7 +16,7 @@ or the same recipe from a config file, flags overriding it:
       --train_dataset_file ... --test_dataset_file ... --weights_audioImageModel ... --workdir runs/exp
 
 Running it again with the same run directory resumes from its newest checkpoint, exactly. Every flag:
-``l2l-train --help`` (`l2l_jax.cli`); what the program does: `l2l_jax.training`. An input error (a flag, a
+``l2l-train --help`` (`l2l_jax.programs.flags`); what the program does: `l2l_jax.training`. An input error (a flag, a
 file, weights, a non-finite loss) ends it with one line on stderr and exit status 2 (``--debug``: the
 traceback instead).
 """
@@ -26,7 +26,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from l2l_jax import cli, training
+from l2l_jax import training
+from l2l_jax.programs import flags as program_flags
 
 DESCRIPTION = "Train the Listen-to-Look preview policy (upstream's main.py flags)."
 
@@ -35,9 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: parse the flags (upstream's plus ours) and train; returns the exit status."""
 
     def body() -> None:
-        training.train(cli.resolve("train", argv, DESCRIPTION))
+        training.train(program_flags.resolve("train", argv, DESCRIPTION))
 
-    return cli.run_program("train", body, argv)
+    return program_flags.run_program("train", body, argv)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ A weights argument (``--pretrained_model``, ``--weights_audioImageModel``, ``l2l
 the benchmarks' ``--model``) may name:
 
 * an upstream ``.pth`` file: read with the safe loader (``torch.load(weights_only=True)``) and converted,
-  strictly checked (every missing, extra or mis-shaped tensor listed; `convert.core`);
+  strictly checked (every missing, extra or mis-shaped tensor listed; `l2l_jax.pth_convert`);
 * a converted-model directory (`l2l_jax.model_dir`, written by ``l2l-convert`` and at the end of training);
 * a training run directory: its newest checkpoint; or the run's ``checkpoints/`` (the newest as well), or
   one step's directory ``checkpoints/<step>`` (that step). Restored on the host, on any device count;
@@ -95,8 +95,8 @@ def load(path: str | Path | WeightsRef, variant: str, flag: str = "weights") -> 
     ref = path if isinstance(path, WeightsRef) else resolve(path, flag)
     try:
         if ref.kind == "pth":
-            from convert.core import variables_from_state_dict
-            from convert.torch_io import read_state_dict
+            from l2l_jax.pth_convert import variables_from_state_dict
+            from l2l_jax.torch_io import read_state_dict
 
             sd, extras = read_state_dict(ref.path)
             variables, meta = variables_from_state_dict(sd, variant, str(ref.path), extras)

@@ -12,11 +12,12 @@ import jax
 import numpy as np
 import pytest
 
-from convert.torch_io import write_torch_file
-from l2l_jax import cli, config, parallel, torch_names, weights
+from l2l_jax import config, parallel, torch_names, weights
 from l2l_jax.errors import WeightsError
 from l2l_jax.model_dir import save_model_dir
+from l2l_jax.programs import flags as program_flags
 from l2l_jax.steps import create_train_state
+from l2l_jax.torch_io import write_torch_file
 from l2l_jax.training.checkpoints import RunCheckpoints
 
 # ---------------------------------------------------------------------------------------------- train == eval
@@ -37,7 +38,7 @@ READ_SUBSAMPLE = {"single, --feature_subsample": 1, "two, --feature_subsample": 
 @pytest.mark.parametrize("name", list(SHARED_FLAGS))
 def test_train_and_eval_build_the_same_model_and_loaders(name):
     argv = SHARED_FLAGS[name]
-    train, evaluate = cli.resolve("train", argv), cli.resolve("eval", argv)
+    train, evaluate = program_flags.resolve("train", argv), program_flags.resolve("eval", argv)
     assert config.model_config(train) == config.model_config(evaluate)
     assert config.loader_options(train) == config.loader_options(evaluate)
     assert config.split_options(train) == config.split_options(evaluate)
@@ -55,7 +56,7 @@ SMALL = ["--num_classes", "6", "--episode_length", "3", "--with_lstm_ce_loss"]
 
 def fresh(seed: int) -> dict:
     """A tiny two-modality model's initial variables (numpy)."""
-    return config.initial_variables(cli.resolve("train", [*SMALL, "--seed", str(seed)]))
+    return config.initial_variables(program_flags.resolve("train", [*SMALL, "--seed", str(seed)]))
 
 
 def assert_same(a, b) -> None:
@@ -79,7 +80,7 @@ def named(tmp_path_factory) -> dict:
     save_model_dir(root / "converted", b, {"variant": "two", "num_classes": 6, "feature_dim": 512, "source": "test"})
     out["converted"] = (root / "converted", b)
     # a training run with two checkpoints: step 4 holds `a`, step 8 (the newest) holds `c`
-    cfg = cli.resolve("train", [*SMALL, "--seed", "0"])
+    cfg = program_flags.resolve("train", [*SMALL, "--seed", "0"])
     tx, mesh = config.recipe(cfg, 4).optimizer(), parallel.make_mesh()
     ckpts = RunCheckpoints(root / "run")
     for step, variables in ((4, a), (8, c)):
@@ -114,7 +115,8 @@ def test_every_way_to_name_weights_resolves_and_loads(named, name):
     assert_same(loaded.variables, want)
     assert loaded.meta["num_classes"] == 6
     # the training side takes them as --pretrained_model over fresh variables
-    got = config.initial_variables(cli.resolve("train", [*SMALL, "--seed", "9", "--pretrained_model", str(path)]))
+    argv = [*SMALL, "--seed", "9", "--pretrained_model", str(path)]
+    got = config.initial_variables(program_flags.resolve("train", argv))
     assert_same(got, want)
 
 
@@ -123,11 +125,11 @@ def test_weights_that_name_nothing_are_a_weights_error_with_the_path(tmp_path):
     with pytest.raises(WeightsError, match=re.escape(str(missing))):
         weights.resolve(missing, "--pretrained_model")
     with pytest.raises(WeightsError, match=re.escape(str(missing))):
-        config.initial_variables(cli.resolve("train", [*SMALL, "--pretrained_model", str(missing)]))
+        config.initial_variables(program_flags.resolve("train", [*SMALL, "--pretrained_model", str(missing)]))
     empty = tmp_path / "nothing_here"
     empty.mkdir()
     (empty / "notes.txt").write_text("not weights")
     with pytest.raises(WeightsError, match=re.escape(str(empty))):
         weights.load(empty, "two", "--pretrained_model")
     with pytest.raises(WeightsError, match=re.escape(str(empty))):
-        config.eval_weights(cli.resolve("eval", ["--num_classes", "6", "--pretrained_model", str(empty)]))
+        config.eval_weights(program_flags.resolve("eval", ["--num_classes", "6", "--pretrained_model", str(empty)]))

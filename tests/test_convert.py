@@ -13,10 +13,10 @@ import pytest
 import torch
 from fixture_inputs import clip_features, manifest_state_dict, read_json, read_npz
 
-from convert import core
 from convert.cli import main
-from convert.torch_io import ConversionError, read_state_dict
 from l2l_jax import model_dir
+from l2l_jax import pth_convert as core
+from l2l_jax.torch_io import ConversionError, read_state_dict
 
 MANIFESTS = {
     "two": "manifests/preview_two_C12.json",

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from batch_helpers import collate, fill_rows, pad_to_bucket, pad_to_length
 
-from l2l_jax import cli
 from l2l_jax.data.buckets import DEFAULT_BUCKETS, bucket_length
 from l2l_jax.data.collate import ReplayRandInt
+from l2l_jax.programs import flags as program_flags
 
 
 def test_bucket_length():
     assert [bucket_length(L) for L in (1, 10, 16, 17, 200, 257, 500, 512)] == [16, 16, 16, 32, 256, 384, 512, 512]
-    assert DEFAULT_BUCKETS == tuple(cli.FLAGS["buckets"]["default"])  # one default for library and programs
+    assert DEFAULT_BUCKETS == tuple(program_flags.FLAGS["buckets"]["default"])  # one default for library and programs
     assert bucket_length(513) == 640 and bucket_length(700) == 768
     assert bucket_length(700, (64, 128), overflow_step=100) == 700 and bucket_length(701, (64,), 100) == 800
     assert bucket_length(37, None) == 37 and bucket_length(37, ()) == 37

@@ -167,7 +167,7 @@ def test_program_end_to_end(tmp_path, capsys):
     """l2l-distill on tiny videos: outputs (.pth files, converted directory, metrics), resume after the newest
     checkpoint, the run lock and bad flags (exit 2, one line); then l2l-extract --weights_imageaudionet writes
     all three feature kinds from the distilled networks."""
-    from convert.torch_io import read_state_dict
+    from l2l_jax.torch_io import read_state_dict
     from l2l_jax.video import decode as D
     from l2l_jax.video import distill as DI
     from l2l_jax.video import extract as X

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 from fixture_inputs import clip_features, eval_collate, manifest_state_dict, read_json
 
-from convert.torch_io import write_torch_file
-from l2l_jax import cli, config, data, evaluate, torch_names, weights
+from l2l_jax import config, data, evaluate, torch_names, weights
 from l2l_jax.errors import WeightsError
 from l2l_jax.evaluation import Evaluator, baselines, report
 from l2l_jax.model import PreviewConfig, build_model
+from l2l_jax.programs import flags as program_flags
+from l2l_jax.torch_io import write_torch_file
 
 DATA = read_json("dataset/dataset.json")
 VAL = DATA["splits"]["val"]
@@ -137,7 +138,7 @@ def check_plots(plots: Path) -> None:
 
 
 def test_pretrained_model_lookup(dataset, tmp_path):
-    from convert.core import convert_file
+    from l2l_jax.pth_convert import convert_file
 
     ref = weights.resolve(dataset / "model")  # a directory of .pth files: the newest
     assert (ref.kind, ref.path) == ("pth", dataset / "model" / "model_final.pth")
@@ -156,7 +157,7 @@ def test_pretrained_model_lookup(dataset, tmp_path):
 
 def evaluator_parts(dataset: Path, *extra: str):
     """(resolved flags, loaded weights, eval loader) of the fixture split, as l2l-eval builds them."""
-    cfg = cli.resolve("eval", cli_args(dataset, CASES["published_soft"], *extra))
+    cfg = program_flags.resolve("eval", cli_args(dataset, CASES["published_soft"], *extra))
     source = data.open_split(cfg.test_dataset_file, **config.split_options(cfg, progress=False))
     return cfg, config.eval_weights(cfg), config.make_eval_loader(cfg, source)
 

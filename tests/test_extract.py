@@ -237,8 +237,8 @@ def finetuned(extracted, tmp_path_factory):
 
 
 def test_finetune_writes_pth_model_dir_and_fused_features(finetuned):
-    from convert.torch_io import read_state_dict
     from l2l_jax import weights
+    from l2l_jax.torch_io import read_state_dict
 
     out, root = finetuned["out"], finetuned["root"]
     assert finetuned["rc"] == 0

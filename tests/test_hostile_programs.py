@@ -246,8 +246,8 @@ def test_the_payloads_are_real(files, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- faulty input
 def _model_dir_without_variant(tmp: Path) -> Path:
-    from convert.core import variables_from_state_dict
     from l2l_jax import model_dir
+    from l2l_jax.pth_convert import variables_from_state_dict
 
     variables, meta = variables_from_state_dict(manifest_state_dict(PREVIEW, 3), "two", "test")
     out = model_dir.save_model_dir(tmp / "model_no_variant", variables, meta)

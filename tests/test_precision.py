@@ -13,21 +13,22 @@ import numpy as np
 import pytest
 from fixture_inputs import case_weights, clip_features, eval_collate, in_layout, read_json, read_npz
 
-from l2l_jax import cli, config, torch_names
+from l2l_jax import config, torch_names
 from l2l_jax.model import PreviewConfig, build_model, init_variables
 from l2l_jax.numerics import EXACT, FAST
+from l2l_jax.programs import flags as program_flags
 from l2l_jax.recipe import Recipe
 from l2l_jax.steps import create_train_state, make_eval_step, make_train_step
 
 
 def test_exact_is_the_default_of_flags_model_and_loader():
     for program in ("train", "eval"):
-        cfg = cli.resolve(program, [])
+        cfg = program_flags.resolve(program, [])
         assert cfg.precision == "exact"
         assert config.model_config(cfg).numerics is EXACT
         assert config.loader_options(cfg).feature_dtype is None
     assert PreviewConfig(num_classes=3).numerics is EXACT
-    fast = cli.resolve("eval", ["--precision", "fast"])
+    fast = program_flags.resolve("eval", ["--precision", "fast"])
     assert config.model_config(fast, "gpu").numerics is FAST
     on_cpu = config.model_config(fast, "cpu").numerics  # the episode stays a loop on a CPU
     assert on_cpu.name == "fast" and not on_cpu.unroll_episode and on_cpu.storage_dtype == FAST.storage_dtype
@@ -102,7 +103,7 @@ def test_fast_loader_streams_features_in_16_bits(tmp_path):
     from l2l_jax.data.synthetic import generate
 
     root = generate(tmp_path / "synth", preset="tiny", seed=0, progress=False)
-    cfg = cli.resolve("eval", ["--test_dataset_file", str(root / "val.pkl"), "--num_classes", "6",
+    cfg = program_flags.resolve("eval", ["--test_dataset_file", str(root / "val.pkl"), "--num_classes", "6",
                                "--batch_size", "4", "--precision", "fast", "--layout", "dense"])
     source = open_split(cfg.test_dataset_file, **config.split_options(cfg, progress=False))
     batch = next(iter(config.make_eval_loader(cfg, source)))

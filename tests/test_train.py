@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 from test_train_parity import RUNS, recipe_of
 
-from l2l_jax import cli, config
+from l2l_jax import config
 from l2l_jax.model_dir import load_model_dir
+from l2l_jax.programs import flags as program_flags
 from l2l_jax.training.checkpoints import RunCheckpoints
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ def _run_flags(run: dict) -> list[str]:
 
 @pytest.mark.parametrize("variant,run", RUNS, ids=[r["name"] for _, r in RUNS])
 def test_cli_builds_the_fixture_recipe(variant, run):
-    cfg = cli.resolve("train", _run_flags(run))
+    cfg = program_flags.resolve("train", _run_flags(run))
     got = config.recipe(cfg, run["iters_per_epoch"])
     assert got == recipe_of(run)
     for k in range(len(run["steps"])):
@@ -59,11 +60,12 @@ def test_cli_builds_the_fixture_recipe(variant, run):
 _SAVE_RUN = """
 import logging, sys
 import jax
-from l2l_jax import cli, config, parallel
+from l2l_jax import config, parallel
+from l2l_jax.programs import flags as program_flags
 from l2l_jax.steps import create_train_state
 from l2l_jax.training.checkpoints import RunCheckpoints
 assert jax.device_count() == int(sys.argv[1]), jax.devices()
-cfg = cli.resolve("train", sys.argv[3:])
+cfg = program_flags.resolve("train", sys.argv[3:])
 state = create_train_state(config.initial_variables(cfg, logging.getLogger("save")), config.recipe(cfg, 4).optimizer(),
                            cfg.seed)
 ckpts = RunCheckpoints(sys.argv[2])
@@ -91,14 +93,15 @@ def test_pretrained_run_directory_loads_on_another_device_count(tmp_path):
                           env=e, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     log = logging.getLogger("test_pretrained")
-    want = config.initial_variables(cli.resolve("train", [*small, "--seed", "7"]), log)  # what the run saved
+    want = config.initial_variables(program_flags.resolve("train", [*small, "--seed", "7"]), log)  # what the run saved
 
     assert_trees_equal(weights.load(run_dir, "two").variables, want)
     for path in (run_dir, run_dir / "checkpoints", run_dir / "checkpoints" / "4"):
-        got = config.initial_variables(cli.resolve("train", [*small, "--seed", "3", "--pretrained_model", str(path)]),
-                                       log)
+        argv = [*small, "--seed", "3", "--pretrained_model", str(path)]
+        got = config.initial_variables(program_flags.resolve("train", argv), log)
         assert_trees_equal(got, want)
-        loaded = config.eval_weights(cli.resolve("eval", ["--num_classes", "6", "--pretrained_model", str(path)]))
+        loaded = config.eval_weights(program_flags.resolve("eval", ["--num_classes", "6", "--pretrained_model",
+                                                                    str(path)]))
         assert_trees_equal(loaded.variables, want)
         assert (loaded.meta["num_classes"], loaded.meta["step"]) == (6, 4)
         assert loaded.ref.where == run_dir / "checkpoints" / "4"

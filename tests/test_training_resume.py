@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from l2l_jax import cli, config, parallel
+from l2l_jax import config, parallel
 from l2l_jax.errors import ConfigError, L2LError, WeightsError
 from l2l_jax.integrity import named_tensors
+from l2l_jax.programs import flags as program_flags
 from l2l_jax.steps import create_train_state
 from l2l_jax.training.checkpoints import CheckpointError, RunCheckpoints
 from l2l_jax.training.lock import LOCK_NAME, RunLock
@@ -27,7 +28,7 @@ SMALL = ["--num_classes", "6", "--episode_length", "3", "--with_lstm_ce_loss"]
 
 
 def _state(seed: int, nan: bool = False, flags=SMALL):
-    cfg = cli.resolve("train", [*flags, "--seed", str(seed)])
+    cfg = program_flags.resolve("train", [*flags, "--seed", str(seed)])
     variables = config.initial_variables(cfg)
     if nan:
         bias = np.array(variables["params"]["prediction_fc"]["bias"])

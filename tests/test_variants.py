@@ -6,8 +6,9 @@ from __future__ import annotations
 import jax
 import pytest
 
-from l2l_jax import cli, config, recipe, torch_names, variants
+from l2l_jax import config, recipe, torch_names, variants
 from l2l_jax.model import PreviewConfig, init_variables
+from l2l_jax.programs import flags as program_flags
 from l2l_jax.training.validation import validation_lines
 
 
@@ -34,10 +35,10 @@ def test_unknown_variant_is_a_clear_error():
 
 
 def test_programs_take_variant_facts_from_the_spec():
-    single = cli.resolve("train", ["--variant", "single", "--embedding_size", "24"])
+    single = program_flags.resolve("train", ["--variant", "single", "--embedding_size", "24"])
     for key, value in variants.SINGLE.flag_defaults:
         assert single[key] == value
-    assert config.feature_width(single) == 24 and config.feature_width(cli.resolve("train", [])) == 512
+    assert config.feature_width(single) == 24 and config.feature_width(program_flags.resolve("train", [])) == 512
     groups = recipe.param_groups("two", True)
     assert [(g.name, g.lr_factor) for g in groups] == list(variants.TWO.freeze_groups)
     lines = validation_lines("single", 3, {"avgpool_acc": 0.5, "lstm_acc": 0.25, "avgpool_map": 0.1,

@@ -12,12 +12,12 @@ import pytest
 import torch
 from fixture_inputs import manifest_state_dict
 
-from convert import core
 from convert.cli import main as convert_main
-from convert.torch_io import ConversionError
 from l2l_jax import model_dir, weights
+from l2l_jax import pth_convert as core
 from l2l_jax.errors import WeightsError
 from l2l_jax.integrity import nonfinite_tensors, tensor_checksum
+from l2l_jax.torch_io import ConversionError
 
 
 def _state_dict() -> dict[str, np.ndarray]:

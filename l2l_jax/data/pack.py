@@ -8,7 +8,7 @@ Layout of `<out>/` (default `<pickle dir>/<stem>.pack/`, where the loader finds 
 was validated (size, mtime, content digest: `fingerprint.py`); a pack whose sources changed since is not used
 (`source.open_split`). The split is validated first, so a pack never holds a bad video (bad ones are refused,
 or dropped with `--skip_bad_videos`). Format v2 (v1 packs, without `sources.json`, are not used: re-run
-l2l-pack). Errors are one line naming the file and exit status 2 (`l2l_jax.cli.run_program`).
+l2l-pack). Errors are one line naming the file and exit status 2 (`l2l_jax.programs.flags.run_program`).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def check_pack_out(out: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs `l2l-pack`; returns the exit status (2 with a one-line message naming the file for bad input)."""
-    from l2l_jax.cli import run_program
+    from l2l_jax.programs.flags import run_program
 
     return run_program("pack", lambda: _main(argv), argv)
 

@@ -197,7 +197,7 @@ def generate(out: str | os.PathLike, *, preset: str = "default", seed: int = 0,
 
 def main(argv: list[str] | None = None) -> int:
     """Runs `l2l-synth`; returns the exit status (2 with one line for a bad flag or --out)."""
-    from l2l_jax.cli import run_program
+    from l2l_jax.programs.flags import run_program
 
     return run_program("synth", lambda: _main(argv), argv)
 

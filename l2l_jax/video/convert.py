@@ -24,7 +24,7 @@ Reading is strict: every missing key, unexpected key, wrong shape and wrong dtyp
 `audionet_from_resnet18` builds the ImageNet-initialised AudioNet upstream builds: everything from resnet18
 except conv1 (new, 1 input channel) and ``freq_conv1x1`` (new), drawn by `networks.new_audio_layers(seed)`.
 `read_resnet18` reads a user's ``.pth`` through the project's safe loader (``torch.load(weights_only=True)``,
-`convert.torch_io.read_state_dict`); nothing is ever downloaded.
+`l2l_jax.torch_io.read_state_dict`); nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -271,7 +271,7 @@ def _plain_tensors(obj: Any, path: str | os.PathLike) -> Any:
     weights instead)."""
     import torch
 
-    from convert.torch_io import ConversionError
+    from l2l_jax.torch_io import ConversionError
 
     def plain(key: str, v: Any) -> Any:
         if not isinstance(v, torch.Tensor):
@@ -294,9 +294,9 @@ def _plain_tensors(obj: Any, path: str | os.PathLike) -> Any:
 
 def read_resnet18(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A resnet18 state dict (numpy) from a ``.pth`` (a bare state dict, or ``{"model": state dict}``), read by
-    `convert.torch_io` (``weights_only=True``; raises its ``ConversionError``, an L2LError), bfloat16 tensors
+    `l2l_jax.torch_io` (``weights_only=True``; raises its ``ConversionError``, an L2LError), bfloat16 tensors
     as float32, ``module.`` prefix removed. Checked when converted."""
-    from convert.torch_io import load_torch_file, state_dict_of
+    from l2l_jax.torch_io import load_torch_file, state_dict_of
 
     sd, _ = state_dict_of(_plain_tensors(load_torch_file(path), path), path)
     return strip_module_prefix(sd)

@@ -70,7 +70,7 @@ def load_distilled(path: str | os.PathLike) -> tuple[dict, dict, dict, dict]:
     missing = [n for n in (VISUAL_FILE, AUDIO_FILE, FUSION_DIR) if not (root / n).exists()]
     if missing:
         raise WeightsError(f"{root}: not an l2l-distill output (no {', '.join(missing)})")
-    from convert.torch_io import read_state_dict
+    from l2l_jax.torch_io import read_state_dict
 
     visual = C.visualnet_from_state_dict(read_state_dict(root / VISUAL_FILE)[0], what=str(root / VISUAL_FILE))
     audio = C.audionet_from_state_dict(read_state_dict(root / AUDIO_FILE)[0], what=str(root / AUDIO_FILE))
@@ -83,9 +83,9 @@ def load_distilled(path: str | os.PathLike) -> tuple[dict, dict, dict, dict]:
 def write_outputs(out: Path, variables: dict, num_classes: int, name: str, meta: dict[str, Any]) -> dict[str, Path]:
     """The trained student -> ``visualnet.pth``, ``audionet.pth``, ``ImageAudioNet_<name>.pth`` and
     ``imageaudionet/`` in `out` (every file written atomically)."""
-    from convert.core import export_checkpoint
-    from convert.torch_io import write_torch_file
     from l2l_jax.model_dir import save_model_dir
+    from l2l_jax.pth_convert import export_checkpoint
+    from l2l_jax.torch_io import write_torch_file
     from l2l_jax.video import convert as C
     from l2l_jax.video.distill_step import split_variables
 
@@ -242,7 +242,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from l2l_jax.cli import run_program
+    from l2l_jax.programs.flags import run_program
 
     return run_program("distill", lambda: _main(argv), argv)
 

@@ -523,7 +523,7 @@ def _report(summary: Summary, root: Path, written: dict[str, int], weights_desc:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from l2l_jax.cli import run_program
+    from l2l_jax.programs.flags import run_program
 
     return run_program("extract", lambda: _main(argv), argv)
 

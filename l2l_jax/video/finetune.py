@@ -388,17 +388,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from l2l_jax.cli import run_program
+    from l2l_jax.programs.flags import run_program
 
     return run_program("finetune", lambda: _main(argv), argv)
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from convert.core import export_checkpoint
-    from convert.torch_io import write_torch_file
     from l2l_jax.data import open_split
     from l2l_jax.model_dir import save_model_dir
     from l2l_jax.outputs import atomic_write_text, writing
+    from l2l_jax.pth_convert import export_checkpoint
+    from l2l_jax.torch_io import write_torch_file
     from l2l_jax.training.lock import RunLock
 
     args = build_parser().parse_args(argv)

@@ -35,7 +35,7 @@ def read_head(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         except (OSError, ValueError, KeyError, EOFError) as e:
             raise WeightsError(f"--teacher_head {path}: needs arrays 'weight' (C, D) and 'bias' (C,) ({e})") from None
     else:
-        from convert.torch_io import read_state_dict
+        from l2l_jax.torch_io import read_state_dict
 
         sd, _ = read_state_dict(path)
         ws = [k for k, v in sd.items() if k.endswith("weight") and np.ndim(v) == 2]

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from convert.torch_io import ConversionError, read_state_dict, write_torch_file
 from l2l_jax import model_dir, torch_names, variants
+from l2l_jax.torch_io import ConversionError, read_state_dict, write_torch_file
 
 PREFIX = "module."
 # Where C and D can be read, per variant: (key, axis) in order of preference.
