@@ -20,7 +20,7 @@ from typing import Any
 
 import ml_collections
 
-from l2l_jax import variants
+from l2l_jax import layouts, numerics, variants
 from l2l_jax.data.buckets import DEFAULT_BUCKETS
 from l2l_jax.errors import ConfigError, L2LError
 
@@ -107,11 +107,11 @@ FLAGS: dict[str, dict[str, Any]] = {
     "buckets": {"type": int, "nargs": "+", "default": list(DEFAULT_BUCKETS),
                 "help": "length buckets: batches are padded up to the next one (one compile each)",
                 "programs": BOTH},
-    "layout": {"choices": ["auto", "dense", "chunk"], "default": "auto",
+    "layout": {"choices": list(layouts.LAYOUTS), "default": "auto",
                "help": "feature layout on the device: dense (B, L, F) batches, or each video's real clips in "
                        "chunks of 32; auto = chunk on CPU, dense on GPU/TPU (same numbers to float32 rounding)",
                "programs": BOTH},
-    "precision": {"choices": ["exact", "fast"], "default": "exact",
+    "precision": {"choices": list(numerics.PRECISIONS), "default": "exact",
                   "help": "exact: float32 products as upstream (every parity test); fast: bfloat16 operands with "
                           "float32 accumulation and 16-bit features, for GPU/TPU", "programs": BOTH},
     "debug": {"action": "store_true", "default": False,
@@ -133,6 +133,35 @@ FLAGS: dict[str, dict[str, Any]] = {
     "num_processes": {"type": int, "default": None, "help": "multi-host: number of processes", "programs": BOTH},
     "process_id": {"type": int, "default": None, "help": "multi-host: this process's id", "programs": BOTH},
 }
+
+
+#: Flags every program spells the same way (`add_common`): one entry each, choices from their own modules.
+COMMON: dict[str, dict[str, Any]] = {
+    "precision": {k: v for k, v in FLAGS["precision"].items() if k != "programs"},
+    "layout": {k: v for k, v in FLAGS["layout"].items() if k != "programs"},
+    "seed": {"type": int, "default": 0, "help": "seed of every random draw"},
+    "out": {"type": str, "default": None, "help": "output folder"},
+    "debug": {k: v for k, v in FLAGS["debug"].items() if k != "programs"},
+    "coordinator_address": {k: v for k, v in FLAGS["coordinator_address"].items() if k != "programs"},
+    "num_processes": {k: v for k, v in FLAGS["num_processes"].items() if k != "programs"},
+    "process_id": {k: v for k, v in FLAGS["process_id"].items() if k != "programs"},
+}
+#: The multi-host triple, as one group name for `add_common`.
+MULTIHOST = ("coordinator_address", "num_processes", "process_id")
+
+
+def add_common(parser: argparse.ArgumentParser, *names: str, **overrides: Any) -> None:
+    """Add the shared flags `names` (keys of `COMMON`, or ``"multihost"`` for the triple) to a program's own
+    parser, with the table's type, choices and help; ``overrides`` maps a flag name to keyword changes, e.g.
+    ``add_common(p, "out", "seed", out={"required": True, "help": "..."})``."""
+    expanded = [m for name in names for m in (MULTIHOST if name == "multihost" else (name,))]
+    for name in expanded:
+        if name not in COMMON:
+            raise KeyError(f"no shared flag {name!r}; shared flags: {sorted(COMMON)}")
+        kwargs = {**COMMON[name], **overrides.get(name, {})}
+        if kwargs.get("required"):
+            kwargs.pop("default", None)
+        parser.add_argument(f"--{name}", **kwargs)
 
 
 def build_parser(program: str, description: str | None = None) -> argparse.ArgumentParser:
