@@ -11,9 +11,11 @@ import pytest
 from batch_helpers import collate, fill_rows, pad_to_length
 from fixture_inputs import clip_features
 
-from l2l_jax.data import BatchLoader, ShortBatchError, bucket_length, open_split
-from l2l_jax.data.collate import ReplayRandInt
+from l2l_jax.data.buckets import bucket_length
+from l2l_jax.data.collate import ReplayRandInt, ShortBatchError
 from l2l_jax.data.index import write_index
+from l2l_jax.data.pipeline import BatchLoader
+from l2l_jax.data.source import open_split
 
 LENGTHS = [3, 5, 8, 12, 20, 33, 47, 64, 90, 130, 180, 210, 260, 320, 400, 520, 17, 9, 41, 75, 300, 14]
 C = 5
@@ -224,7 +226,7 @@ def test_buffer_reuse_never_touches_live_batches(root):
                 held.append(x["image"][1:] if b == 3 else x)
                 held_copy.append({k: v.copy() for k, v in x.items()})
             del x
-    assert len(pooled.pool._bufs) <= pooled.pool.max_buffers and pooled.pool.reused > 20
+    assert pooled.pool._owned <= pooled.pool.max_buffers and pooled.pool.reused > 20
     for h, c in zip(held, held_copy, strict=True):
         if isinstance(h, dict):
             assert_batches_equal(h, c)

@@ -18,11 +18,12 @@ index=-1 (always for eval; for training unless `fill_last=False`, which keeps up
 from __future__ import annotations
 
 import math
-import sys
+import mmap
 import threading
 import weakref
+from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import grain
@@ -38,77 +39,75 @@ from .source import FeatureSource
 _TAG_SHUFFLE = 0x5348
 _TAG_BATCH = 0x4241
 DEFAULT_PREFETCH_BYTES = 1 << 29  # batches made ahead of the consumer, at most (at least one batch)
+_NO_RANGES = np.zeros((0, 2), np.int64)
+_ALL = np.array([[0, 2**62]], np.int64)  # a buffer whose contents are unknown
 
 
-def _refs(x: object) -> int:
-    return sys.getrefcount(x)
+class _Buffer:
+    """One pool buffer: zeroed memory mapped lazily (pages are backed when first written, as with calloc), and
+    the (k, 2) byte ranges of it that may be nonzero. The memory is not an ndarray, so that an array made on it
+    is the owner its views point to (numpy stops collapsing `base` chains at a non-array)."""
 
+    __slots__ = ("raw", "dirty")
 
-_probe = [np.empty(1, np.uint8)]
-_FREE_REFS = next(_refs(b) for b in _probe)  # references of an idle pool buffer seen from BufferPool.take
-del _probe
+    def __init__(self, nbytes: int):
+        flags = {"flags": mmap.MAP_PRIVATE} if hasattr(mmap, "MAP_PRIVATE") else {}
+        self.raw = mmap.mmap(-1, max(nbytes, 1), **flags)
+        self.dirty = _NO_RANGES
 
 
 class BufferPool:
-    """Reusable memory for batch arrays. Fresh large arrays cost page faults and a kernel zeroing pass on
-    every batch (about twice the time of the copies themselves); a pool buffer is handed out again only when
-    nothing but the pool references it (no batch, view or device alias of it is alive), so live data is
-    never overwritten. Buffers are flat bytes; a batch array is a contiguous view of the first bytes.
-    The pool remembers which bytes of each buffer its last batch wrote (`record`), so that a recycled buffer
-    is cleared only where old data lies outside what the new batch writes, not over all its padding."""
+    """Reusable memory for batch arrays: fresh large arrays cost page faults and a kernel zeroing pass on every
+    batch (about twice the time of the copies themselves).
+
+    Why live data is never overwritten, with no reference counting here: a buffer goes back to the pool when
+    the array handed out on it is deallocated, exactly when numpy would free a fresh array. Every view, export
+    or device alias of that array holds it, and ndarrays are not tracked by the cyclic garbage collector, so its
+    finalizer runs at deallocation, never earlier. The pool owns at most `max_buffers` buffers (then fresh
+    memory), and clears a recycled buffer only where old data lies outside what the new batch writes."""
 
     def __init__(self, max_buffers: int):
         self.max_buffers = max_buffers
-        self._bufs: list[np.ndarray] = []
-        self._dirty: dict[int, np.ndarray] = {}  # id(buffer) -> (k, 2) byte ranges that may be nonzero
+        self._free: list[_Buffer] = []  # buffers no array uses; under _lock
+        self._returned: deque[_Buffer] = deque()  # appended by the arrays' finalizers (any thread, no lock)
+        self._owned = 0  # buffers made and not dropped: free, returned or leased
+        self._largest = 0  # new buffers get the largest size asked so far, so that they fit later batches
         self._lock = threading.Lock()
         self.reused = 0  # how many arrays came from recycled memory
 
-    def take(self, shape: tuple[int, ...], dtype) -> tuple[np.ndarray, np.ndarray]:
-        """An array of `shape`/`dtype` and the (k, 2) byte ranges of it that may hold stale data (none for
-        fresh memory, which is zero)."""
+    def take(self, shape: tuple[int, ...], dtype) -> tuple[np.ndarray, np.ndarray, _Buffer | None]:
+        """An array of `shape`/`dtype`, the (k, 2) byte ranges of it that may hold stale data (none for fresh
+        memory, which is zero), and its buffer (None: fresh memory outside the pool)."""
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
         with self._lock:
-            chosen = None
-            for buf in self._bufs:
-                if buf.nbytes >= nbytes and _refs(buf) == _FREE_REFS:
-                    chosen = buf
-                    break
-            self.reused += chosen is not None
-            if chosen is None:
-                if len(self._bufs) >= self.max_buffers:  # replace a free buffer that is too small, if any
-                    small = None
-                    for buf in self._bufs:
-                        if _refs(buf) == _FREE_REFS:
-                            small = buf
-                            break
-                    if small is None:
-                        return np.zeros(shape, dtype), _NO_RANGES
-                    self._bufs.remove(small)
-                    self._dirty.pop(id(small), None)
-                    del small
-                chosen = np.zeros(max([nbytes] + [b.nbytes for b in self._bufs]), np.uint8)
-                self._bufs.append(chosen)
-                self._dirty[id(chosen)] = _NO_RANGES
-            dirty = self._dirty[id(chosen)]
-            self._dirty[id(chosen)] = _ALL  # until `record`: a batch that fails half-way leaves it unknown
-            stale = np.clip(dirty, 0, nbytes)
-            return chosen[:nbytes].view(dtype).reshape(shape), stale[stale[:, 1] > stale[:, 0]]
+            while self._returned:
+                self._free.append(self._returned.popleft())
+            fits = [j for j, b in enumerate(self._free) if len(b.raw) >= nbytes]
+            if fits:
+                buf = self._free.pop(fits[0])
+                self.reused += 1
+            else:
+                if self._owned >= self.max_buffers:
+                    if not self._free:  # every buffer is leased
+                        return np.zeros(shape, dtype), _NO_RANGES, None
+                    self._free.pop(0)  # free but too small: make room for one that fits
+                    self._owned -= 1
+                self._largest = max(self._largest, nbytes)
+                buf = _Buffer(self._largest)
+                self._owned += 1
+        stale = np.clip(buf.dirty, 0, nbytes)
+        buf.dirty = _ALL  # until `record`: a batch that fails half-way leaves it unknown
+        array = np.ndarray(shape, dtype, buffer=buf.raw)
+        weakref.finalize(array, self._returned.append, buf).atexit = False
+        return array, stale[stale[:, 1] > stale[:, 0]], buf
 
-    def record(self, array: np.ndarray, written: np.ndarray) -> None:
-        """After `array` (from `take`) was filled: it is zero outside the (k, 2) byte ranges `written`."""
-        buf = array.base
-        with self._lock:
-            old = self._dirty.get(id(buf))
-            if old is None or not any(b is buf for b in self._bufs):
-                return
-            tail = np.clip(old, array.nbytes, None)  # beyond this array the buffer keeps its old data
-            self._dirty[id(buf)] = np.concatenate([written, tail[tail[:, 1] > tail[:, 0]]])
-
-
-_NO_RANGES = np.zeros((0, 2), np.int64)
-_ALL = np.array([[0, 2**62]], np.int64)
+    @staticmethod
+    def record(buf: _Buffer | None, nbytes: int, written: np.ndarray) -> None:
+        """After the array of `buf` (its first `nbytes`) was filled: it is zero outside the (k, 2) byte ranges
+        `written`; the buffer's bytes beyond it stay unknown."""
+        if buf is not None:
+            buf.dirty = np.concatenate([written, np.array([[nbytes, 2**62]], np.int64)])
 
 
 def _outside(dirty: np.ndarray, written: np.ndarray) -> np.ndarray:
@@ -298,10 +297,10 @@ class BatchLoader:
         """The batch of a draft: feature arrays (recycled memory when free), rows read by the loader's threads."""
         src, L = self.source, d.plan.L
         taken = [self.pool.take(d.shape, self.feature_dtype) if self.pool
-                 else (np.zeros(d.shape, self.feature_dtype), _NO_RANGES) for _ in src.keys]
-        outs = [o for o, _ in taken]
+                 else (np.zeros(d.shape, self.feature_dtype), _NO_RANGES, None) for _ in src.keys]
+        outs = [o for o, _, _ in taken]
         written = self._written(d)
-        for o, stale in taken:  # recycled memory: clear old data the rows will not overwrite
+        for o, stale, _ in taken:  # recycled memory: clear old data the rows will not overwrite
             flat = o.reshape(-1).view(np.uint8)
             for a, z in _outside(stale, written).tolist():
                 flat[a:z] = 0
@@ -333,18 +332,18 @@ class BatchLoader:
         workers = self._workers()
         if workers is None or len(reads) < 2:
             read_rows(reads)
-        else:  # contiguous shares, one per thread; every share finishes before the batch is returned
+        else:  # contiguous shares, one per thread; every share ends before the batch is returned or fails
             k = min(self.num_threads, len(reads))
             cuts = [len(reads) * j // k for j in range(k + 1)]
             futures = [workers.submit(read_rows, reads[cuts[j] : cuts[j + 1]]) for j in range(k)]
+            wait(futures)
             for f in futures:
                 f.result()
         for r, r0 in copies:
             for x, x0 in zip(rows_out[r], rows_out[r0], strict=True):
                 x[:] = x0
-        if self.pool:
-            for o in outs:
-                self.pool.record(o, written)
+        for o, _, buf in taken:
+            BufferPool.record(buf, o.nbytes, written)
         batch_d = dict(zip(src.keys, outs, strict=True))
         batch_d["mask"] = d.mask
         if d.chunks is not None:
@@ -417,42 +416,54 @@ class _Ahead:
         self.next = start  # the consumer's next batch
         self.made: dict[int, tuple[dict | None, BaseException | None, int]] = {}  # k -> (batch, error, bytes)
         self.generation = 0  # bumped by set_state and close: a producer of an older generation stops
+        self.running = False  # a producer of this generation works; it clears this, under the lock, as it ends
         self.thread: threading.Thread | None = None
 
 
 def _produce(ahead: _Ahead, loader: BatchLoader, length: int, start_epoch: int, generation: int) -> None:
-    """Make batches k = ahead.next.. in order while what is made ahead stays within the loader's bounds."""
-    with ahead.cond:
-        k = ahead.next
-    limit = loader.prefetch_bytes
-    while k < length:
-        error, batch = None, None
-        try:
-            draft = loader._draft(*loader.epoch_of(k, start_epoch))
-        except Exception as e:  # noqa: BLE001 - handed to the consumer at batch k
-            draft, error = None, e
-        nbytes = draft.nbytes if draft is not None else 0
+    """Make batches k = ahead.next.. in order while what is made ahead stays within the loader's bounds. A batch
+    that fails (whatever it raises, KeyboardInterrupt and SystemExit too) is handed over as batch k's error and
+    ends the thread; the consumer's next call starts a new producer after k. Whatever ends the thread, its last
+    act under the lock is to clear `running` and notify, so a consumer never waits on a producer that is gone."""
+    try:
         with ahead.cond:
-            while ahead.generation == generation and ahead.made and (
-                    len(ahead.made) >= loader.prefetch
-                    or (limit is not None and sum(m[2] for m in ahead.made.values()) + nbytes > limit)):
-                ahead.cond.wait()
-            if ahead.generation != generation:
-                return
-        if draft is not None:
+            k = ahead.next
+        while k < length:
             try:
-                batch = loader._assemble(draft)
-            except Exception as e:  # noqa: BLE001 - handed to the consumer at batch k
-                error = e
-        with ahead.cond:
-            if ahead.generation != generation:
+                made = _make(ahead, loader, k, start_epoch, generation)
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer at batch k
+                made = (None, e, 0)
+            if made is None:
                 return
-            ahead.made[k] = (batch, error, nbytes)
+            with ahead.cond:
+                if ahead.generation != generation:
+                    return
+                ahead.made[k] = made
+                ahead.cond.notify_all()
+            if made[1] is not None:
+                return
+            del made
+            k += 1
+    finally:
+        with ahead.cond:
+            if ahead.generation == generation:
+                ahead.running = False
             ahead.cond.notify_all()
-        del batch, draft
-        if error is not None:
-            return  # the consumer raises it; its next call starts a new producer after k
-        k += 1
+
+
+def _make(ahead: _Ahead, loader: BatchLoader, k: int, start_epoch: int,
+          generation: int) -> tuple[dict, None, int] | None:
+    """(batch k, None, its feature bytes), made once the batches waiting leave room for it; None if stopped."""
+    draft = loader._draft(*loader.epoch_of(k, start_epoch))
+    limit = loader.prefetch_bytes
+    with ahead.cond:
+        while ahead.generation == generation and ahead.made and (
+                len(ahead.made) >= loader.prefetch
+                or (limit is not None and sum(m[2] for m in ahead.made.values()) + draft.nbytes > limit)):
+            ahead.cond.wait()
+        if ahead.generation != generation:
+            return None
+    return loader._assemble(draft), None, draft.nbytes
 
 
 class BatchIterator:
@@ -476,11 +487,12 @@ class BatchIterator:
         with a.cond:
             if a.next >= self._length:
                 raise StopIteration
-            if a.next not in a.made and (a.thread is None or not a.thread.is_alive()):
-                a.thread = threading.Thread(target=_produce, name="l2l-batches", daemon=True,
-                                            args=(a, self._loader, self._length, self._start_epoch, a.generation))
-                a.thread.start()
             while a.next not in a.made:
+                if not a.running:  # none yet, or it ended (after a failed batch) before making this one
+                    a.thread = threading.Thread(target=_produce, name="l2l-batches", daemon=True,
+                                                args=(a, self._loader, self._length, self._start_epoch, a.generation))
+                    a.thread.start()
+                    a.running = True
                 a.cond.wait()
             batch, error, _ = a.made.pop(a.next)
             a.next += 1
@@ -514,6 +526,7 @@ def _stop(ahead: _Ahead) -> None:
     """Stop the producer (after the batch it is making) and drop what it made."""
     with ahead.cond:
         ahead.generation += 1
+        ahead.running = False
         ahead.made.clear()
         ahead.cond.notify_all()
         thread, ahead.thread = ahead.thread, None
