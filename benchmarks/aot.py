@@ -22,17 +22,17 @@ Targets: a TPU topology name as libtpu knows it (``v5e:2x2`` = 4 chips, ``v6e:2x
 `benchmarks/h100.txtpb`, an XLA GpuTargetConfigProto), ``gpu:FILE.txtpb`` for another card, or ``cpu``
 (this machine's backend, for a quick check of the script). The batch is split over all devices of the target.
 
-What is compiled is what the programs build, from the published flags (`cli.resolve` -> `config.model_config`,
-`config.recipe`): the train step (`steps.make_train_step` on a `TrainState`, state donated and replicated, as
-`l2l-train` and `train_speed.py` jit it), the eval step (`steps.make_eval_step`, policy only, from the published
+What is compiled is what the programs build, from the published flags (`flags.resolve` -> `config.settings`: its
+model config and recipe): the train step (`steps.make_train_step` on a `TrainState`, state donated and replicated,
+as `l2l-train` and `train_speed.py` jit it), the eval step (`steps.make_eval_step`, policy only, from the published
 `l2l-eval` flags: interpolation, s = 1) and the evaluator's per-batch function with baselines and k-step curves
-(`make_eval_fn`, what `l2l-eval` runs). Inputs are abstract (`jax.ShapeDtypeStruct` with `NamedSharding`s on a
-mesh over the target's devices: batch arrays on ``P("data")``, state and variables replicated), so nothing is
-allocated: ActivityNet-sized, C = 200 classes, bucket length Lb = --length, 512-wide image and audio features;
-in the chunk layout a chunk index at the capacity a full batch of length-Lb rows needs
-(`layouts.chunk.chunk_index(..., full=True)`: B/G * ceil(Lb/32) chunks per device group). Precisions: ``exact``,
-and ``fast`` when `l2l_jax.programs.flags.FLAGS` has ``precision``. Features come in the dtype the loader hands them
-over in (`config.loader_options`: float32, or float16 in the fast precision).
+(`make_eval_fn`, what `l2l-eval` runs). Inputs are abstract (`jax.ShapeDtypeStruct` with `NamedSharding`s on a mesh
+over the target's devices: batch arrays on ``P("data")``, state and variables replicated), so nothing is allocated:
+ActivityNet-sized, C = 200 classes, bucket length Lb = --length, 512-wide image and audio features; in the chunk
+layout a chunk index at the capacity a full batch of length-Lb rows needs (`layouts.chunk.chunk_index(...,
+full=True)`: B/G * ceil(Lb/32) chunks per device group). Precisions: ``exact``, and ``fast`` when
+`l2l_jax.programs.flags.FLAGS` has ``precision``. Features come in the dtype the loader hands them over in
+(`config.Settings.loader`: float32, or float16 in the fast precision).
 
 Per target x layout x precision x step one row: compiled or not (the error's first line), compile seconds
 (lowering + compilation), memory per device from `memory_analysis()` (arguments + outputs + temporaries, less
@@ -125,9 +125,9 @@ def abstract(tree: Any, sharding: NamedSharding) -> Any:
 
 
 def feature_dtype(cfg: Any) -> Any:
-    """The dtype the programs' loader hands features to the step in (`config.loader_options`): float16 in the
+    """The dtype the programs' loader hands features to the step in (`config.Settings.loader`): float16 in the
     fast precision (held in bfloat16 on the device), else as stored (float32 .npy files)."""
-    opts = config.loader_options(cfg)
+    opts = config.settings(cfg, "train").loader
     return jnp.dtype(getattr(opts, "feature_dtype", None) or jnp.float32)
 
 
@@ -183,8 +183,9 @@ def build_steps(mesh: Mesh, batch: int, length: int, layout: str, precision: str
 
     train_cfg = resolve("train", TRAIN_FLAGS, batch, layout, precision)
     data_batch = abstract_batch(mesh, batch, length, layout, feature_dtype(train_cfg))
-    mcfg = config.model_config(train_cfg, backend)
-    recipe = config.recipe(train_cfg, math.ceil(TRAIN_VIDEOS / batch))
+    train_settings = config.settings(train_cfg, "train", backend)
+    mcfg = train_settings.model
+    recipe = train_settings.recipe.build(math.ceil(TRAIN_VIDEOS / batch))
     model = build_model(mcfg, "two")
     state = jax.eval_shape(lambda: create_train_state(init_variables(mcfg, "two", jax.random.key(0)),
                                                       recipe.optimizer(), seed=0))
@@ -192,7 +193,7 @@ def build_steps(mesh: Mesh, batch: int, length: int, layout: str, precision: str
     steps["train"] = (train, (abstract(state, rep), data_batch))
 
     eval_cfg = resolve("eval", EVAL_FLAGS, batch, layout, precision)
-    ecfg = config.model_config(eval_cfg, backend)
+    ecfg = config.settings(eval_cfg, "eval", backend).model
     emodel = build_model(ecfg, "two")
     variables = abstract(jax.eval_shape(lambda: init_variables(ecfg, "two", jax.random.key(0))), rep)
     key = abstract(jax.eval_shape(lambda: jax.random.key(0)), rep)
@@ -313,7 +314,7 @@ def peaks_table() -> str:
     return "roofline peaks per chip:\n" + "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--targets", nargs="+", default=DEFAULT_TARGETS,
                     help="TPU topologies (v5e:2x2, v6e:2x2, v4:2x2x1, ...), h100, gpu:FILE.txtpb or cpu")
@@ -328,15 +329,33 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--markdown", default=None, help="also write the rows as a Markdown table here")
     ap.add_argument("--from_json", nargs="+", default=None, metavar="JSON",
                     help="compile nothing: print (and --markdown) the rows of earlier --json files, in order")
-    args = ap.parse_args(argv)
-    if args.from_json:
-        rows = [r for f in args.from_json for r in json.loads(Path(f).read_text())["rows"]]
-        print(header())
-        for r in rows:
-            print(fmt_row(r) if "layout" in r else f"{r['target']}: {r['error']}")
-        if args.markdown:
-            Path(args.markdown).write_text(markdown(rows) + "\n")
-        return rows
+    return ap.parse_args(argv)
+
+
+def print_saved(paths: list[str], markdown_path: str | None) -> list[dict[str, Any]]:
+    """--from_json: the rows of earlier --json files, printed (and written as Markdown), in order."""
+    rows = [r for f in paths for r in json.loads(Path(f).read_text())["rows"]]
+    print(header())
+    for r in rows:
+        print(fmt_row(r) if "layout" in r else f"{r['target']}: {r['error']}")
+    if markdown_path:
+        Path(markdown_path).write_text(markdown(rows) + "\n")
+    return rows
+
+
+def package_versions() -> dict[str, str | None]:
+    """The installed versions of jax, its accelerator compilers and flax (None: not installed)."""
+    versions = {}
+    for pkg in ("jax", "jaxlib", "libtpu", "jax-cuda12-plugin", "jax-cuda12-pjrt", "flax"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return versions
+
+
+def usable_precisions(args: argparse.Namespace) -> list[str]:
+    """The precisions this checkout can compile (warning about what it skips)."""
     if jax.default_backend() != "cpu":
         print(f"warning: jax's default backend is {jax.default_backend()}; run under JAX_PLATFORMS=cpu",
               file=sys.stderr)
@@ -346,58 +365,60 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print("note: l2l_jax.programs.flags has no --precision flag in this checkout: compiling 'exact' only")
     if eval_fn_factory() is None and "eval+baselines" in args.steps:
         print("note: no make_eval_fn in this checkout: skipping eval+baselines")
-    versions = {}
-    for pkg in ("jax", "jaxlib", "libtpu", "jax-cuda12-plugin", "jax-cuda12-pjrt", "flax"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
-    print(f"batch {args.batch_size}, Lb {args.length}, C {C}, F {F}, published recipe; "
-          f"layouts {args.layouts}, precisions {precisions}")
-    print(peaks_table())
+    return precisions
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def compile_target(target: str, args: argparse.Namespace, precisions: list[str]) -> list[dict[str, Any]]:
+    """The rows of one target: every layout x precision x step, printed as they come."""
+    try:
+        devices, desc = target_devices(target)
+    except Exception as e:
+        print(f"\n== {target}: no topology: {type(e).__name__}: {first_line(e)}")
+        return [{"target": target, "compiled": False, "error": f"topology: {first_line(e)}"}]
+    mesh = Mesh(np.asarray(devices), (parallel.DATA,))
+    print(f"\n== {target}: {desc}, batch {args.batch_size} = {len(devices)} x "
+          f"{args.batch_size / len(devices):g} rows per device")
+    print(header(), flush=True)
+    options = parallel.compiler_options() if target == "cpu" else {}
     rows: list[dict[str, Any]] = []
-    for target in args.targets:
-        try:
-            devices, desc = target_devices(target)
-        except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            print(f"\n== {target}: no topology: {type(e).__name__}: {first}")
-            rows.append({"target": target, "compiled": False, "error": f"topology: {first}"})
-            continue
-        mesh = Mesh(np.asarray(devices), (parallel.DATA,))
-        print(f"\n== {target}: {desc}, batch {args.batch_size} = {len(devices)} x "
-              f"{args.batch_size / len(devices):g} rows per device")
-        print(header(), flush=True)
-        options = parallel.compiler_options() if target == "cpu" else {}
-        for layout in args.layouts:
-            for precision in precisions:
-                try:
-                    first_layout = layout == args.layouts[0]
-                    steps = build_steps(mesh, args.batch_size, args.length, layout, precision,
-                                        args.distill_batch if first_layout and "distill" in args.steps else None,
-                                        backend=target_backend(target))
-                except Exception as e:
-                    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                    steps = {}
-                    for step in args.steps:
-                        r = {"target": target, "layout": layout, "precision": precision, "step": step,
-                             "compiled": False, "compile_s": 0.0, "error": f"building: {type(e).__name__}: {first}"}
-                        rows.append(r)
-                        print(fmt_row(r), flush=True)
+    for layout in args.layouts:
+        for precision in precisions:
+            try:
+                first_layout = layout == args.layouts[0]
+                steps = build_steps(mesh, args.batch_size, args.length, layout, precision,
+                                    args.distill_batch if first_layout and "distill" in args.steps else None,
+                                    backend=target_backend(target))
+            except Exception as e:
+                steps = {}
                 for step in args.steps:
-                    if step not in steps:
-                        continue
-                    fn, fargs = steps[step]
-                    distill = step == "distill"  # clips of 224 x 224 frames and 1 s log-mels, no layout
-                    n = args.distill_batch if distill else args.batch_size
-                    r = {"target": target, "devices": len(devices), "device_kind": desc,
-                         "layout": "-" if distill else layout, "precision": precision, "step": step,
-                         "batch_size": n, "length": None if distill else args.length,
-                         **compile_one(fn, fargs, options, target=target, precision=precision,
-                                       devices=len(devices), batch=n)}
+                    r = {"target": target, "layout": layout, "precision": precision, "step": step,
+                         "compiled": False, "compile_s": 0.0,
+                         "error": f"building: {type(e).__name__}: {first_line(e)}"}
                     rows.append(r)
                     print(fmt_row(r), flush=True)
+            for step in args.steps:
+                if step not in steps:
+                    continue
+                fn, fargs = steps[step]
+                distill = step == "distill"  # clips of 224 x 224 frames and 1 s log-mels, no layout
+                n = args.distill_batch if distill else args.batch_size
+                r = {"target": target, "devices": len(devices), "device_kind": desc,
+                     "layout": "-" if distill else layout, "precision": precision, "step": step,
+                     "batch_size": n, "length": None if distill else args.length,
+                     **compile_one(fn, fargs, options, target=target, precision=precision,
+                                   devices=len(devices), batch=n)}
+                rows.append(r)
+                print(fmt_row(r), flush=True)
+    return rows
+
+
+def write_outputs(args: argparse.Namespace, argv: list[str] | None, versions: dict[str, str | None],
+                  rows: list[dict[str, Any]]) -> None:
+    """--json (the rows with the command, date and versions) and --markdown."""
     if args.json:
         out = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
                "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "versions": versions, "rows": rows}
@@ -406,10 +427,25 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(f"\nwrote {args.json}")
     if args.markdown:
         Path(args.markdown).write_text(markdown(rows) + "\n")
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
+    if args.from_json:
+        return print_saved(args.from_json, args.markdown)
+    precisions = usable_precisions(args)
+    versions = package_versions()
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
+    print(f"batch {args.batch_size}, Lb {args.length}, C {C}, F {F}, published recipe; "
+          f"layouts {args.layouts}, precisions {precisions}")
+    print(peaks_table())
+    rows: list[dict[str, Any]] = []
+    for target in args.targets:
+        rows += compile_target(target, args, precisions)
+    write_outputs(args, argv, versions, rows)
     failed = [r for r in rows if not r["compiled"]]
     print(f"\n{len(rows) - len(failed)} of {len(rows)} compiled")
     return rows
-
 
 if __name__ == "__main__":
     main()

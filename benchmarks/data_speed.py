@@ -31,9 +31,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from l2l_jax.data import BatchLoader, load_index, open_split  # noqa: E402
-from l2l_jax.data.index import write_index  # noqa: E402
+from l2l_jax.data.index import (
+    load_index,  # noqa: E402
+    write_index,  # noqa: E402
+)
 from l2l_jax.data.pack import pack_pickle  # noqa: E402
+from l2l_jax.data.pipeline import BatchLoader  # noqa: E402
+from l2l_jax.data.source import open_split  # noqa: E402
 
 
 def make_data(root: Path, n: int, lo: int, hi: int) -> None:

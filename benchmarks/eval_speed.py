@@ -36,10 +36,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import step_cost  # noqa: E402
 
 from l2l_jax import config, weights  # noqa: E402
-from l2l_jax.data import open_split  # noqa: E402
 from l2l_jax.data.pack import pack_pickle  # noqa: E402
+from l2l_jax.data.source import open_split  # noqa: E402
 from l2l_jax.data.synthetic import PRESETS, generate  # noqa: E402
-from l2l_jax.evaluation import Evaluator  # noqa: E402
+from l2l_jax.evaluation.evaluator import Evaluator  # noqa: E402
 from l2l_jax.metrics import VideoMetrics  # noqa: E402
 from l2l_jax.model import PreviewConfig, build_model, init_variables  # noqa: E402
 from l2l_jax.programs import flags as program_flags  # noqa: E402
@@ -129,23 +129,23 @@ def main(argv: list[str] | None = None) -> None:
                                     str(args.batch_size), "--seed", str(args.seed), "--decode_threads", "2",
                                     "--feature_root", str(data), "--layout", args.layout, "--precision", precision])
 
-    run_cfg = flags(args.precisions[0])
-    cfg = config.model_config(run_cfg)
+    run_settings = config.settings(flags(args.precisions[0]), "eval")
+    cfg = run_settings.model
     if loaded is not None:
         variables = loaded.variables
     else:
         variables = jax.tree.map(np.asarray, init_variables(cfg, "two", jax.random.key(args.seed)))
     if args.packed and not (data / "val.pack").exists():
         pack_pickle(data / "val.pkl", feature_root=data, num_classes=cfg.num_classes, float16=True)
-    source = open_split(data / "val.pkl", packed=args.packed, **config.split_options(run_cfg, progress=False))
+    source = open_split(data / "val.pkl", packed=args.packed, **run_settings.data.split_options(progress=False))
     rows, roofs = [], {}
     ours = None
     runs = [(p, False) for p in args.precisions] + [(args.precisions[0], True)]
     for precision, with_baselines in runs:
-        p_cfg = flags(precision)
-        loader = config.make_eval_loader(p_cfg, source)
-        evaluator = Evaluator(build_model(config.model_config(p_cfg), "two"), config.model_config(p_cfg), "two",
-                              with_baselines=with_baselines, seed=args.seed, layout=config.layout(p_cfg))
+        p_settings = config.settings(flags(precision), "eval")
+        loader = p_settings.eval_loader(source)
+        evaluator = Evaluator(build_model(p_settings.model, "two"), p_settings.model, "two",
+                              with_baselines=with_baselines, seed=args.seed, layout=p_settings.layout)
         compile_s = 0.0
         for _ in range(args.repeats):  # the last run is reported (the first also reads the files into memory)
             res = evaluator.run(variables, loader, progress=False)

@@ -12,7 +12,7 @@ reads on its own. About 2.9 GB per copy (files and pack). `--source files` reads
 Each (source, layout, --decode_threads) runs in a fresh process (`--child`), so its peak is its own: the flags are
 resolved as `l2l-train` resolves them (the published flags: batch 256, `--decode_threads N`; `cli.resolve`),
 the split is opened and the training loader built and iterated exactly as `training.loop` does
-(`config.split_options`, `config.make_train_loader`, `loader.iterator`), and every batch is put on the device
+(`config.settings`, `Settings.train_loader`, `loader.iterator`), and every batch is put on the device
 mesh (`parallel.shard_batch`; on a CPU backend that is a copy in host memory, counted too), waited for, and
 held for --step_s seconds, standing in for the train step (a slow step: the batches made ahead pile up to the
 loader's bound, the worst case for memory). The model and its step are left out: on a GPU or TPU they live in
@@ -78,23 +78,24 @@ def child(args: argparse.Namespace) -> None:
     import jax
 
     from l2l_jax import config, parallel
-    from l2l_jax.data import open_split
+    from l2l_jax.data.source import open_split
     from l2l_jax.programs import flags as program_flags
 
     threads, layout = args.threads[0], args.layout[0]
     cfg = program_flags.resolve("train", [*PUBLISHED, "--train_dataset_file", str(Path(args.data) / "train.pkl"),
                                 "--decode_threads", str(threads), "--layout", layout,
                                 "--checkpoint_path", str(Path(args.data) / "unused_run")], "host memory")
+    settings = config.settings(cfg, "train")
     mesh = parallel.make_mesh()
     packed = None if args.source[0] == "packed" else False  # None: the pack beside the pickle, as l2l-train
-    src = open_split(cfg["train_dataset_file"], packed=packed, **config.split_options(cfg, progress=False))
+    src = open_split(settings.data.train_file, packed=packed, **settings.data.split_options(progress=False))
     base = proc_status()
-    loader = config.make_train_loader(cfg, src)
+    loader = settings.train_loader(src)
     batches = loader.iterator(num_epochs=1)
     n = min(args.batches, loader.batches_per_epoch)
     for _ in range(n):
         batch = next(batches)
-        batch = parallel.shard_batch(batch, mesh, config.layout(cfg))
+        batch = parallel.shard_batch(batch, mesh, settings.layout)
         jax.block_until_ready(batch)
         time.sleep(args.step_s)
     end = proc_status()

@@ -94,9 +94,10 @@ def half(batch: dict) -> dict:
 
 def run_ours(batches, run_cfg, variables) -> dict:
     mesh = parallel.make_mesh()
-    rec = config.recipe(run_cfg, len(batches))
-    model = build_model(config.model_config(run_cfg), "two")
-    layout = config.layout(run_cfg)
+    settings = config.settings(run_cfg, "train")
+    rec = settings.recipe.build(len(batches))
+    model = build_model(settings.model, "two")
+    layout = settings.layout
     state = parallel.replicate(create_train_state(variables, rec.optimizer(), seed=0), mesh)
     rep = parallel.replicated(mesh)
     step = jax.jit(make_train_step(model, rec), donate_argnums=(0,), out_shardings=(rep, rep),
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
         run_cfg = program_flags.resolve("train", [*PUBLISHED, "--batch_size", str(args.batch_size),
                                                   "--layout", args.layout, "--seed", str(args.seed),
                                                   "--precision", precision])
-        cfg = config.model_config(run_cfg)
+        cfg = config.settings(run_cfg, "train").model
         variables = jax.tree_util.tree_map(np.asarray, init_variables(cfg, "two", jax.random.key(args.seed)))
         feed = batches if precision == "exact" else [(half(b), e) for b, e in batches]
         rows.append((f"l2l-jax {precision}", run_ours(feed, run_cfg, variables)))
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"device: {jax.device_count()} x {dev.platform} ({dev.device_kind}); batch {args.batch_size}, "
           f"{args.steps} steps, mean L {mean_L:.0f} (padded to {mean_Lb:.0f}), layout {ours['layout']}")
     if not args.skip_torch:
-        rows.append(("PyTorch eager", run_torch(batches, config.model_config(run_cfg), variables)))
+        rows.append(("PyTorch eager", run_torch(batches, config.settings(run_cfg, "train").model, variables)))
     print(f"{'implementation':<16} {'videos/s':>10} {'s/step':>8} {'compile s':>10} {'mean loss':>10} "
           f"{'roofline videos/s':>18}")
     for name, r in rows:

@@ -20,6 +20,7 @@ from l2l_jax import variants
 from l2l_jax.errors import ConfigError
 from l2l_jax.model_dir import is_model_dir
 from l2l_jax.outputs import output_dir, output_file, writing
+from l2l_jax.programs.flags import add_common, run_program
 from l2l_jax.pth_convert import convert_file, export_file
 
 
@@ -27,27 +28,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="l2l-convert",
                                 description="upstream PyTorch checkpoints <-> l2l-jax model directories")
     sub = p.add_subparsers(dest="command", required=True)
-    ia = sub.add_parser("imageaudionet", help="upstream ImageAudioNet checkpoint (fusion net + classifier) -> DIR")
+    ia = sub.add_parser(variants.IMAGEAUDIONET,
+                        help="upstream ImageAudioNet checkpoint (fusion net + classifier) -> DIR")
     pv = sub.add_parser("preview", help="upstream preview-model checkpoint (e.g. model_final.pth) -> DIR")
     pv.add_argument("--variant", choices=variants.NAMES, default=variants.DEFAULT.name,
                     help="two-modality (repo root, default) or the single-modality variant")
     for s in (ia, pv):
         s.add_argument("--torch", required=True, metavar="PTH", help="upstream .pth (loaded weights-only)")
-        s.add_argument("--out", required=True, metavar="DIR", help="model directory to write")
+        add_common(s, "out", out={"required": True, "metavar": "DIR", "help": "model directory to write"})
     ex = sub.add_parser("export", help="model DIR -> upstream-format .pth")
     ex.add_argument("--flax", required=True, metavar="DIR", help="model directory written by this tool")
-    ex.add_argument("--out", required=True, metavar="PTH", help=".pth to write")
+    add_common(ex, "out", out={"required": True, "metavar": "PTH", "help": ".pth to write"})
     for s in (ia, pv, ex):
         s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-        s.add_argument("--debug", action="store_true", help="traceback instead of a one-line error")
+        add_common(s, "debug")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the converter; returns the exit status (0 ok, 2 with one line naming the file or flag on bad
     input: `l2l_jax.programs.flags.run_program`)."""
-    from l2l_jax.programs.flags import run_program
-
     return run_program("convert", lambda: _main(argv), argv)
 
 
@@ -80,7 +80,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 out = export_file(args.flax, args.out, overwrite=args.overwrite)
                 print(f"wrote {out}")
             else:
-                variant = variants.IMAGEAUDIONET if args.command == "imageaudionet" else args.variant
+                variant = variants.IMAGEAUDIONET if args.command == variants.IMAGEAUDIONET else args.variant
                 out, meta = convert_file(args.torch, args.out, variant, overwrite=args.overwrite)
                 print(f"wrote {out} (variant {variant}, {meta['num_classes']} classes, "
                       f"feature width {meta['feature_dim']})")

@@ -1,7 +1,15 @@
-"""The one place where a resolved configuration (`l2l_jax.programs.flags.resolve`) becomes what the programs build:
-the model config, the training recipe, the loaders' options, the feature layout and the weights to start
-from. l2l-train, l2l-eval, l2l-demo and the benchmarks all call these functions, so a flag means the same
-thing in every program.
+"""Typed settings, built once: a resolved flag dict (`l2l_jax.programs.flags.resolve`) becomes a `Settings` at
+the start of a program, and everything after reads that object, never the flags.
+
+    cfg = flags.resolve("train", argv)
+    config.check(cfg, "train")              # every flag problem, one line naming the flag, before any work
+    settings = config.settings(cfg, "train")
+
+`Settings` holds the model config (`PreviewConfig`, with the run's numerics policy), the resolved feature
+layout, the loaders' options (`LoaderOptions`), which splits to open and how (`DataOptions`), the weights to
+start from (`WeightsPaths`), and for l2l-train the recipe's inputs (`RecipeOptions`) and the run's options
+(`RunOptions`), for l2l-eval its outputs (`EvalOutputs`). l2l-train, l2l-eval, l2l-demo and the benchmarks
+all build it here, so a flag means the same thing in every program.
 
 Facts decided here, once:
 - the feature width: 512 for the two-modality model, ``--embedding_size`` for the single variant (§1);
@@ -9,105 +17,46 @@ Facts decided here, once:
   data.py does (§1; the single variant has no such flag);
 - the data-loading threads: ``--decode_threads``, capped at `MAX_THREADS`;
 - ``--layout auto|dense|chunk`` (`l2l_jax.layouts.resolve`);
-- ``--precision exact|fast``: the run's numerics policy (`numerics`, built once here and passed to the model and
-  layouts: products, storage, reductions, BatchNorm); in fast mode the loader streams features in 16 bits.
+- ``--precision exact|fast``: the run's numerics policy (`l2l_jax.numerics`, built once here and passed to the
+  model and layouts); in fast mode the loader streams features in 16 bits (`Numerics.transfer_dtype`);
+- whether evaluation may visit videos longest first (`Settings.sort_by_length`).
 (§N: sections of docs/UPSTREAM.md.)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-import numpy as np
+import jax
 
+from l2l_jax import layouts, variants
 from l2l_jax import numerics as numerics_policy
-from l2l_jax import variants
-from l2l_jax.errors import ConfigError, WeightsError
+from l2l_jax.data.pipeline import BatchLoader
+from l2l_jax.data.source import FeatureSource
+from l2l_jax.errors import ConfigError
 from l2l_jax.model import PreviewConfig
+from l2l_jax.outputs import output_dir
 from l2l_jax.recipe import Recipe
 
 #: Upper bound of data-loading threads: more only contend for the GIL and the disk.
 MAX_THREADS = 16
+#: Upper bound of --batch_size: far above any device's memory for one batch, and below int32 trouble.
+MAX_BATCH = 65536
+#: The programs whose flags become settings.
+TRAIN, EVAL = "train", "eval"
 
-Config = Mapping[str, Any]
-
-
-def variant(cfg: Config) -> variants.Variant:
-    """The spec of --variant."""
-    try:
-        return variants.get(cfg["variant"])
-    except ValueError as e:
-        raise ConfigError(f"--variant: {e}") from None
-
-
-def feature_width(cfg: Config) -> int:
-    """Feature width D of the variant: 512 for two modalities, --embedding_size for single (§1)."""
-    return variant(cfg).width(cfg.get("embedding_size"))
-
-
-def read_subsample(cfg: Config) -> int:
-    """Every how many clips the loader keeps when reading features: --subsample_factor under
-    --feature_subsample for the two-modality variant, else 1 (§1: upstream's single variant has no data-side
-    subsampling)."""
-    if cfg.get("feature_subsample") and variant(cfg).data_subsample:
-        return int(cfg["subsample_factor"])
-    return 1
-
-
-def numerics(cfg: Config, backend: str | None = None) -> numerics_policy.Numerics:
-    """The run's numerics policy from --precision (exact when unset), as it runs on `backend` (default: jax's;
-    `numerics.for_backend`)."""
-    try:
-        policy = numerics_policy.get(cfg.get("precision") or "exact")
-    except ValueError as e:
-        raise ConfigError(f"--precision: {e}") from None
-    if backend is None:
-        import jax
-
-        backend = jax.default_backend()
-    return numerics_policy.for_backend(policy, backend)
-
-
-def model_config(cfg: Config, backend: str | None = None) -> PreviewConfig:
-    """The policy's switches from the flags (the same for training and evaluation); `backend` is where it will
-    run (default: jax's)."""
-    return PreviewConfig(num_classes=int(cfg["num_classes"]), episode_length=int(cfg["episode_length"]),
-                         mean_feature_as_start=bool(cfg["mean_feature_as_start"]),
-                         with_replacement=bool(cfg["with_replacement"]),
-                         feature_interpolate=bool(cfg["feature_interpolate"]),
-                         subsample_factor=int(cfg["subsample_factor"]), feature_dim=feature_width(cfg),
-                         numerics=numerics(cfg, backend))
-
-
-def recipe(cfg: Config, iters_per_epoch: int) -> Recipe:
-    """Upstream's recipe from the flags (§6): milestones and warm-up in epochs times N_it."""
-    weights = {}
-    if variant(cfg).loss_weights:
-        weights = {"avgpool_ce_loss_weight": cfg["avgpool_ce_loss_weight"],
-                   "lstm_ce_loss_weight": cfg["lstm_ce_loss_weight"]}
-    return Recipe.from_epochs(
-        cfg["variant"], iters_per_epoch=iters_per_epoch, milestones_epochs=cfg["milestones"],
-        scheduler=cfg["scheduler"], warmup_epochs=cfg["warmup_epochs"], lr=cfg["lr"], momentum=cfg["momentum"],
-        weight_decay=cfg["weight_decay"], freeze=cfg["freeze_imageAudioNet"],
-        with_avgpool_ce_loss=cfg["with_avgpool_ce_loss"], with_lstm_ce_loss=cfg["with_lstm_ce_loss"],
-        hard=cfg["gt_feature_eval"], episode_length=cfg["episode_length"], **weights)
-
-
-def layout(cfg: Config) -> str:
-    """The resolved feature layout, ``dense`` or ``chunk`` (``auto``: chunk on CPU, dense on GPU/TPU)."""
-    from l2l_jax import layouts
-
-    try:
-        return layouts.resolve(cfg.get("layout") or "auto")
-    except ValueError as e:
-        raise ConfigError(f"--layout: {e}") from None
+#: A resolved flag dict (`l2l_jax.programs.flags.resolve`).
+Flags = Mapping[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
 class LoaderOptions:
-    """The keyword arguments of `l2l_jax.data.BatchLoader` that come from the flags."""
+    """The keyword arguments of `l2l_jax.data.pipeline.BatchLoader` that come from the flags; the same for
+    training, validation and evaluation (only the order differs)."""
 
     batch_size: int
     seed: int
@@ -122,110 +71,205 @@ class LoaderOptions:
         return dataclasses.asdict(self)
 
 
-def loader_options(cfg: Config) -> LoaderOptions:
-    """The loaders' options; the same for training, validation and evaluation (only the order differs)."""
-    from l2l_jax import layouts
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """Which splits a program reads and how they are opened (`l2l_jax.data.source.open_split`)."""
 
-    threads = max(1, min(int(cfg["decode_threads"]), MAX_THREADS))
-    return LoaderOptions(batch_size=int(cfg["batch_size"]), seed=int(cfg["seed"]), buckets=tuple(cfg["buckets"]),
-                         subsample=read_subsample(cfg), num_threads=threads, prefetch=2,
-                         chunk_groups=layouts.chunk_groups(layout(cfg)),
-                         feature_dtype=transfer_dtype(cfg))
+    train_file: str | None  # --train_dataset_file (l2l-train)
+    test_file: str | None  # --test_dataset_file
+    variant: str
+    num_classes: int
+    feature_root: str | None
+    width: int  # the variant's feature width D
+    skip_bad_videos: bool
 
-
-def transfer_dtype(cfg: Config) -> str | None:
-    """The dtype the loader hands features to the device in: float16 when the numerics store features in
-    16 bits (the step converts them to its storage dtype), else as stored on disk (None)."""
-    return "float16" if numerics(cfg).storage_dtype != np.float32 else None
-
-
-def split_options(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
-    """Keyword arguments of `l2l_jax.data.open_split` from the flags."""
-    return {"variant": cfg["variant"], "num_classes": int(cfg["num_classes"]), "feature_root": cfg.get("feature_root"),
-            "width": feature_width(cfg), "skip_bad_videos": bool(cfg.get("skip_bad_videos")), "progress": progress}
+    def split_options(self, *, progress: bool = True) -> dict[str, Any]:
+        """Keyword arguments of `l2l_jax.data.source.open_split`."""
+        return {"variant": self.variant, "num_classes": self.num_classes, "feature_root": self.feature_root,
+                "width": self.width, "skip_bad_videos": self.skip_bad_videos, "progress": progress}
 
 
-def sort_by_length(cfg: Config) -> bool:
-    """Whether evaluation may visit videos longest first: only when a video's result does not depend on the
-    batch it is in (§7 "Eval determinism"): two-modality with s == 1 or without interpolation. The single
-    variant's random fills and early break are per batch."""
-    return variant(cfg).batch_independent and (not cfg["feature_interpolate"] or int(cfg["subsample_factor"]) == 1)
+@dataclasses.dataclass(frozen=True)
+class WeightsPaths:
+    """The weights a program starts from or evaluates (resolved and loaded by `l2l_jax.weights`)."""
+
+    fusion: str | None  # --weights_audioImageModel: fusion net + classifier (two-modality only)
+    pretrained: str | None  # --pretrained_model: the whole preview model
 
 
-def make_train_loader(cfg: Config, source: Any) -> Any:
-    """The training `BatchLoader` of a split (shuffled, upstream's windows)."""
-    from l2l_jax.data import BatchLoader
+@dataclasses.dataclass(frozen=True)
+class RecipeOptions:
+    """Upstream's recipe from the flags (§6), all but the iterations per epoch, which the loader decides."""
 
-    return BatchLoader(source, train=True, **loader_options(cfg).kwargs())
+    variant: str
+    milestones: tuple[int, ...]  # in epochs
+    scheduler: bool
+    warmup_epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    freeze: bool  # --freeze_imageAudioNet
+    with_avgpool_ce_loss: bool
+    with_lstm_ce_loss: bool
+    hard: bool  # --gt_feature_eval
+    episode_length: int
+    loss_weights: tuple[tuple[str, float], ...]  # the variant's loss weight flags, if it has them
 
-
-def make_eval_loader(cfg: Config, source: Any) -> Any:
-    """The evaluation `BatchLoader` of a split (also used for validation during training). With
-    `sort_by_length` videos are visited longest first (stable), so each batch is padded little and the
-    filler rows completing the last batch fall in the shortest bucket; sorting may gather videos all shorter
-    than 10 clips in one batch, which upstream's collate cannot batch (quirk 4): since such results do not
-    depend on the batch, that batch is given L = 10, as if a longer video shared it."""
-    from l2l_jax.data import BatchLoader
-
-    sort = sort_by_length(cfg)
-    return BatchLoader(source, train=False, longest_first=sort, pad_short_batches=sort,
-                       **loader_options(cfg).kwargs())
-
-
-def initial_variables(cfg: Config, log: Any = None) -> dict:
-    """The variables a training run starts from: fresh ones with upstream's initial distributions (seeded by
-    --seed), then --weights_audioImageModel (fusion net + classifier, two-modality only) and
-    --pretrained_model (the whole preview model) over them, as upstream's main.py loads them (§6)."""
-    import jax
-
-    from l2l_jax import weights
-    from l2l_jax.model import init_variables
-
-    spec = variant(cfg)
-    fresh = init_variables(model_config(cfg), spec.name, jax.random.key(int(cfg["seed"])))
-    variables = {k: jax.tree_util.tree_map(np.asarray, dict(v)) for k, v in fresh.items()}
-    if cfg.get("weights_audioImageModel"):
-        path = cfg["weights_audioImageModel"]
-        if not spec.fusion:
-            if log is not None:
-                log.warning(f"--weights_audioImageModel is ignored by the {spec.title} variant, as upstream")
-        else:
-            if log is not None:
-                log.debug(f"Loading model only at: {path}")
-            loaded = weights.load(path, "imageaudionet", "--weights_audioImageModel")
-            sub = {k: loaded.variables["params"][k] for k in variants.FUSION_MODULES}
-            weights.merge(variables["params"], sub, str(loaded.ref.where))
-    if cfg.get("pretrained_model"):
-        path = cfg["pretrained_model"]
-        if log is not None:
-            log.debug(f"Loading model only at: {path}")
-        loaded = weights.load(path, spec.name, "--pretrained_model")
-        weights.merge(variables["params"], loaded.variables["params"], str(loaded.ref.where))
-        weights.merge(variables["batch_stats"], loaded.variables.get("batch_stats", {}), str(loaded.ref.where),
-                      "batch_stats")
-    return variables
+    def build(self, iters_per_epoch: int) -> Recipe:
+        """The `Recipe`: milestones and warm-up in epochs times N_it."""
+        return Recipe.from_epochs(
+            self.variant, iters_per_epoch=iters_per_epoch, milestones_epochs=self.milestones,
+            scheduler=self.scheduler, warmup_epochs=self.warmup_epochs, lr=self.lr, momentum=self.momentum,
+            weight_decay=self.weight_decay, freeze=self.freeze, with_avgpool_ce_loss=self.with_avgpool_ce_loss,
+            with_lstm_ce_loss=self.with_lstm_ce_loss, hard=self.hard, episode_length=self.episode_length,
+            **dict(self.loss_weights))
 
 
-def eval_weights(cfg: Config) -> Any:
-    """The weights l2l-eval evaluates (--pretrained_model), checked against --num_classes and the variant's
-    feature width: a `l2l_jax.weights.Weights`."""
-    from l2l_jax import weights
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """What l2l-train's loop needs beyond model, data and recipe."""
 
-    loaded = weights.load(cfg["pretrained_model"], cfg["variant"], "--pretrained_model")
-    if loaded.meta["num_classes"] != int(cfg["num_classes"]):
-        raise WeightsError(f"--pretrained_model {loaded.ref.where} has {loaded.meta['num_classes']} classes but "
-                           f"--num_classes is {cfg['num_classes']}")
-    if loaded.meta["feature_dim"] != feature_width(cfg):
-        raise WeightsError(f"--pretrained_model {loaded.ref.where} takes {loaded.meta['feature_dim']}-wide features "
-                           f"but --embedding_size is {feature_width(cfg)}")
-    return loaded
+    run_dir: str  # --checkpoint_path (or --workdir)
+    epochs: int
+    start_epoch: int
+    checkpoint_freq: int
+    keep_checkpoints: int
+    print_freq: int
+    visualization: bool
+    overwrite: bool = False  # --overwrite: start over instead of resuming (l2l_jax.training.rerun)
 
 
-def check(cfg: Config, program: str) -> None:
-    """Every flag problem of a program (``"train"`` or ``"eval"``) as a `ConfigError` naming the flag, before
-    any data is read or anything compiles: counts that must be positive, contradictory settings, a missing
-    dataset file, a run directory that is a file or cannot be written."""
-    from pathlib import Path
+@dataclasses.dataclass(frozen=True)
+class EvalOutputs:
+    """What l2l-eval writes besides its summary, and the start clips it may be given."""
+
+    metrics_json: str | None
+    export: str | None
+    plot: str | None
+    plot_videos: int | None  # None: every video
+    start_idx_file: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything a program builds from its flags, typed, built once by `settings`."""
+
+    program: str  # "train" or "eval"
+    variant: variants.Variant
+    model: PreviewConfig  # with the run's numerics policy
+    layout: str  # "dense" or "chunk" (resolved)
+    seed: int  # every random draw: initial weights, shuffling, windows, start clips
+    hard: bool  # --gt_feature_eval
+    loader: LoaderOptions
+    data: DataOptions
+    weights: WeightsPaths
+    recipe: RecipeOptions | None = None  # l2l-train only
+    run: RunOptions | None = None  # l2l-train only
+    outputs: EvalOutputs | None = None  # l2l-eval only
+
+    @property
+    def numerics(self) -> numerics_policy.Numerics:
+        """The run's numerics policy (`--precision`, as it runs on the backend)."""
+        return self.model.numerics
+
+    @property
+    def sort_by_length(self) -> bool:
+        """Whether evaluation may visit videos longest first: only when a video's result does not depend on the
+        batch it is in (§7 "Eval determinism"): two-modality with s == 1 or without interpolation. The single
+        variant's random fills and early break are per batch."""
+        return self.variant.batch_independent and (not self.model.feature_interpolate
+                                                   or self.model.subsample_factor == 1)
+
+    def train_loader(self, source: FeatureSource) -> BatchLoader:
+        """The training `BatchLoader` of a split (shuffled, upstream's windows)."""
+        return BatchLoader(source, train=True, **self.loader.kwargs())
+
+    def eval_loader(self, source: FeatureSource) -> BatchLoader:
+        """The evaluation `BatchLoader` of a split (also used for validation during training). With
+        `sort_by_length` videos are visited longest first (stable), so each batch is padded little and the
+        filler rows completing the last batch fall in the shortest bucket; sorting may gather videos all
+        shorter than 10 clips in one batch, which upstream's collate cannot batch (quirk 4): since such results
+        do not depend on the batch, that batch is given L = 10, as if a longer video shared it."""
+        sort = self.sort_by_length
+        return BatchLoader(source, train=False, longest_first=sort, pad_short_batches=sort, **self.loader.kwargs())
+
+
+def settings(cfg: Flags, program: str, backend: str | None = None) -> Settings:
+    """The `Settings` of a program (``"train"`` or ``"eval"``) from its resolved flags (`check` them first);
+    `backend` is where the model will run (default: jax's), which the numerics policy and ``--layout auto``
+    depend on."""
+    spec = _variant(cfg)
+    width = spec.width(cfg.get("embedding_size"))
+    policy = numerics_policy.for_backend(_precision(cfg), backend or jax.default_backend())
+    layout = _layout(cfg, backend)
+    model = PreviewConfig(num_classes=int(cfg["num_classes"]), episode_length=int(cfg["episode_length"]),
+                          mean_feature_as_start=bool(cfg["mean_feature_as_start"]),
+                          with_replacement=bool(cfg["with_replacement"]),
+                          feature_interpolate=bool(cfg["feature_interpolate"]),
+                          subsample_factor=int(cfg["subsample_factor"]), feature_dim=width, numerics=policy)
+    # --feature_subsample: every s-th clip when reading, for the variants whose data.py has it (§1)
+    subsample = int(cfg["subsample_factor"]) if cfg.get("feature_subsample") and spec.data_subsample else 1
+    loader = LoaderOptions(batch_size=int(cfg["batch_size"]), seed=int(cfg["seed"]), buckets=tuple(cfg["buckets"]),
+                           subsample=subsample, num_threads=max(1, min(int(cfg["decode_threads"]), MAX_THREADS)),
+                           prefetch=2, chunk_groups=layouts.chunk_groups(layout), feature_dtype=policy.transfer_dtype)
+    data = DataOptions(train_file=cfg.get("train_dataset_file"), test_file=cfg.get("test_dataset_file"),
+                       variant=spec.name, num_classes=int(cfg["num_classes"]), feature_root=cfg.get("feature_root"),
+                       width=width, skip_bad_videos=bool(cfg.get("skip_bad_videos")))
+    out = Settings(program=program, variant=spec, model=model, layout=layout, seed=int(cfg["seed"]),
+                   hard=bool(cfg["gt_feature_eval"]), loader=loader, data=data,
+                   weights=WeightsPaths(fusion=cfg.get("weights_audioImageModel") or None,
+                                        pretrained=cfg.get("pretrained_model") or None))
+    if program == TRAIN:
+        weights = (("avgpool_ce_loss_weight", float(cfg["avgpool_ce_loss_weight"])),
+                   ("lstm_ce_loss_weight", float(cfg["lstm_ce_loss_weight"]))) if spec.loss_weights else ()
+        recipe = RecipeOptions(
+            variant=spec.name, milestones=tuple(int(m) for m in cfg["milestones"]), scheduler=bool(cfg["scheduler"]),
+            warmup_epochs=int(cfg["warmup_epochs"]), lr=float(cfg["lr"]), momentum=float(cfg["momentum"]),
+            weight_decay=float(cfg["weight_decay"]), freeze=bool(cfg["freeze_imageAudioNet"]),
+            with_avgpool_ce_loss=bool(cfg["with_avgpool_ce_loss"]), with_lstm_ce_loss=bool(cfg["with_lstm_ce_loss"]),
+            hard=bool(cfg["gt_feature_eval"]), episode_length=int(cfg["episode_length"]), loss_weights=weights)
+        run = RunOptions(run_dir=str(cfg["checkpoint_path"]), epochs=int(cfg["epochs"]),
+                         start_epoch=int(cfg["start_epoch"]), checkpoint_freq=int(cfg["checkpoint_freq"]),
+                         keep_checkpoints=int(cfg["keep_checkpoints"]), print_freq=int(cfg["print_freq"]),
+                         visualization=bool(cfg["visualization"]), overwrite=bool(cfg.get("overwrite")))
+        out = dataclasses.replace(out, recipe=recipe, run=run)
+    elif program == EVAL:
+        outputs = EvalOutputs(metrics_json=cfg.get("metrics_json"), export=cfg.get("export"), plot=cfg.get("plot"),
+                              plot_videos=cfg.get("plot_videos") or None, start_idx_file=cfg.get("start_idx_file"))
+        out = dataclasses.replace(out, outputs=outputs)
+    return out
+
+
+def _variant(cfg: Flags) -> variants.Variant:
+    """The spec of --variant."""
+    try:
+        return variants.get(cfg["variant"])
+    except ValueError as e:
+        raise ConfigError(f"--variant: {e}") from None
+
+
+def _precision(cfg: Flags) -> numerics_policy.Numerics:
+    """The numerics policy of --precision (the default policy when unset)."""
+    try:
+        return numerics_policy.get(cfg.get("precision") or numerics_policy.DEFAULT.name)
+    except ValueError as e:
+        raise ConfigError(f"--precision: {e}") from None
+
+
+def _layout(cfg: Flags, backend: str | None = None) -> str:
+    """The resolved feature layout of --layout, ``dense`` or ``chunk`` (``auto``: chunk on CPU, dense on
+    GPU/TPU)."""
+    try:
+        return layouts.resolve(cfg.get("layout") or "auto", backend)
+    except ValueError as e:
+        raise ConfigError(f"--layout: {e}") from None
+
+
+def check(cfg: Flags, program: str) -> None:
+    """Every flag problem of a program (``"train"`` or ``"eval"``) as a `ConfigError` naming the flag, in one
+    line, before any data is read or anything compiles: counts that must be positive or bounded, rates and
+    weights that must be finite and in range, contradictory settings, a missing dataset file, a run directory
+    that is a file or cannot be written."""
 
     def positive(*names: str) -> None:
         for name in names:
@@ -234,23 +278,26 @@ def check(cfg: Config, program: str) -> None:
 
     positive("batch_size", "episode_length", "num_classes", "subsample_factor", "decode_threads", "print_freq",
              "embedding_size")
+    if int(cfg["batch_size"]) > MAX_BATCH:
+        raise ConfigError(f"--batch_size {cfg['batch_size']}: must be at most {MAX_BATCH}")
     if not 0 <= int(cfg["seed"]) < 2**32:  # numpy's generators refuse negative seeds, jax wraps large ones
         raise ConfigError(f"--seed {cfg['seed']}: must be in [0, 2**32)")
     check_buckets(cfg["buckets"])
-    layout(cfg)
-    import jax
-
+    _variant(cfg)
+    _layout(cfg)
+    _precision(cfg)
     if int(cfg["batch_size"]) % jax.device_count():
         raise ConfigError(f"--batch_size {cfg['batch_size']} does not split over {jax.device_count()} devices: "
                           f"use a multiple of {jax.device_count()}")
-    datasets = ("train_dataset_file", "test_dataset_file") if program == "train" else ("test_dataset_file",)
+    datasets = ("train_dataset_file", "test_dataset_file") if program == TRAIN else ("test_dataset_file",)
     for name in datasets:
         path = cfg.get(name)
         if path and not Path(path).exists():
             raise ConfigError(f"--{name} {path}: no such file or directory")
-    if program != "train":
+    if program != TRAIN:
         return
     positive("checkpoint_freq", "keep_checkpoints", "epochs")
+    _check_rates(cfg)
     if not cfg.get("train_dataset_file"):
         raise ConfigError("--train_dataset_file is required (an upstream train.pkl or a packed split)")
     if int(cfg["epochs"]) <= int(cfg["start_epoch"]):
@@ -259,9 +306,31 @@ def check(cfg: Config, program: str) -> None:
         raise ConfigError(f"--warmup_epochs {cfg['warmup_epochs']}: must be 0 or more")
     if not (cfg["with_avgpool_ce_loss"] or cfg["with_lstm_ce_loss"]):
         raise ConfigError("no loss to train: give --with_avgpool_ce_loss and/or --with_lstm_ce_loss (quirk 23)")
-    from l2l_jax.outputs import output_dir
-
     output_dir(cfg["checkpoint_path"], "--checkpoint_path")  # a file, FIFO or read-only place: refused
+
+
+#: l2l-train's float flags: (name, lowest allowed, whether the lowest is allowed, highest excluded or None)
+_RATES: tuple[tuple[str, float, bool, float | None], ...] = (
+    ("lr", 0.0, False, None),
+    ("momentum", 0.0, True, 1.0),
+    ("weight_decay", 0.0, True, None),
+    ("avgpool_ce_loss_weight", 0.0, True, None),
+    ("lstm_ce_loss_weight", 0.0, True, None),
+)
+
+
+def _check_rates(cfg: Flags) -> None:
+    """Every float flag of l2l-train finite and in its range: lr > 0, momentum in [0, 1), weight decay and
+    loss weights >= 0."""
+    for name, low, closed, high in _RATES:
+        if name not in cfg:
+            continue
+        value = float(cfg[name])
+        ok = math.isfinite(value) and (value >= low if closed else value > low) and (high is None or value < high)
+        if not ok:
+            where = (f"in [{low:g}, {high:g})" if high is not None else
+                     f"{'at least' if closed else 'above'} {low:g}")
+            raise ConfigError(f"--{name} {cfg[name]}: must be a finite number {where}")
 
 
 def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
@@ -272,6 +341,5 @@ def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
     return out
 
 
-__all__ = ["MAX_THREADS", "LoaderOptions", "check", "check_buckets", "eval_weights", "feature_width",
-           "initial_variables", "layout", "loader_options", "make_eval_loader", "make_train_loader", "model_config",
-           "numerics", "read_subsample", "recipe", "sort_by_length", "split_options", "transfer_dtype", "variant"]
+__all__ = ["EVAL", "MAX_BATCH", "MAX_THREADS", "TRAIN", "DataOptions", "EvalOutputs", "Flags", "LoaderOptions",
+           "RecipeOptions", "RunOptions", "Settings", "WeightsPaths", "check", "check_buckets", "settings"]

@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from l2l_jax import variants
 from l2l_jax.exact import TIE_WINDOW
 from l2l_jax.layouts import DenseLayout, Layout
 from l2l_jax.numerics import EXACT, Numerics
@@ -42,7 +43,7 @@ Array = jax.Array
 
 HIDDEN = 1024  # H: LSTM width, hard-coded upstream (--hidden_size is ignored, quirk 15)
 KEY_DIM = 512  # K: key/query width
-FEATURE_DIM = 512  # image/audio/fused feature width of the two-modality model
+FEATURE_DIM = variants.FUSION_WIDTH  # image/audio/fused feature width of the two-modality model
 MASKED_SCORE = -1e35  # upstream masks with a finite -1e35 (quirk 6)
 SCORE_SCALE = math.sqrt(KEY_DIM)  # 22.627416997969522, divides the scores in float32
 
@@ -376,20 +377,20 @@ class SinglePreviewModel(nn.Module):
         }
 
 
-def build_model(cfg: PreviewConfig, variant: str) -> nn.Module:
-    """The policy module of a variant (`l2l_jax.variants`)."""
-    from l2l_jax import variants
+#: the policy module of each variant (`l2l_jax.variants`), by name
+POLICIES: dict[str, type[nn.Module]] = {variants.TWO.name: PreviewModel, variants.SINGLE.name: SinglePreviewModel}
 
-    return variants.get(variant).build(cfg)
+
+def build_model(cfg: PreviewConfig, variant: str | variants.Variant) -> nn.Module:
+    """The policy module of a variant (`l2l_jax.variants`)."""
+    return POLICIES[variants.get(variant).name](cfg)
 
 
 def init_variables(cfg: PreviewConfig, variant: str, key: Array) -> dict:
     """Fresh variables with upstream's initial distributions (docs/UPSTREAM.md §6).
 
-    `variant` names a policy variant (`l2l_jax.variants`) or is "imageaudionet" (fusion net + classifier
-    only)."""
-    from l2l_jax import variants
-
+    `variant` names a policy variant (`l2l_jax.variants`) or is `variants.IMAGEAUDIONET` (fusion net +
+    classifier only)."""
     if variant == variants.IMAGEAUDIONET:
         x = jnp.zeros((1, FEATURE_DIM), jnp.float32)
         return ImageAudioClassifier(cfg.num_classes, cfg.numerics).init(key, x, x)
@@ -399,4 +400,4 @@ def init_variables(cfg: PreviewConfig, variant: str, key: Array) -> dict:
     start = jnp.zeros((b,), jnp.int32)
     length = jnp.array(lb, jnp.int32)
     feats = [jnp.zeros((b, lb, cfg.feature_dim), jnp.float32) for _ in spec.modalities]
-    return spec.build(cfg).init(key, *feats, mask, length, start)
+    return build_model(cfg, spec).init(key, *feats, mask, length, start)

@@ -54,6 +54,12 @@ class Numerics:
     exact_sums: bool  # fixed halving trees, custom gradients and exact ties (`l2l_jax.exact`)
     unroll_episode: bool = False  # the E policy steps unrolled into straight-line code (`l2l_jax.model._scan`)
 
+    @property
+    def transfer_dtype(self) -> str | None:
+        """The dtype the loader hands features to the device in: ``"float16"`` when this policy stores features
+        in 16 bits (the step converts them to `storage_dtype`), else None (as stored on disk)."""
+        return None if self.storage_dtype == jnp.float32 else "float16"
+
     # -- products -------------------------------------------------------------------------------------------
     def dot_general(self, lhs: Array, rhs: Array, dimension_numbers, precision=None,
                     preferred_element_type=None) -> Array:
@@ -169,6 +175,8 @@ FAST = Numerics("fast", operand_dtype=jnp.bfloat16, storage_dtype=jnp.bfloat16, 
 POLICIES: dict[str, Numerics] = {n.name: n for n in (EXACT, FAST)}
 #: the names `--precision` accepts, in the order help texts list them
 PRECISIONS = tuple(POLICIES)
+#: the policy of a run that names none
+DEFAULT = EXACT
 
 
 def get(precision: str | Numerics | None) -> Numerics:
@@ -176,7 +184,7 @@ def get(precision: str | Numerics | None) -> Numerics:
     if isinstance(precision, Numerics):
         return precision
     if precision is None:
-        return EXACT
+        return DEFAULT
     try:
         return POLICIES[precision]
     except (KeyError, TypeError):
@@ -192,4 +200,4 @@ def for_backend(policy: Numerics, backend: str) -> Numerics:
     return policy
 
 
-__all__ = ["EXACT", "FAST", "PRECISIONS", "POLICIES", "Numerics", "for_backend", "get"]
+__all__ = ["DEFAULT", "EXACT", "FAST", "PRECISIONS", "POLICIES", "Numerics", "for_backend", "get"]

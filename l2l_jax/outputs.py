@@ -2,7 +2,8 @@
 
 Every program calls `output_file` / `output_dir` on each output flag first, so a path that cannot take the
 output (a directory where a file goes, a FIFO or device, a file in the way of a directory, a read-only
-place) is a `ConfigError` naming the flag, never a traceback after the work is done and never a hang.
+place, a kernel interface such as ``/proc``, ``/sys`` or ``/dev`` where root could "write" many files) is a
+`ConfigError` naming the flag, never a traceback after the work is done and never a hang.
 `atomic_write_bytes` / `atomic_write_text` write beside the target and rename, so a kill leaves the old file
 or the new one, and give the file the mode a plain ``open(path, "w")`` would (0666 less the umask). A write
 that still fails after the check (a full disk) is turned into one `ConfigError` line by `writing`.
@@ -11,11 +12,14 @@ that still fails after the check (a full disk) is turned into one `ConfigError` 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 from l2l_jax.errors import ConfigError
 
@@ -23,8 +27,59 @@ _SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (st
             (stat.S_ISSOCK, "a socket"))
 
 
+#: Kernel interfaces, never storage: refused by prefix (after symlinks), whoever runs the program.
+KERNEL_PREFIXES = ("/proc", "/sys")
+#: File systems that are kernel interfaces too (where mounted elsewhere; /dev is devtmpfs).
+_KERNEL_FS = frozenset({"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs",
+                        "securityfs", "configfs", "pstore", "bpf", "fusectl", "efivarfs", "mqueue", "binfmt_misc",
+                        "nsfs", "rpc_pipefs"})
+
+
 def _special(mode: int) -> str | None:
     return next((name for test, name in _SPECIAL if test(mode)), None)
+
+
+def _mounts() -> list[tuple[str, str]]:
+    """(mount point, file system type) of this process's mounts, longest mount point first and, at one mount
+    point, the one on top (listed last) first; none off Linux."""
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 3:  # the kernel writes a space in a mount point as \040 (octal escapes)
+            point = fields[1].encode("latin-1").decode("unicode_escape")
+            out.append((point, fields[2]))
+    return sorted(reversed(out), key=lambda m: len(m[0]), reverse=True)  # stable: the later mount stays first
+
+
+def _within(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _kernel_place(path: Path) -> str | None:
+    """Why `path` is no place for a program's output (a kernel interface), or None. Checked on the target
+    with symlinks resolved and on the directory the file is written in (an atomic write replaces the name
+    itself, e.g. the symlink /dev/stdout)."""
+    places = {os.path.realpath(path), os.path.realpath(_nearest_existing(path.absolute().parent))}
+    for place in sorted(places):
+        top = next((p for p in KERNEL_PREFIXES if _within(place, p)), None)
+        if top is not None:
+            return f"{top} is a kernel interface, not a place for files"
+    mounts = _mounts()
+    for place in sorted(places):
+        point, fs = next(((p, t) for p, t in mounts if _within(place, p)), ("", ""))
+        if fs in _KERNEL_FS:
+            return f"{point} is a kernel interface ({fs}), not a place for files"
+    return None
+
+
+def _refuse_kernel_place(path: Path, flag: str, advice: str | None) -> None:
+    why = _kernel_place(path)
+    if why is not None:
+        raise ConfigError(f"{flag} {path}: {why}; {advice or 'choose a directory on a disk'}")
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -46,6 +101,7 @@ def output_file(path: str | os.PathLike, flag: str, *, advice: str | None = None
     FIFO, device or socket; writable where it exists; else creatable. Returns it as a `Path`. `advice`
     replaces the default "what to do" (for a file whose name the program fixes inside a ``--out`` folder)."""
     path = Path(path)
+    _refuse_kernel_place(path, flag, advice)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -69,6 +125,7 @@ def output_dir(path: str | os.PathLike, flag: str, *, advice: str | None = None)
     directory, or a path whose nearest existing ancestor is a writable directory. Returns it as a `Path`.
     `advice` replaces the default "what to do" (see `output_file`)."""
     path = Path(path)
+    _refuse_kernel_place(path, flag, advice)
     if os.path.lexists(path):
         if not path.is_dir():
             kind = _special(os.stat(path).st_mode) if path.exists() else None
@@ -109,6 +166,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_save(path: str | os.PathLike, array: np.ndarray) -> None:
+    """``np.save`` of `array` (no pickles), written atomically with the umask's mode (`atomic_write_bytes`)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 @contextlib.contextmanager
 def writing(path: str | os.PathLike, flag: str) -> Iterator[None]:
     """``with writing(path, "--export"):`` turns an `OSError` raised inside (no space left, a quota, an I/O
@@ -121,4 +185,4 @@ def writing(path: str | os.PathLike, flag: str) -> Iterator[None]:
                           "another place, then run again") from None
 
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "output_dir", "output_file", "writing"]
+__all__ = ["atomic_save", "atomic_write_bytes", "atomic_write_text", "output_dir", "output_file", "writing"]

@@ -9,13 +9,24 @@ how many devices or processes there are. Scalars in a batch (``length``) are rep
 Multi-host: `init_distributed` calls `jax.distributed.initialize` when a coordinator is configured, from the
 config (``coordinator_address``, ``num_processes``, ``process_id``) or the environment
 (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; on clusters that jax detects itself,
-e.g. SLURM or TPU pods, ``L2L_DISTRIBUTED=1`` asks for auto-detection).
+e.g. SLURM or TPU pods, ``L2L_DISTRIBUTED=1`` asks for auto-detection). The triple is all or nothing, and
+start-up is bounded by ``coordinator_timeout`` (``--coordinator_timeout``, default 300 s): the other processes
+first wait, in Python, for the coordinator's port to accept a connection, then jax's handshake (every
+process joins) runs in a thread that the program stops waiting for at the deadline. Either way the program
+ends with one line naming the address (a `ConfigError`, exit status 2), never with jax's own abort, whose
+deadline is set later.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import os
+import socket
+import sys
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,44 +39,163 @@ from l2l_jax.errors import ConfigError
 
 DATA = "data"
 
+#: Seconds `init_distributed` waits, by default, for the coordinator to answer and for every process to join
+#: (``--coordinator_timeout``).
+COORDINATOR_TIMEOUT = 300.0
+#: The multi-host triple: flag (config key) -> environment variable that stands in for it.
+_TRIPLE = {"coordinator_address": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
+           "process_id": "JAX_PROCESS_ID"}
+#: jax's own start-up deadline is set this much later than ours: when it passes, jax ends the process from C++
+#: (an abort with a stack dump), so ours must always come first.
+_JAX_GRACE_S = 120
+
 _initialized = False
+_exit_status: int | None = None  # set while jax's start-up still runs in a thread: the status to exit with
 
 
 def init_distributed(cfg: Mapping[str, Any] | None = None) -> bool:
     """Start jax's multi-process runtime if a coordinator is configured; returns whether it was started.
 
     Must run before anything touches the devices. Flags win over the environment; a single process (no
-    coordinator, or ``num_processes == 1``) is left alone. Safe to call twice.
+    coordinator, or ``num_processes == 1``) is left alone. Safe to call twice. The triple
+    (``coordinator_address``, ``num_processes``, ``process_id``) is all or nothing. Start-up ends within
+    ``coordinator_timeout`` seconds (default `COORDINATOR_TIMEOUT`): a coordinator that does not answer or a
+    process that does not join in time is a `ConfigError` naming the address (`_start_within`).
     """
     global _initialized
     if _initialized:
         return True
     cfg = cfg or {}
-
-    def pick(key: str, env: str, cast=str):
+    given = {}
+    for key, env in _TRIPLE.items():
         value = cfg.get(key) if hasattr(cfg, "get") else None
-        if value is None and os.environ.get(env):
-            value = cast(os.environ[env])
-        return value
-
-    address = pick("coordinator_address", "JAX_COORDINATOR_ADDRESS")
-    num = pick("num_processes", "JAX_NUM_PROCESSES", int)
-    pid = pick("process_id", "JAX_PROCESS_ID", int)
-    if address is None:
-        if os.environ.get("L2L_DISTRIBUTED") == "1":
-            jax.distributed.initialize()
+        if value is not None:
+            given[key] = (value, f"--{key}")
+        elif os.environ.get(env):
+            given[key] = (os.environ[env], env)
+    timeout = _timeout(cfg.get("coordinator_timeout") if hasattr(cfg, "get") else None)
+    if not given:
+        if os.environ.get("L2L_DISTRIBUTED") == "1":  # a cluster jax detects itself (SLURM, TPU pods, ...)
+            _start_within(timeout, "the coordinator jax detects", initialization_timeout=int(timeout) + _JAX_GRACE_S)
             _initialized = True
         return _initialized
-    if num is None or pid is None:
-        raise ConfigError("multi-host: --coordinator_address needs --num_processes and --process_id "
-                         "(or JAX_NUM_PROCESSES / JAX_PROCESS_ID)")
+    missing = [f"--{key}" for key in _TRIPLE if key not in given]
+    if missing:
+        have = " and ".join(name for _, name in given.values())
+        raise ConfigError(f"multi-host: {have} without {' and '.join(missing)}: give all three "
+                          "(--coordinator_address HOST:PORT of process 0, --num_processes N, --process_id I) "
+                          "or none")
+    (address, address_from), (num, num_from), (pid, pid_from) = (given[key] for key in _TRIPLE)
+    num, pid = _integer(num, num_from), _integer(pid, pid_from)
+    if num < 1:
+        raise ConfigError(f"multi-host: {num_from} {num}: must be at least 1")
+    if not 0 <= pid < num:
+        raise ConfigError(f"multi-host: {pid_from} {pid} is outside [0, {num})")
+    host, port = _host_port(str(address), address_from)
     if num == 1:
         return False
-    if not 0 <= pid < num:
-        raise ConfigError(f"multi-host: --process_id {pid} is outside [0, {num})")
-    jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
+    deadline = time.monotonic() + timeout
+    if pid != 0:  # process 0 serves the coordinator; the others first wait, in Python, for its port to open
+        _wait_for_port(host, port, deadline, f"{address_from} {address}", timeout)
+    _start_within(deadline - time.monotonic(), f"{address_from} {address}", limit=timeout,
+                 coordinator_address=str(address), num_processes=num, process_id=pid,
+                 initialization_timeout=int(timeout) + _JAX_GRACE_S)
     _initialized = True
     return True
+
+
+def _timeout(value: Any) -> float:
+    timeout = COORDINATOR_TIMEOUT if value is None else value
+    try:
+        timeout = float(timeout)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--coordinator_timeout {value}: not a number of seconds") from None
+    if not timeout > 0:
+        raise ConfigError(f"--coordinator_timeout {value}: must be more than 0 seconds")
+    return timeout
+
+
+def _integer(value: Any, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"multi-host: {name} {value}: not a whole number") from None
+
+
+def _host_port(address: str, name: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"multi-host: {name} {address}: not HOST:PORT (e.g. 10.0.0.1:1234, the address of "
+                          "process 0)")
+    return host.strip("[]"), int(port)
+
+
+def _wait_for_port(host: str, port: int, deadline: float, what: str, timeout: float) -> None:
+    """Tries a TCP connection to the coordinator until it is accepted or `deadline` passes (`ConfigError`)."""
+    last = "no answer"
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ConfigError(f"multi-host: {what}: the coordinator did not answer within {timeout:g} s "
+                              f"(--coordinator_timeout; last try: {last}); start process 0 first, check the "
+                              "address and that the port is open")
+        try:
+            with socket.create_connection((host, port), timeout=min(left, 5.0)):
+                return
+        except OSError as e:
+            last = e.strerror or str(e) or type(e).__name__
+        time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
+
+
+def _start_within(seconds: float, what: str, limit: float | None = None, **kwargs: Any) -> None:
+    """``jax.distributed.initialize(**kwargs)`` that ends within `seconds`: a `ConfigError` naming `what` (and
+    `limit`, the --coordinator_timeout, default `seconds`) if it has not returned by then, or if it fails.
+
+    jax's start-up blocks in C++ and, at its own deadline, ends the whole process with an abort; so it runs in
+    a thread (it releases the GIL), jax's deadline (``initialization_timeout`` in `kwargs`) is set later than
+    ours, and a program that gives up on it leaves with `os._exit` at interpreter exit (status 2), before jax
+    could abort it.
+    """
+    global _exit_status
+    timeout = seconds if limit is None else limit
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            jax.distributed.initialize(**kwargs)
+            outcome.append(None)
+        except BaseException as e:  # handed to the waiting thread
+            outcome.append(e)
+
+    _exit_status = 2
+    atexit.register(_leave_now)
+    thread = threading.Thread(target=run, name="l2l-distributed-start", daemon=True)
+    thread.start()
+    try:
+        thread.join(max(seconds, 0.0))
+    except KeyboardInterrupt:
+        _exit_status = 130
+        raise
+    if not outcome:
+        procs = kwargs.get("num_processes")
+        raise ConfigError(f"multi-host: {what}: not every process joined within {timeout:g} s "
+                          f"(--coordinator_timeout); start all {procs or 'the'} processes with the same "
+                          "--coordinator_address and --num_processes, each with its own --process_id")
+    _exit_status = None
+    atexit.unregister(_leave_now)
+    if outcome[0] is not None:
+        reason = (str(outcome[0]).strip().splitlines() or [type(outcome[0]).__name__])[0]
+        raise ConfigError(f"multi-host: {what}: could not start ({reason})") from outcome[0]
+
+
+def _leave_now() -> None:
+    """At interpreter exit while jax's start-up still blocks in its thread: exit now, before it aborts."""
+    if _exit_status is None:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(_exit_status)
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
@@ -171,6 +301,7 @@ def is_main_process() -> bool:
 
 
 __all__ = [
+    "COORDINATOR_TIMEOUT",
     "DATA",
     "compiler_options",
     "data_sharding",

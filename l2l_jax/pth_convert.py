@@ -84,7 +84,7 @@ def _dims(sd: Mapping[str, np.ndarray], variant: str) -> tuple[int | None, int |
 def convert_command(kind: str) -> str:
     """The l2l-convert command line that converts a checkpoint of this model kind."""
     if kind == variants.IMAGEAUDIONET:
-        return "l2l-convert imageaudionet"
+        return f"l2l-convert {variants.IMAGEAUDIONET}"
     return "l2l-convert preview" + ("" if kind == variants.DEFAULT.name else f" --variant {kind}")
 
 

@@ -50,8 +50,7 @@ def create_train_state(variables: Mapping, tx: optax.GradientTransformation, see
 def model_inputs(batch: Batch) -> tuple[jax.Array, ...]:
     """The feature arrays of a batch in the model's argument order, in the batch's layout (dense (B, Lb, F),
     or (G, S, F) in the chunk layout), float32 or float16 (the layout converts them)."""
-    names = ("image", "audio") if "image" in batch else ("features",)
-    return tuple(jnp.asarray(batch[n]) for n in names)
+    return tuple(jnp.asarray(batch[n]) for n in variants.batch_modalities(batch))
 
 
 def start_positions(batch: Batch, key: jax.Array) -> jax.Array:

@@ -3,6 +3,9 @@
 Only ``torch.load(..., weights_only=True)`` is used, with ``argparse.Namespace`` as the one extra allowed
 class (upstream saves its flags in the checkpoint). A file that needs any other Python object to unpickle is
 refused and never executed; ``weights_only=False`` is never used.
+
+torch itself is imported when a file is read or written (`_torch`), not with this module: the programs that
+never touch a ``.pth`` file do not pay for it.
 """
 
 from __future__ import annotations
@@ -14,14 +17,24 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from l2l_jax.errors import L2LError
 
+if TYPE_CHECKING:
+    import torch
+
 ALLOWED_GLOBALS = [argparse.Namespace]
+
+
+def _torch() -> ModuleType:
+    """The torch module, imported on first use."""
+    import torch
+
+    return torch
 
 
 class ConversionError(L2LError, ValueError):
@@ -41,6 +54,7 @@ def load_torch_file(path: str | os.PathLike) -> Any:
         raise ConversionError(f"{path}: no such file")
     if not path.is_file():
         raise ConversionError(f"{path} is not a file")
+    torch = _torch()
     try:
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -69,6 +83,7 @@ def state_dict_of(obj: Any, path: str | os.PathLike) -> tuple[dict[str, np.ndarr
 
     Accepts upstream's ``{"model": state_dict, "optimizer", "scheduler", "namespace", "epoch"}`` or a bare
     state dict (every value a tensor)."""
+    torch = _torch()
     if not isinstance(obj, Mapping):
         raise ConversionError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or a state dict")
     if "model" in obj:
@@ -97,6 +112,7 @@ def _storage_kind(t: torch.Tensor) -> str | None:
     """Why numpy cannot hold `t` as it is (None: it can): a sparse or other non-strided layout, a dtype numpy
     lacks (bfloat16, float8, complex32, quantized), or no data (a meta tensor). Such tensors are refused, not
     converted: the strict checks compare dtypes as saved."""
+    torch = _torch()
     if t.layout != torch.strided:
         return f"layout {str(t.layout).removeprefix('torch.')}"
     if t.is_quantized or t.device.type == "meta":
@@ -115,6 +131,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
 
 def write_torch_file(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray], **extras: Any) -> Path:
     """``torch.save`` of ``{"model": OrderedDict of tensors (given order), **extras}``, atomically."""
+    torch = _torch()
     path = Path(path).absolute()
     model = OrderedDict((k, torch.from_numpy(np.array(v, copy=True))) for k, v in state_dict.items())
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,10 +2,11 @@
 policy, in one spec each (docs/UPSTREAM.md §4 and §5).
 
 Code asks the spec (``variants.get(cfg["variant"])``) and never compares variant names: the batch's feature
-keys and the dataset's feature folders, the feature width, the policy module, upstream's weight names,
+keys and the dataset's feature folders, the feature width, upstream's weight names,
 parameter groups and gradient paths, the per-video outputs and how they are exported and plotted, the
-metric conventions and upstream's log and summary lines. Adding a variant is one `Variant` here plus its
-model code.
+metric conventions and upstream's log and summary lines. This module imports nothing of the project: every
+other module may ask it. Adding a variant is one `Variant` here plus its model code (a policy module, listed
+by the variant's name in `l2l_jax.model.POLICIES`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ FUSION_MODULES = ("net_imageAudio", "net_classifier")
 #: the model kind of the fusion net + classifier alone (upstream's released ImageAudioNet), not a policy variant
 IMAGEAUDIONET = "imageaudionet"
 FUSION_WIDTH = 512  # the fusion net's image, audio and fused feature width
+#: the folder of the fusion net's (fused) features: upstream's pickles name each video's file in it, and every
+#: variant's feature files are found by replacing it with the variant's own folders (`feature_dirs`)
+TEMPLATE_DIR = "imageAudio_features"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +47,7 @@ class Variant:
     data_subsample: bool  # --feature_subsample keeps every s-th clip when reading (§1)
     random_fill: bool  # collate fills short videos with random clips rather than copies (§2)
     batch_independent: bool  # a video's result does not depend on its batch (so evaluation may sort)
-    # model
-    model_class: str  # the policy module's class in `l2l_jax.model`
+    # model (the policy module of each variant: `l2l_jax.model.POLICIES`)
     fusion: bool  # has the fusion net: --weights_audioImageModel loads into it, baselines fuse clips
     weight_table: tuple[WeightRow, ...]  # upstream's state-dict rows, in upstream's order
     modules: tuple[str, ...]  # top-level parameter modules, in upstream's registration order
@@ -78,13 +81,6 @@ class Variant:
             raise ValueError(f"the {self.name!r} variant takes its feature width from --embedding_size")
         return int(embedding_size)
 
-    def build(self, cfg: Any) -> Any:
-        """The policy module for a `l2l_jax.model.PreviewConfig`."""
-        from l2l_jax import model
-
-        return getattr(model, self.model_class)(cfg)
-
-
 
 _TWO_ATTENTION = frozenset({"image_queryfeature_mlp", "audio_queryfeature_mlp", "image_key_conv1x1",
                             "audio_key_conv1x1", "modality_attention", "rnn"})
@@ -98,7 +94,6 @@ TWO = Variant(
     data_subsample=True,
     random_fill=False,
     batch_independent=True,
-    model_class="PreviewModel",
     fusion=True,
     weight_table=FUSION_CLASSIFIER + (
         ("query", "image_queryfeature_mlp", ("image_queryfeature_mlp",)),
@@ -149,7 +144,6 @@ SINGLE = Variant(
     data_subsample=False,
     random_fill=True,
     batch_independent=False,  # random fills and the early break are per batch
-    model_class="SinglePreviewModel",
     fusion=False,
     weight_table=(
         ("linear", "net_classifier.classifier", ("net_classifier", "classifier")),
@@ -197,6 +191,23 @@ DEFAULT = TWO
 #: every kind of model weights: the policy variants and the fusion net + classifier
 MODEL_KINDS = (*NAMES, IMAGEAUDIONET)
 
+#: each variant's batch keys and feature folders, by name
+MODALITY_KEYS: dict[str, tuple[str, ...]] = {v.name: v.modalities for v in VARIANTS.values()}
+MODALITY_DIRS: dict[str, tuple[str, ...]] = {v.name: v.feature_dirs for v in VARIANTS.values()}
+#: every batch key that holds features, over all variants (in variant order)
+FEATURE_KEYS: tuple[str, ...] = tuple(dict.fromkeys(k for v in VARIANTS.values() for k in v.modalities))
+#: every feature folder of a dataset in upstream's layout: the variants' folders and the fused features
+FEATURE_DIRS: tuple[str, ...] = (*TWO.feature_dirs, TEMPLATE_DIR, *SINGLE.feature_dirs)
+
+
+def batch_modalities(batch: Any) -> tuple[str, ...]:
+    """The feature keys of a batch (a mapping holding one variant's `modalities`), in the model's argument
+    order."""
+    for spec in VARIANTS.values():
+        if spec.modalities[0] in batch:
+            return spec.modalities
+    raise ValueError(f"the batch holds no variant's features: expected the keys of one of {MODALITY_KEYS}")
+
 
 def model_width(kind: str, feature_dim: int | None = None) -> int:
     """The feature width of a model kind (`MODEL_KINDS`); `feature_dim` is the recorded one, used where the
@@ -220,5 +231,6 @@ def get(variant: str | Variant) -> Variant:
         raise ValueError(f"unknown variant {variant!r}: expected one of {NAMES}") from None
 
 
-__all__ = ["DEFAULT", "FUSION_CLASSIFIER", "FUSION_MODULES", "FUSION_WIDTH", "IMAGEAUDIONET", "MODEL_KINDS", "NAMES",
-           "SINGLE", "TWO", "VARIANTS", "Variant", "WeightRow", "get", "holds", "model_width"]
+__all__ = ["DEFAULT", "FEATURE_DIRS", "FEATURE_KEYS", "FUSION_CLASSIFIER", "FUSION_MODULES", "FUSION_WIDTH",
+           "IMAGEAUDIONET", "MODALITY_DIRS", "MODALITY_KEYS", "MODEL_KINDS", "NAMES", "SINGLE", "TEMPLATE_DIR", "TWO",
+           "VARIANTS", "Variant", "WeightRow", "batch_modalities", "get", "holds", "model_width"]

@@ -11,6 +11,8 @@ the benchmarks' ``--model``) may name:
 * any other directory holding ``*.pth`` files: the newest by ctime (upstream's rule for a checkpoint folder).
 
 `resolve` says which (`WeightsRef`), `load` reads it; both raise `WeightsError` with the path and what to do.
+What the programs start from: `initial_variables` (l2l-train: fresh, then its weights flags over them) and
+`eval_weights` (l2l-eval, checked against the model's settings).
 """
 
 from __future__ import annotations
@@ -20,10 +22,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import jax
 import numpy as np
 
-from l2l_jax import variants
+from l2l_jax import model_dir, variants
+from l2l_jax.config import Settings
 from l2l_jax.errors import WeightsError
+from l2l_jax.model import init_variables
+from l2l_jax.pth_convert import variables_from_state_dict
+from l2l_jax.runkit.checkpoints import CHECKPOINT_DIR, RunCheckpoints, find_run_checkpoint, read_run_params
+from l2l_jax.torch_io import read_state_dict
 
 Kind = Literal["pth", "model_dir", "run"]
 #: The two-modality modules that ``--weights_audioImageModel`` sets: upstream's released ImageAudioNet.
@@ -42,8 +50,6 @@ class WeightsRef:
     def where(self) -> Path:
         """The exact file or directory the weights come from (a run's step directory for runs)."""
         if self.kind == "run" and self.step is not None:
-            from l2l_jax.training.checkpoints import CHECKPOINT_DIR
-
             return self.path / CHECKPOINT_DIR / str(self.step)
         return self.path
 
@@ -61,9 +67,6 @@ class Weights:
 def resolve(path: str | Path, flag: str = "weights") -> WeightsRef:
     """The `WeightsRef` of a weights argument (see the module docstring). `flag` names the argument in
     errors (e.g. ``--pretrained_model``)."""
-    from l2l_jax import model_dir
-    from l2l_jax.training.checkpoints import RunCheckpoints, find_run_checkpoint
-
     p = Path(path).absolute()
     if not p.exists():
         raise WeightsError(f"{flag} {p}: no such file or directory")
@@ -89,27 +92,20 @@ def resolve(path: str | Path, flag: str = "weights") -> WeightsRef:
 
 
 def load(path: str | Path | WeightsRef, variant: str, flag: str = "weights") -> Weights:
-    """Loads the weights a path names for a model `variant` ("two", "single" or "imageaudionet": the fusion
-    net + classifier alone). A converted directory must hold that variant, except that a two-modality
-    directory also serves "imageaudionet" (its fusion net and classifier)."""
+    """Loads the weights a path names for a model `variant` (a policy variant, or `variants.IMAGEAUDIONET`: the
+    fusion net + classifier alone). A converted directory must hold that variant, except that a two-modality
+    directory also serves `variants.IMAGEAUDIONET` (its fusion net and classifier)."""
     ref = path if isinstance(path, WeightsRef) else resolve(path, flag)
     try:
         if ref.kind == "pth":
-            from l2l_jax.pth_convert import variables_from_state_dict
-            from l2l_jax.torch_io import read_state_dict
-
             sd, extras = read_state_dict(ref.path)
             variables, meta = variables_from_state_dict(sd, variant, str(ref.path), extras)
         elif ref.kind == "model_dir":
-            from l2l_jax import model_dir
-
             variables, meta = model_dir.load_model_dir(ref.path)
             if not variants.holds(meta["variant"], variant):
                 raise WeightsError(f"{flag} {ref.path} holds a {meta['variant']!r} model, not {variant!r} "
                                    "(check --variant)")
         else:
-            from l2l_jax.training.checkpoints import read_run_params
-
             variables, step = read_run_params(ref.path, ref.step)
             ref = dataclasses.replace(ref, step=step)
             kernel = variables["params"]["net_classifier"]["classifier"]["kernel"]
@@ -138,4 +134,47 @@ def merge(dst: dict, src: Mapping, source: str, what: str = "params") -> None:
             dst[key] = np.asarray(value, dtype=np.asarray(dst[key]).dtype)
 
 
-__all__ = ["FUSION_MODULES", "Weights", "WeightsRef", "load", "merge", "resolve"]
+def initial_variables(settings: Settings, log: Any = None) -> dict:
+    """The variables a training run starts from: fresh ones with upstream's initial distributions (seeded by
+    --seed), then --weights_audioImageModel (fusion net + classifier, two-modality only) and
+    --pretrained_model (the whole preview model) over them, as upstream's main.py loads them (§6)."""
+    spec = settings.variant
+    fresh = init_variables(settings.model, spec.name, jax.random.key(settings.seed))
+    variables = {k: jax.tree_util.tree_map(np.asarray, dict(v)) for k, v in fresh.items()}
+    if settings.weights.fusion:
+        path = settings.weights.fusion
+        if not spec.fusion:
+            if log is not None:
+                log.warning(f"--weights_audioImageModel is ignored by the {spec.title} variant, as upstream")
+        else:
+            if log is not None:
+                log.debug(f"Loading model only at: {path}")
+            loaded = load(path, variants.IMAGEAUDIONET, "--weights_audioImageModel")
+            sub = {k: loaded.variables["params"][k] for k in variants.FUSION_MODULES}
+            merge(variables["params"], sub, str(loaded.ref.where))
+    if settings.weights.pretrained:
+        path = settings.weights.pretrained
+        if log is not None:
+            log.debug(f"Loading model only at: {path}")
+        loaded = load(path, spec.name, "--pretrained_model")
+        merge(variables["params"], loaded.variables["params"], str(loaded.ref.where))
+        merge(variables["batch_stats"], loaded.variables.get("batch_stats", {}), str(loaded.ref.where), "batch_stats")
+    return variables
+
+
+def eval_weights(settings: Settings) -> Weights:
+    """The weights l2l-eval evaluates (--pretrained_model), checked against --num_classes and the variant's
+    feature width."""
+    loaded = load(settings.weights.pretrained, settings.variant.name, "--pretrained_model")
+    model = settings.model
+    if loaded.meta["num_classes"] != model.num_classes:
+        raise WeightsError(f"--pretrained_model {loaded.ref.where} has {loaded.meta['num_classes']} classes but "
+                           f"--num_classes is {model.num_classes}")
+    if loaded.meta["feature_dim"] != model.feature_dim:
+        raise WeightsError(f"--pretrained_model {loaded.ref.where} takes {loaded.meta['feature_dim']}-wide features "
+                           f"but --embedding_size is {model.feature_dim}")
+    return loaded
+
+
+__all__ = ["FUSION_MODULES", "Weights", "WeightsRef", "eval_weights", "initial_variables", "load", "merge",
+           "resolve"]

@@ -18,7 +18,8 @@ import numpy as np
 
 from l2l_jax.data.buckets import DEFAULT_BUCKETS, OVERFLOW_STEP, bucket_length
 from l2l_jax.data.collate import MIN_CLIPS, TRAIN_WINDOW, BatchPlan, RandInt, mask_for, plan_upstream, window_of
-from l2l_jax.data.index import MODALITY_KEYS, Variant
+from l2l_jax.data.index import Variant
+from l2l_jax.variants import MODALITY_KEYS
 
 TIME_KEYS = ("image", "audio", "features", "mask")
 

@@ -1,6 +1,7 @@
 """One configuration path: l2l-train and l2l-eval build the same model and read the data the same way from
-the same flags (`l2l_jax.config`), and every way to name weights resolves through `l2l_jax.weights`, with a
-`WeightsError` naming the path when it names nothing usable."""
+the same flags (`l2l_jax.config.settings`), every flag problem is refused before any work (`config.check`),
+and every way to name weights resolves through `l2l_jax.weights`, with a `WeightsError` naming the path when
+it names nothing usable."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ import numpy as np
 import pytest
 
 from l2l_jax import config, parallel, torch_names, weights
-from l2l_jax.errors import WeightsError
+from l2l_jax.errors import ConfigError, WeightsError
 from l2l_jax.model_dir import save_model_dir
 from l2l_jax.programs import flags as program_flags
+from l2l_jax.runkit.checkpoints import RunCheckpoints
 from l2l_jax.steps import create_train_state
 from l2l_jax.torch_io import write_torch_file
-from l2l_jax.training.checkpoints import RunCheckpoints
 
 # ---------------------------------------------------------------------------------------------- train == eval
 SHARED_FLAGS = {
@@ -38,25 +39,32 @@ READ_SUBSAMPLE = {"single, --feature_subsample": 1, "two, --feature_subsample": 
 @pytest.mark.parametrize("name", list(SHARED_FLAGS))
 def test_train_and_eval_build_the_same_model_and_loaders(name):
     argv = SHARED_FLAGS[name]
-    train, evaluate = program_flags.resolve("train", argv), program_flags.resolve("eval", argv)
-    assert config.model_config(train) == config.model_config(evaluate)
-    assert config.loader_options(train) == config.loader_options(evaluate)
-    assert config.split_options(train) == config.split_options(evaluate)
-    assert config.feature_width(train) == config.feature_width(evaluate)
-    assert config.layout(train) == config.layout(evaluate)
+    train = config.settings(program_flags.resolve("train", argv), "train")
+    evaluate = config.settings(program_flags.resolve("eval", argv), "eval")
+    assert train.model == evaluate.model
+    assert train.loader == evaluate.loader
+    assert train.data.split_options() == evaluate.data.split_options()
+    assert train.layout == evaluate.layout
+    assert (train.variant, train.seed, train.hard, train.weights) == (evaluate.variant, evaluate.seed, evaluate.hard,
+                                                                      evaluate.weights)
     if name in READ_SUBSAMPLE:
-        assert config.loader_options(train).subsample == READ_SUBSAMPLE[name]
+        assert train.loader.subsample == READ_SUBSAMPLE[name]
     if name.endswith("--feature_subsample"):
-        assert config.model_config(train).subsample_factor == 2
+        assert train.model.subsample_factor == 2
 
 
 # ---------------------------------------------------------------------------------------------- weights
 SMALL = ["--num_classes", "6", "--episode_length", "3", "--with_lstm_ce_loss"]
 
 
+def train_settings(argv: list[str]) -> config.Settings:
+    """l2l-train's settings from these flags."""
+    return config.settings(program_flags.resolve("train", argv), "train")
+
+
 def fresh(seed: int) -> dict:
     """A tiny two-modality model's initial variables (numpy)."""
-    return config.initial_variables(program_flags.resolve("train", [*SMALL, "--seed", str(seed)]))
+    return weights.initial_variables(train_settings([*SMALL, "--seed", str(seed)]))
 
 
 def assert_same(a, b) -> None:
@@ -80,8 +88,7 @@ def named(tmp_path_factory) -> dict:
     save_model_dir(root / "converted", b, {"variant": "two", "num_classes": 6, "feature_dim": 512, "source": "test"})
     out["converted"] = (root / "converted", b)
     # a training run with two checkpoints: step 4 holds `a`, step 8 (the newest) holds `c`
-    cfg = program_flags.resolve("train", [*SMALL, "--seed", "0"])
-    tx, mesh = config.recipe(cfg, 4).optimizer(), parallel.make_mesh()
+    tx, mesh = train_settings([*SMALL, "--seed", "0"]).recipe.build(4).optimizer(), parallel.make_mesh()
     ckpts = RunCheckpoints(root / "run")
     for step, variables in ((4, a), (8, c)):
         state = parallel.replicate(create_train_state(variables, tx, 0), mesh)
@@ -116,7 +123,7 @@ def test_every_way_to_name_weights_resolves_and_loads(named, name):
     assert loaded.meta["num_classes"] == 6
     # the training side takes them as --pretrained_model over fresh variables
     argv = [*SMALL, "--seed", "9", "--pretrained_model", str(path)]
-    got = config.initial_variables(program_flags.resolve("train", argv))
+    got = weights.initial_variables(train_settings(argv))
     assert_same(got, want)
 
 
@@ -125,11 +132,41 @@ def test_weights_that_name_nothing_are_a_weights_error_with_the_path(tmp_path):
     with pytest.raises(WeightsError, match=re.escape(str(missing))):
         weights.resolve(missing, "--pretrained_model")
     with pytest.raises(WeightsError, match=re.escape(str(missing))):
-        config.initial_variables(program_flags.resolve("train", [*SMALL, "--pretrained_model", str(missing)]))
+        weights.initial_variables(train_settings([*SMALL, "--pretrained_model", str(missing)]))
     empty = tmp_path / "nothing_here"
     empty.mkdir()
     (empty / "notes.txt").write_text("not weights")
     with pytest.raises(WeightsError, match=re.escape(str(empty))):
         weights.load(empty, "two", "--pretrained_model")
     with pytest.raises(WeightsError, match=re.escape(str(empty))):
-        config.eval_weights(program_flags.resolve("eval", ["--num_classes", "6", "--pretrained_model", str(empty)]))
+        eval_flags = program_flags.resolve("eval", ["--num_classes", "6", "--pretrained_model", str(empty)])
+        weights.eval_weights(config.settings(eval_flags, "eval"))
+
+
+# ---------------------------------------------------------------------------------------------- refused flags
+REFUSED = [
+    (["--lr", "0"], "--lr"), (["--lr", "-0.1"], "--lr"), (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"),
+    (["--momentum", "1"], "--momentum"), (["--momentum", "-0.5"], "--momentum"), (["--momentum", "nan"], "--momentum"),
+    (["--weight_decay=-1e-4"], "--weight_decay"), (["--weight_decay", "inf"], "--weight_decay"),
+    (["--avgpool_ce_loss_weight", "-1"], "--avgpool_ce_loss_weight"),
+    (["--lstm_ce_loss_weight", "nan"], "--lstm_ce_loss_weight"),
+    (["--seed", "-1"], "--seed"), (["--seed", str(2**32)], "--seed"),
+    (["--batch_size", str(config.MAX_BATCH + 1)], "--batch_size"), (["--batch_size", "0"], "--batch_size"),
+]
+
+
+@pytest.mark.parametrize("argv,flag", REFUSED, ids=[" ".join(a) for a, _ in REFUSED])
+def test_check_refuses_a_bad_number_in_one_line_naming_the_flag(tmp_path, argv, flag):
+    cfg = program_flags.resolve("train", [*SMALL, "--train_dataset_file", str(tmp_path), "--checkpoint_path",
+                                          str(tmp_path / "run"), *argv])
+    with pytest.raises(ConfigError) as e:
+        config.check(cfg, "train")
+    message = str(e.value)
+    assert message.startswith(f"{flag} ") and "\n" not in message, message
+
+
+def test_check_accepts_the_edges_of_the_ranges(tmp_path):
+    argv = [*SMALL, "--train_dataset_file", str(tmp_path), "--checkpoint_path", str(tmp_path / "run"),
+            "--momentum", "0", "--weight_decay", "0", "--avgpool_ce_loss_weight", "0", "--seed", str(2**32 - 1),
+            "--batch_size", str(config.MAX_BATCH)]
+    config.check(program_flags.resolve("train", argv), "train")

@@ -17,22 +17,13 @@ import pytest
 from fixture_inputs import FIXTURES
 from test_data_index import write_fixture_features
 
-from l2l_jax.data import (
-    BadFileError,
-    DatasetError,
-    FileSource,
-    StalePackWarning,
-    UnsafePickleError,
-    check_split,
-    load_index,
-    open_split,
-)
 from l2l_jax.data import fingerprint as FP
-from l2l_jax.data.index import safe_load_pickle, write_index
-from l2l_jax.data.pack import main as pack_main
+from l2l_jax.data.index import BadFileError, DatasetError, UnsafePickleError, load_index, safe_load_pickle, write_index
 from l2l_jax.data.pack import pack_pickle
-from l2l_jax.data.source import PackedSource, read_pack_sources
+from l2l_jax.data.source import FileSource, PackedSource, StalePackWarning, open_split, read_pack_sources
+from l2l_jax.data.validate import check_split
 from l2l_jax.errors import L2LError
+from l2l_jax.programs.pack import main as pack_main
 
 HANG_LIMIT = 30  # seconds; anything that waits on a FIFO would never finish
 

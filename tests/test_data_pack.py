@@ -10,9 +10,10 @@ import pytest
 from test_data_index import write_fixture_features
 from test_data_pipeline import LENGTHS, assert_batches_equal, loader, root  # noqa: F401 - root is a fixture
 
-from l2l_jax.data import DatasetError, PackedSource, StalePackWarning, default_pack_dir, open_split
-from l2l_jax.data.index import write_index
-from l2l_jax.data.pack import main, pack_pickle
+from l2l_jax.data.index import DatasetError, write_index
+from l2l_jax.data.pack import pack_pickle
+from l2l_jax.data.source import PackedSource, StalePackWarning, default_pack_dir, open_split
+from l2l_jax.programs.pack import main
 
 
 @pytest.fixture(autouse=True)

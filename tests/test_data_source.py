@@ -7,8 +7,8 @@ import pytest
 from fixture_inputs import FIXTURES, clip_features, read_json
 from test_data_index import write_fixture_features
 
-from l2l_jax.data import DatasetError, open_split
-from l2l_jax.data.index import write_index
+from l2l_jax.data.index import DatasetError, write_index
+from l2l_jax.data.source import open_split
 
 DATASET = read_json("dataset/dataset.json")
 

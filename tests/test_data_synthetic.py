@@ -9,8 +9,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from l2l_jax.data import BatchLoader, load_index, open_split
-from l2l_jax.data.synthetic import PRESETS, _world, generate, main, make_video
+from l2l_jax.data.index import load_index
+from l2l_jax.data.pipeline import BatchLoader
+from l2l_jax.data.source import open_split
+from l2l_jax.data.synthetic import PRESETS, _world, generate, make_video
+from l2l_jax.programs.synth import main
 
 
 @pytest.fixture(autouse=True)

@@ -90,7 +90,7 @@ def test_fast_precision_trains_to_the_quality_of_exact(tiny_demos) -> None:
 
 @pytest.mark.slow
 def test_exact_model_evaluated_in_fast_precision_predicts_the_same(tiny_demos, tmp_path: Path) -> None:
-    from l2l_jax import evaluate
+    from l2l_jax.programs import evaluate
 
     out = tiny_demos["exact"][0]
     export = tmp_path / "fast.jsonl"

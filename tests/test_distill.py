@@ -167,10 +167,10 @@ def test_program_end_to_end(tmp_path, capsys):
     """l2l-distill on tiny videos: outputs (.pth files, converted directory, metrics), resume after the newest
     checkpoint, the run lock and bad flags (exit 2, one line); then l2l-extract --weights_imageaudionet writes
     all three feature kinds from the distilled networks."""
+    from l2l_jax.programs import distill as DI
+    from l2l_jax.programs import extract as X
     from l2l_jax.torch_io import read_state_dict
     from l2l_jax.video import decode as D
-    from l2l_jax.video import distill as DI
-    from l2l_jax.video import extract as X
 
     videos, teacher = tmp_path / "videos", tmp_path / "teacher"
     videos.mkdir()
@@ -215,8 +215,8 @@ def test_program_end_to_end(tmp_path, capsys):
 def test_demo_teacher_needs_image_and_sound_together():
     """The distill preset's teacher names a clip's class only inside the segment where the class's shape is seen
     and its tone heard; the silent distractor and every other clip get uninformative (all-zero) logits."""
+    from l2l_jax.programs import demo_distill as DD
     from l2l_jax.video import decode as D
-    from l2l_jax.video import distill_demo as DD
 
     for seed in range(5):
         plan = D.synthetic_clip_plan(2, 4, 14, seed)

@@ -18,10 +18,13 @@ import numpy as np
 import pytest
 from fixture_inputs import clip_features, eval_collate, manifest_state_dict, read_json
 
-from l2l_jax import config, data, evaluate, torch_names, weights
+from l2l_jax import config, torch_names, weights
+from l2l_jax.data.source import FileSource, PackedSource, open_split
 from l2l_jax.errors import WeightsError
-from l2l_jax.evaluation import Evaluator, baselines, report
+from l2l_jax.evaluation import baselines, report
+from l2l_jax.evaluation.evaluator import Evaluator
 from l2l_jax.model import PreviewConfig, build_model
+from l2l_jax.programs import evaluate
 from l2l_jax.programs import flags as program_flags
 from l2l_jax.torch_io import write_torch_file
 
@@ -156,19 +159,20 @@ def test_pretrained_model_lookup(dataset, tmp_path):
 
 
 def evaluator_parts(dataset: Path, *extra: str):
-    """(resolved flags, loaded weights, eval loader) of the fixture split, as l2l-eval builds them."""
-    cfg = program_flags.resolve("eval", cli_args(dataset, CASES["published_soft"], *extra))
-    source = data.open_split(cfg.test_dataset_file, **config.split_options(cfg, progress=False))
-    return cfg, config.eval_weights(cfg), config.make_eval_loader(cfg, source)
+    """(settings, loaded weights, eval loader) of the fixture split, as l2l-eval builds them."""
+    settings = config.settings(program_flags.resolve("eval", cli_args(dataset, CASES["published_soft"], *extra)),
+                               "eval")
+    source = open_split(settings.data.test_file, **settings.data.split_options(progress=False))
+    return settings, weights.eval_weights(settings), settings.eval_loader(source)
 
 
 def test_evaluator_compiles_once_across_runs(dataset):
     """The training loop's use: one Evaluator, run after every epoch, compiles nothing the second time and
     gives the same numbers."""
-    cfg, loaded, loader = evaluator_parts(dataset, "--seed", "5")
-    model_cfg = config.model_config(cfg)
-    ev = Evaluator(build_model(model_cfg, "two"), model_cfg, "two", with_baselines=False, seed=cfg.seed,
-                   layout=config.layout(cfg))
+    settings, loaded, loader = evaluator_parts(dataset, "--seed", "5")
+    model_cfg = settings.model
+    ev = Evaluator(build_model(model_cfg, "two"), model_cfg, "two", with_baselines=False, seed=settings.seed,
+                   layout=settings.layout)
     first = ev.run(loaded.variables, loader, progress=False)
     second = ev.run(loaded.variables, loader, progress=False)
     assert first.compile_seconds > 0 and second.compile_seconds == 0
@@ -188,9 +192,9 @@ def test_every_registered_baseline_is_reported(dataset, monkeypatch):
     def first_clip(clips: baselines.Clips):
         return clips.features[:, 0]
 
-    cfg, loaded, loader = evaluator_parts(dataset)
-    model_cfg = config.model_config(cfg)
-    ev = Evaluator(build_model(model_cfg, "two"), model_cfg, "two", seed=cfg.seed, layout=config.layout(cfg))
+    settings, loaded, loader = evaluator_parts(dataset)
+    model_cfg = settings.model
+    ev = Evaluator(build_model(model_cfg, "two"), model_cfg, "two", seed=settings.seed, layout=settings.layout)
     result = ev.run(loaded.variables, loader, progress=False)
     assert list(result.baselines) == list(baselines.BASELINES) == ["uniform", "random", "all", "first"]
     for name in baselines.BASELINES:
@@ -204,11 +208,11 @@ def test_every_registered_baseline_is_reported(dataset, monkeypatch):
 def test_video_names_of_file_and_packed_splits(dataset, tmp_path):
     from l2l_jax.data.pack import pack_pickle
 
-    files = data.open_split(dataset / "val.pkl", num_classes=12, feature_root=dataset, progress=False)
+    files = open_split(dataset / "val.pkl", num_classes=12, feature_root=dataset, progress=False)
     pack = pack_pickle(dataset / "val.pkl", tmp_path / "val.pack", feature_root=dataset, num_classes=12,
                        progress=False)
-    packed = data.open_split(pack, num_classes=12, progress=False)
-    assert isinstance(files, data.FileSource) and isinstance(packed, data.PackedSource)
+    packed = open_split(pack, num_classes=12, progress=False)
+    assert isinstance(files, FileSource) and isinstance(packed, PackedSource)
     want = dict(enumerate(VAL["names"]))
     assert report.video_names(files) == want
     assert report.video_names(packed) == want
@@ -276,7 +280,7 @@ def test_no_model_is_upstreams_message(capsys):
 _DEVICE_RUN = """
 import json, sys
 import jax
-from l2l_jax import evaluate
+from l2l_jax.programs import evaluate
 assert jax.device_count() == int(sys.argv[1]), jax.devices()
 evaluate.main(sys.argv[2:])
 """

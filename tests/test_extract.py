@@ -6,6 +6,7 @@ shrunk to 32 x 32 (``--frame_size 40 --crop 32``: VisualNet is resolution-agnost
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 
@@ -16,11 +17,14 @@ import pytest
 
 pytest.importorskip("av")
 
-from l2l_jax.data import open_split  # noqa: E402
+from l2l_jax.data.source import open_split  # noqa: E402
+from l2l_jax.errors import ConfigError  # noqa: E402
+from l2l_jax.programs import extract as XP  # noqa: E402
 from l2l_jax.video import decode as D  # noqa: E402
 from l2l_jax.video import extract as X  # noqa: E402
 from l2l_jax.video import frames as F  # noqa: E402
 from l2l_jax.video import networks as N  # noqa: E402
+from l2l_jax.video import trunks as T  # noqa: E402
 
 SMALL = ["--frame_size", "40", "--crop", "32", "--batch_size", "4", "--workers", "2", "--no_progress"]
 LABELS = "video,label,split\na.mp4,0,train\nsub/b.mkv,1,train\nc.mp4,1,val\nd.mp4,0,train\ne.mp4,1,val\n"
@@ -38,8 +42,8 @@ def extracted(tmp_path_factory):
     (tmp / "labels.csv").write_text(LABELS)
     root = tmp / "root"
     argv = [str(videos), "--labels", str(tmp / "labels.csv"), "--out", str(root), *SMALL]
-    with pytest.warns(X.RandomWeightsWarning):
-        rc = X.main(argv)
+    with pytest.warns(T.RandomWeightsWarning):
+        rc = XP.main(argv)
     return {"tmp": tmp, "videos": videos, "root": root, "argv": argv, "rc": rc}
 
 
@@ -67,8 +71,8 @@ def test_report_lists_silence_and_skipped(tmp_path, extracted, capsys):
     # a fresh run over the same videos, to see its report
     root = tmp_path / "root"
     argv = [str(extracted["videos"]), "--labels", str(extracted["tmp"] / "labels.csv"), "--out", str(root), *SMALL]
-    with pytest.warns(X.RandomWeightsWarning):
-        assert X.main(argv) == 0
+    with pytest.warns(T.RandomWeightsWarning):
+        assert XP.main(argv) == 0
     out = capsys.readouterr().out
     assert "extracted 3 videos (9 clips" in out
     assert "1 video(s) without an audio track got silence: c.mp4" in out
@@ -85,16 +89,16 @@ def test_report_lists_silence_and_skipped(tmp_path, extracted, capsys):
 def test_resume_skips_finished_and_redoes_broken(extracted, capsys):
     root = extracted["root"]
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*.npy")}
-    with pytest.warns(X.RandomWeightsWarning):
-        assert X.main(extracted["argv"]) == 0
+    with pytest.warns(T.RandomWeightsWarning):
+        assert XP.main(extracted["argv"]) == 0
     out = capsys.readouterr().out
     assert "extracted 0 videos" in out and "already done: 3" in out
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*.npy")} == before
     # a truncated feature file is not "finished": that video is extracted again, the others are not
     good = np.load(root / "image_features" / "a.npy")
     (root / "image_features" / "a.npy").write_bytes(b"\x93NUMPY garbage")
-    with pytest.warns(X.RandomWeightsWarning):
-        assert X.main(extracted["argv"]) == 0
+    with pytest.warns(T.RandomWeightsWarning):
+        assert XP.main(extracted["argv"]) == 0
     out = capsys.readouterr().out
     assert "extracted 1 videos (3 clips" in out and "already done: 2" in out
     assert np.array_equal(np.load(root / "image_features" / "a.npy"), good)
@@ -109,7 +113,7 @@ def test_data_parallel_over_two_devices_gives_the_same_features(extracted, tmp_p
     root = tmp_path / "root"
     argv = [str(extracted["videos"]), "--labels", str(extracted["tmp"] / "labels.csv"), "--out", str(root),
             *SMALL[:4], "--batch_size", "3", "--no_progress"]
-    code = ("import sys, jax; assert len(jax.devices()) == 2; from l2l_jax.video import extract; "
+    code = ("import sys, jax; assert len(jax.devices()) == 2; from l2l_jax.programs import extract; "
             f"sys.exit(extract.main({argv!r}))")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
@@ -131,7 +135,7 @@ def test_loaders_read_it(extracted):
 def test_features_equal_the_networks_on_each_clip(extracted):
     """The batched, padded, scattered features are VisualNet(preprocess(frame of clip k)) row by row."""
     video = D.decode_video(extracted["videos"] / "sub" / "b.mkv")
-    variables = X.fresh_variables("visualnet", 0)
+    variables = T.fresh_variables("visualnet", 0)
     cfg = F.FrameConfig(resize=40, crop=32)
     frames = np.concatenate([video.frames, np.zeros_like(video.frames[:1])])  # the batch of 4 the run used
     ref = jax.jit(lambda v, x: N.VisualNet().apply(v, F.preprocess_frames(x, cfg)))(variables, frames)[:3]
@@ -152,8 +156,8 @@ def test_imagenet_weights(extracted, tmp_path, capsys):
     (tmp_path / "l.csv").write_text("a.mp4,0\n")
     root = tmp_path / "root"
     with warnings.catch_warnings():
-        warnings.simplefilter("error", X.RandomWeightsWarning)
-        assert X.main([str(extracted["videos"]), "--labels", str(tmp_path / "l.csv"), "--out", str(root),
+        warnings.simplefilter("error", T.RandomWeightsWarning)
+        assert XP.main([str(extracted["videos"]), "--labels", str(tmp_path / "l.csv"), "--out", str(root),
                        "--weights_resnet18", str(pth), *SMALL]) == 0
     assert "weights: ImageNet resnet18 from" in capsys.readouterr().out
     got = np.load(root / "image_features" / "a.npy")
@@ -185,11 +189,11 @@ def test_fresh_variables_have_the_networks_structure():
     for net, module, x in (("visualnet", N.VisualNet(), jnp.zeros((1, 32, 32, 3))),
                            ("audionet", N.AudioNet(), jnp.zeros((1, 16, 40)))):
         ref = jax.eval_shape(lambda k, m=module, x=x: m.init(k, x), jax.random.key(0))
-        got = X.fresh_variables(net, 3)
+        got = T.fresh_variables(net, 3)
         assert jax.tree_util.tree_structure(ref) == jax.tree_util.tree_structure(got)
         for r, g in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got), strict=True):
             assert r.shape == g.shape and r.dtype == g.dtype
-        again = jax.tree_util.tree_leaves(X.fresh_variables(net, 3))
+        again = jax.tree_util.tree_leaves(T.fresh_variables(net, 3))
         assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(got), again, strict=True))
 
 
@@ -205,7 +209,7 @@ def test_labels_csv_variants(tmp_path):
     f.write_text("a.mp4,0,train\nb.mp4,1,val\n")
     assert [e.video for e in X.read_labels(f, ["val"])[0]] == ["b.mp4"]
     f.write_text("a.mp4,0\na.mkv,1\n")
-    with pytest.raises(X.ConfigError, match="unique"):
+    with pytest.raises(ConfigError, match="unique"):
         X.read_labels(f, None)
 
 
@@ -218,7 +222,7 @@ def test_input_errors_are_one_line(tmp_path, capsys, case):
             "no_videos": [str(tmp_path / "none"), *base[1:]],
             "bad_crop": [*base, "--frame_size", "32", "--crop", "40"],
             "no_weights_file": [*base, "--weights_resnet18", str(tmp_path / "none.pth")]}[case]
-    assert X.main(argv) == 2
+    assert XP.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("l2l-extract: ")
 
@@ -228,7 +232,7 @@ def test_input_errors_are_one_line(tmp_path, capsys, case):
 
 @pytest.fixture(scope="module")
 def finetuned(extracted, tmp_path_factory):
-    from l2l_jax.video import finetune as FT
+    from l2l_jax.programs import finetune as FT
 
     out = tmp_path_factory.mktemp("finetune")
     rc = FT.main(["--data", str(extracted["root"]), "--num_classes", "2", "--out", str(out), "--epochs", "3",
@@ -270,21 +274,25 @@ def test_finetune_fused_features_are_the_fitted_nets_output(finetuned):
 
 
 def test_finetune_resumes_from_its_checkpoints_to_the_uninterrupted_weights(extracted, tmp_path):
+    from l2l_jax.runkit.checkpoints import RunCheckpoints
     from l2l_jax.video.finetune import fit_imageaudionet
 
     source = open_split(extracted["root"] / "train.pkl", variant="two", num_classes=2, width=512, progress=False)
     kw = dict(batch_size=4, clips_per_video=None, seed=3, progress=False)
     want, _ = fit_imageaudionet(source, 2, epochs=3, **kw)
-    _, first = fit_imageaudionet(source, 2, epochs=2, checkpoint_dir=tmp_path / "ckpt", **kw)  # "killed" after 2
-    got, info = fit_imageaudionet(source, 2, epochs=3, checkpoint_dir=tmp_path / "ckpt", **kw)
+    run = tmp_path / "run"
+    with contextlib.closing(RunCheckpoints(run, keep=2)) as ckpts:  # "killed" after 2
+        _, first = fit_imageaudionet(source, 2, epochs=2, checkpoints=ckpts, **kw)
+    with contextlib.closing(RunCheckpoints(run, keep=2)) as ckpts:
+        got, info = fit_imageaudionet(source, 2, epochs=3, checkpoints=ckpts, **kw)
     assert first["resumed_after"] == 0 and info["resumed_after"] == 2
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree.leaves(got), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name.isdigit()) == ["2", "3"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "3"]
 
 
 def test_finetune_input_errors(tmp_path, capsys):
-    from l2l_jax.video import finetune as FT
+    from l2l_jax.programs import finetune as FT
 
     assert FT.main(["--data", str(tmp_path), "--num_classes", "2", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -310,23 +318,23 @@ def test_synthetic_video_shows_and_sounds_its_class_where_planned(tmp_path):
 
 
 def test_calibrate_bn(extracted, capsys):
-    visual, audio = X.fresh_variables("visualnet", 0), X.fresh_variables("audionet", 1)
+    visual, audio = T.fresh_variables("visualnet", 0), T.fresh_variables("audionet", 1)
     entries, _ = X.read_labels(extracted["tmp"] / "labels.csv", None)
-    v2, a2, n = X.calibrate_batchnorm(extracted["videos"], entries, visual, audio, frame_size=40, crop=32)
+    v2, a2, n = T.calibrate_batchnorm(extracted["videos"], entries, visual, audio, frame_size=40, crop=32)
     assert n == 9  # the clips of the three readable videos
     for before, after in ((visual, v2), (audio, a2)):
         bn = after["batch_stats"]["resnet"]["bn1"]
         assert not np.allclose(bn["mean"], 0) and (bn["var"] > 0).all() and not np.allclose(bn["var"], 1)
         assert before["params"] is after["params"]
     base = [str(extracted["videos"]), "--labels", str(extracted["tmp"] / "labels.csv"), "--out", "o"]
-    assert X.main([*base, "--calibrate_bn", "--weights_resnet18", "x.pth"]) == 2
+    assert XP.main([*base, "--calibrate_bn", "--weights_resnet18", "x.pth"]) == 2
     assert "--calibrate_bn is for random networks" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_demo_videos_preset_wiring(tmp_path, monkeypatch, capsys):
     """`l2l-demo --preset videos` at a smaller size: videos -> l2l-extract -> l2l-finetune -> l2l-train -> l2l-eval."""
-    from l2l_jax import demo
+    from l2l_jax.programs import demo
 
     preset = dict(demo.PRESETS["videos"])
     preset["videos"] = {"classes": 2, "train": 4, "val": 2, "seconds": (10, 11)}

@@ -24,8 +24,9 @@ import pytest
 
 av = pytest.importorskip("av")
 
+from l2l_jax.programs import extract as XP  # noqa: E402
 from l2l_jax.video import decode as D  # noqa: E402
-from l2l_jax.video import extract as X  # noqa: E402
+from l2l_jax.video import trunks as T  # noqa: E402
 
 SMALL = ["--frame_size", "40", "--crop", "32", "--batch_size", "4", "--workers", "2", "--no_progress"]
 # a UTF-8 BOM before the header; "./a.mp4" and "a.mp4" are one video; labels 2, 10, 11 are class indices
@@ -65,8 +66,8 @@ def base(tmp_path_factory):
     old = os.umask(0o022)
     t0 = time.perf_counter()
     try:
-        with pytest.warns(X.RandomWeightsWarning):
-            rc = X.main(argv)
+        with pytest.warns(T.RandomWeightsWarning):
+            rc = XP.main(argv)
     finally:
         os.umask(old)
     return {"tmp": tmp, "videos": videos, "labels": labels, "root": root, "argv": argv, "rc": rc,
@@ -86,7 +87,7 @@ def _tree(root: Path) -> dict[str, str]:
 def _refused(argv: list[str], capsys, *names: str) -> str:
     """Runs l2l-extract; it must exit 2 with one line on stderr, no traceback, holding every name. The line."""
     capsys.readouterr()
-    status = X.main(argv)
+    status = XP.main(argv)
     captured = capsys.readouterr()
     assert "Traceback" not in captured.out + captured.err, captured.err[-3000:]
     lines = captured.err.strip().splitlines()
@@ -128,8 +129,8 @@ def test_far_timestamps_are_skipped_with_their_reason(base, tmp_path, capsys):
     """3 frames with the last at 1 h: implausible (3601 clips, 2 with a frame); at 2e6 s: past --max_seconds,
     found from the container before decoding. A rerun reports both again, quickly."""
     t0 = time.perf_counter()
-    with pytest.warns(X.RandomWeightsWarning):
-        assert X.main(base["argv"]) == 0
+    with pytest.warns(T.RandomWeightsWarning):
+        assert XP.main(base["argv"]) == 0
     out = capsys.readouterr().out
     assert time.perf_counter() - t0 < 20
     assert "labels: class indices (detected" in out and "1 repeated line(s) kept once: a.mp4" in out
@@ -197,7 +198,7 @@ def test_rerun_with_other_settings_is_refused(base, capsys, flag, value, said):
         argv[argv.index(flag) + 1] = value
     else:
         argv += [flag, value]
-    with pytest.warns(X.RandomWeightsWarning):
+    with pytest.warns(T.RandomWeightsWarning):
         _refused(argv, capsys, str(base["root"]), said, "--overwrite")
     assert _tree(base["root"]) == before
 
@@ -213,8 +214,8 @@ def test_overwrite_extracts_again_with_the_new_settings(base, tmp_path, capsys):
     root = tmp_path / "root"
     shutil.copytree(base["root"], root)
     argv = [*base["argv"][:3], "--out", str(root), *SMALL, "--seed", "5", "--overwrite"]
-    with pytest.warns(X.RandomWeightsWarning):
-        assert X.main(argv) == 0
+    with pytest.warns(T.RandomWeightsWarning):
+        assert XP.main(argv) == 0
     out = capsys.readouterr().out
     assert "--overwrite: deleted 2 feature file(s)" in out and "extracted 1 videos" in out
     assert json.loads((root / "extract.json").read_text())["seed"] == 5
@@ -226,8 +227,8 @@ def test_other_settings_are_fine_while_no_feature_exists(base, tmp_path, capsys)
     """A first run that extracted nothing (every video missing) holds no feature to keep apart."""
     argv = _args(base, tmp_path, "m.mp4,0\n")
     for seed in ("0", "3"):
-        with pytest.warns(X.RandomWeightsWarning):
-            assert X.main([*argv, "--seed", seed]) == 0
+        with pytest.warns(T.RandomWeightsWarning):
+            assert XP.main([*argv, "--seed", seed]) == 0
     assert json.loads((tmp_path / "out" / "extract.json").read_text())["seed"] == 3
 
 
@@ -240,7 +241,7 @@ def test_features_of_unknown_origin_are_refused(base, tmp_path, capsys, case):
     else:
         (root / "extract.json").write_text("{not json")
     before = _tree(root)
-    with pytest.warns(X.RandomWeightsWarning):
+    with pytest.warns(T.RandomWeightsWarning):
         _refused([*base["argv"][:3], "--out", str(root), *SMALL], capsys, str(root), "extract.json", "--overwrite")
     assert _tree(root) == before
 
@@ -296,16 +297,16 @@ def test_label_kind_name_numbers_names_in_sorted_order(base, tmp_path, capsys):
     """Explicit name mode on 2, 10, 11: class names (sorted as text), recorded in classes.json; the run itself
     finds no video (all missing), so nothing compiles."""
     csv = "video,label\nm1.mp4,2\nm2.mp4,10\nm3.mp4,11\n"
-    with pytest.warns(X.RandomWeightsWarning):
-        assert X.main(_args(base, tmp_path, csv, None, "--label_kind", "name")) == 0
+    with pytest.warns(T.RandomWeightsWarning):
+        assert XP.main(_args(base, tmp_path, csv, None, "--label_kind", "name")) == 0
     out = capsys.readouterr().out
     assert "labels: 3 class names, numbered in sorted order (--label_kind" in out
     assert json.loads((tmp_path / "out" / "classes.json").read_text()) == ["10", "11", "2"]
 
 
 def test_class_names_are_detected_and_said(base, tmp_path, capsys):
-    with pytest.warns(X.RandomWeightsWarning):
-        assert X.main(_args(base, tmp_path, "m1.mp4,walk\nm2.mp4,run\n")) == 0
+    with pytest.warns(T.RandomWeightsWarning):
+        assert XP.main(_args(base, tmp_path, "m1.mp4,walk\nm2.mp4,run\n")) == 0
     assert "labels: 2 class names, numbered in sorted order (detected" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "classes.json").read_text()) == ["run", "walk"]
 
@@ -402,25 +403,27 @@ def test_bfloat16_weights_are_read_as_float32(base, weights, tmp_path, capsys):
     """bfloat16 tensors widen to float32 exactly: the same networks as the float32 file of the same values."""
     from l2l_jax.integrity import tensor_checksum
 
-    a = X.load_networks(str(weights["bf16"]), 0)
-    b = X.load_networks(str(weights["bf16_as_f32"]), 0)
+    a = T.load_networks(str(weights["bf16"]), 0)
+    b = T.load_networks(str(weights["bf16_as_f32"]), 0)
     assert a.weights_sha256 == b.weights_sha256
     assert tensor_checksum([a.visual, a.audio]) == tensor_checksum([b.visual, b.audio])
     # through main: every video missing, so the weights are read and recorded but nothing compiles
-    assert X.main(_args(base, tmp_path, "m.mp4,0\n", None, "--weights_resnet18", str(weights["bf16"]))) == 0
+    assert XP.main(_args(base, tmp_path, "m.mp4,0\n", None, "--weights_resnet18", str(weights["bf16"]))) == 0
     assert json.loads((tmp_path / "out" / "extract.json").read_text())["weights_sha256"] == a.weights_sha256
 
 
 @pytest.mark.parametrize("flag,value", [("--seed", "-1"), ("--seed", str(2**40)), ("--max_seconds", "0"),
-                                        ("--max_seconds", "nan"), ("--max_seconds", "-5")])
+                                        ("--max_seconds", "nan"), ("--max_seconds", "-5"), ("--batch_size", "0"),
+                                        ("--batch_size", str(10**6)), ("--workers", "100000"),
+                                        ("--frame_size", "100000")])
 def test_bad_flags(base, tmp_path, capsys, flag, value):
     _refused(_args(base, tmp_path, None, None, flag, value), capsys, flag)
     assert not (tmp_path / "out").exists()
 
 
 def test_max_seconds_skips_longer_videos(base, tmp_path, capsys):
-    with pytest.warns(X.RandomWeightsWarning):
-        assert X.main(_args(base, tmp_path, "a.mp4,0\n", None, "--max_seconds", "1")) == 0
+    with pytest.warns(T.RandomWeightsWarning):
+        assert XP.main(_args(base, tmp_path, "a.mp4,0\n", None, "--max_seconds", "1")) == 0
     out = capsys.readouterr().out
     assert "a.mp4: longer than --max_seconds 1" in out or "a.mp4: a frame at" in out or "past --max_seconds 1" in out
     assert pickle.loads((tmp_path / "out" / "train.pkl").read_bytes()) == ([], [])

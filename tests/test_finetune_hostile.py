@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 from l2l_jax.data.index import write_index
+from l2l_jax.programs import finetune as FTP
+from l2l_jax.runkit.settings import SETTINGS_FILE, SETTINGS_FORMAT
 from l2l_jax.video import finetune as FT
 
 FIT = ["--num_classes", "2", "--epochs", "2", "--batch_size", "8", "--no_progress"]
@@ -42,7 +44,7 @@ def make_feature_root(root: Path, *, videos: int = 6, clips: int = 4, seed: int 
 def run(argv: list[str], capsys) -> tuple[int, str]:
     """(status, stderr) of one `l2l-finetune` run; never a traceback."""
     capsys.readouterr()
-    status = FT.main([str(a) for a in argv])
+    status = FTP.main([str(a) for a in argv])
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
     return status, err
@@ -66,7 +68,7 @@ def fitted(tmp_path_factory):
     base = tmp_path_factory.mktemp("ft")
     root = make_feature_root(base / "feat")
     out = base / "out"
-    assert FT.main(["--data", str(root), "--out", str(out), *FIT]) == 0
+    assert FTP.main(["--data", str(root), "--out", str(out), *FIT]) == 0
     return {"root": root, "out": out}
 
 
@@ -79,17 +81,19 @@ def copy(fitted, tmp_path):
     paths = [str(root.absolute() / "imageAudio_features" / f"v{i}.npy") for i in range(6)]
     write_index(root / "train.pkl", paths, [i % 2 for i in range(6)])
     # the copy's record names the copy's pickle (as if fit there)
-    record = json.loads((out / FT.RECORD_FILE).read_text())
-    record["pickle"], record["pickle_sha256"] = str(root / "train.pkl"), FT.file_sha256(root / "train.pkl")
-    (out / FT.RECORD_FILE).write_text(json.dumps(record))
+    record = json.loads((out / SETTINGS_FILE).read_text())
+    record["pickle"], record["settings"][FT.PICKLE_KEY] = str(root / "train.pkl"), FT.file_sha256(root / "train.pkl")
+    (out / SETTINGS_FILE).write_text(json.dumps(record))
     return {"root": root, "out": out}
 
 
 def test_a_fit_records_its_data_and_settings(fitted):
-    record = json.loads((fitted["out"] / FT.RECORD_FILE).read_text())
-    assert record["format"] == FT.RECORD_FORMAT and record["videos"] == 6
-    assert record["settings"] == {"num_classes": 2, "lr": 1e-3, "batch_size": 8, "clips_per_video": 0, "seed": 0,
-                                  "skip_bad_videos": False}
+    record = json.loads((fitted["out"] / SETTINGS_FILE).read_text())
+    assert record["format"] == SETTINGS_FORMAT and record["program"] == "l2l-finetune" and record["videos"] == 6
+    settings = record["settings"]
+    assert len(settings.pop(FT.PICKLE_KEY)) == 64 and len(settings.pop(FT.FEATURES_KEY)) == 64
+    assert settings == {"num_classes": 2, "lr": 1e-3, "batch_size": 8, "clips_per_video": 0, "seed": 0,
+                        "skip_bad_videos": False}
     assert sorted(p.name for p in (fitted["out"] / "checkpoints").iterdir()) == ["1", "2"]
     assert not (fitted["out"] / ".lock").exists()
 
@@ -120,9 +124,10 @@ def test_refit_on_another_pickle_is_refused(copy, capsys):
     assert snapshot(out) == before
 
 
-@pytest.mark.parametrize("flag,value", [("--num_classes", "3"), ("--lr", "0.01"), ("--seed", "1"),
-                                        ("--batch_size", "4"), ("--clips_per_video", "2")])
-def test_refit_with_other_settings_is_refused(copy, capsys, flag, value):
+@pytest.mark.parametrize("flag,recorded,value", [("--num_classes", "2", "3"), ("--lr", "0.001", "0.01"),
+                                                 ("--seed", "0", "1"), ("--batch_size", "8", "4"),
+                                                 ("--clips_per_video", "0", "2")])
+def test_refit_with_other_settings_is_refused(copy, capsys, flag, recorded, value):
     out = copy["out"]
     before = snapshot(out)
     argv = ["--data", copy["root"], "--out", out, *FIT]
@@ -130,7 +135,7 @@ def test_refit_with_other_settings_is_refused(copy, capsys, flag, value):
                                                                                                              value]
     status, err = run(argv, capsys)
     line = one_line(err)
-    assert status == 2 and f"{flag} {value}" in line and str(out) in line, line
+    assert status == 2 and f"{flag} {recorded} (recorded) vs {value} (given)" in line and str(out) in line, line
     assert snapshot(out) == before  # the old .pth and model directory are still the first fit's
 
 
@@ -138,7 +143,7 @@ def test_overwrite_starts_over(copy, capsys):
     root, out = copy["root"], copy["out"]
     status, err = run(["--data", root, "--out", out, *FIT, "--seed", "1", "--overwrite"], capsys)
     assert status == 0, err
-    assert json.loads((out / FT.RECORD_FILE).read_text())["settings"]["seed"] == 1
+    assert json.loads((out / SETTINGS_FILE).read_text())["settings"]["seed"] == 1
     assert "resumed" not in err
 
 
@@ -149,7 +154,7 @@ def test_fewer_epochs_than_the_checkpoints_is_refused(copy, capsys):
 
 
 def test_checkpoints_without_a_record_are_refused(copy, capsys):
-    (copy["out"] / FT.RECORD_FILE).unlink()
+    (copy["out"] / SETTINGS_FILE).unlink()
     status, err = run(["--data", copy["root"], "--out", copy["out"], *FIT], capsys)
     line = one_line(err)
     assert status == 2 and "without a record" in line, line
@@ -183,9 +188,11 @@ def test_a_second_run_into_the_same_out_is_refused(fitted, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag,value", [("--lr", "nan"), ("--lr", "inf"), ("--lr", "0"), ("--lr", "-1"),
-                                        ("--epochs", "0"), ("--batch_size", "0"), ("--batch_size", "99999999"),
+                                        ("--lr", "1e38"), ("--epochs", "0"), ("--batch_size", "0"),
+                                        ("--batch_size", "99999999"),
                                         ("--num_classes", "0"), ("--seed", "-1"), ("--seed", str(2**40)),
-                                        ("--clips_per_video", "-1"), ("--name", "a/b"), ("--splits", "../x")])
+                                        ("--clips_per_video", "-1"), ("--name", "a/b"), ("--name", ".."),
+                                        ("--name", ""), ("--splits", "../x")])
 def test_flags_are_checked_first(tmp_path, capsys, flag, value):
     argv = ["--data", tmp_path / "nothing_here", "--out", tmp_path / "o", *FIT]
     argv = [a for i, a in enumerate(argv) if not (a == flag or (i and argv[i - 1] == flag))] + [flag, value]
@@ -195,17 +202,23 @@ def test_flags_are_checked_first(tmp_path, capsys, flag, value):
     assert not (tmp_path / "o").exists()
 
 
-def test_non_finite_parameters_are_never_checkpointed(tmp_path, capsys):
+def test_non_finite_parameters_are_never_checkpointed(tmp_path, capsys, monkeypatch):
+    """Parameters that become NaN or inf are never saved. --lr is bounded (and Adam's steps are about --lr), so
+    the fit's optimizer is swapped for SGD at a learning rate of 1e38 to get there."""
+    import optax
+
     root = make_feature_root(tmp_path / "feat")
     out = tmp_path / "out"
-    status, err = run(["--data", root, "--out", out, *FIT, "--lr", "1e38"], capsys)
+    with monkeypatch.context() as m:
+        m.setattr(optax, "adam", lambda learning_rate: optax.sgd(1e38))
+        status, err = run(["--data", root, "--out", out, *FIT], capsys)
     line = one_line(err)
     assert status == 2 and "NaN or inf" in line and "--lr" in line, line
     assert not any(p.name.isdigit() for p in (out / "checkpoints").iterdir()) if (out / "checkpoints").exists() \
         else True
     assert not list(out.glob("*.pth")) and not (out / "imageaudionet").exists()
     assert not (root / "imageAudio_features").exists() and not (out / ".lock").exists()
-    # a lower --lr then runs: the record of a fit without checkpoints does not stand in the way
+    # then a sane fit runs: the record of a fit without checkpoints does not stand in the way
     status, err = run(["--data", root, "--out", out, *FIT], capsys)
     assert status == 0, err
 

@@ -25,14 +25,15 @@ def test_exact_is_the_default_of_flags_model_and_loader():
     for program in ("train", "eval"):
         cfg = program_flags.resolve(program, [])
         assert cfg.precision == "exact"
-        assert config.model_config(cfg).numerics is EXACT
-        assert config.loader_options(cfg).feature_dtype is None
+        settings = config.settings(cfg, program)
+        assert settings.model.numerics is EXACT
+        assert settings.loader.feature_dtype is None
     assert PreviewConfig(num_classes=3).numerics is EXACT
     fast = program_flags.resolve("eval", ["--precision", "fast"])
-    assert config.model_config(fast, "gpu").numerics is FAST
-    on_cpu = config.model_config(fast, "cpu").numerics  # the episode stays a loop on a CPU
+    assert config.settings(fast, "eval", "gpu").model.numerics is FAST
+    on_cpu = config.settings(fast, "eval", "cpu").model.numerics  # the episode stays a loop on a CPU
     assert on_cpu.name == "fast" and not on_cpu.unroll_episode and on_cpu.storage_dtype == FAST.storage_dtype
-    assert config.loader_options(fast).feature_dtype == "float16"
+    assert config.settings(fast, "eval").loader.feature_dtype == "float16"
 
 
 def _soft_cases():
@@ -99,12 +100,13 @@ def test_fast_train_and_eval_steps_keep_float32_state(variant, layout):
 
 
 def test_fast_loader_streams_features_in_16_bits(tmp_path):
-    from l2l_jax.data import open_split
+    from l2l_jax.data.source import open_split
     from l2l_jax.data.synthetic import generate
 
     root = generate(tmp_path / "synth", preset="tiny", seed=0, progress=False)
     cfg = program_flags.resolve("eval", ["--test_dataset_file", str(root / "val.pkl"), "--num_classes", "6",
                                "--batch_size", "4", "--precision", "fast", "--layout", "dense"])
-    source = open_split(cfg.test_dataset_file, **config.split_options(cfg, progress=False))
-    batch = next(iter(config.make_eval_loader(cfg, source)))
+    settings = config.settings(cfg, "eval")
+    source = open_split(settings.data.test_file, **settings.data.split_options(progress=False))
+    batch = next(iter(settings.eval_loader(source)))
     assert batch["image"].dtype == np.float16 and batch["audio"].dtype == np.float16

@@ -25,12 +25,17 @@ from test_train_parity import RUNS, recipe_of
 from l2l_jax import config
 from l2l_jax.model_dir import load_model_dir
 from l2l_jax.programs import flags as program_flags
-from l2l_jax.training.checkpoints import RunCheckpoints
+from l2l_jax.runkit.checkpoints import RunCheckpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------------- cheap
+def train_settings(argv: list[str]) -> config.Settings:
+    """l2l-train's settings from these flags."""
+    return config.settings(program_flags.resolve("train", argv), "train")
+
+
 def _run_flags(run: dict) -> list[str]:
     flags = ["--variant", run["variant"], "--num_classes", "12", "--lr", str(run["lr"]), "--momentum",
              str(run["momentum"]), "--weight_decay", str(run["weight_decay"]), "--episode_length", str(run["E"]),
@@ -49,8 +54,8 @@ def _run_flags(run: dict) -> list[str]:
 
 @pytest.mark.parametrize("variant,run", RUNS, ids=[r["name"] for _, r in RUNS])
 def test_cli_builds_the_fixture_recipe(variant, run):
-    cfg = program_flags.resolve("train", _run_flags(run))
-    got = config.recipe(cfg, run["iters_per_epoch"])
+    settings = config.settings(program_flags.resolve("train", _run_flags(run)), "train")
+    got = settings.recipe.build(run["iters_per_epoch"])
     assert got == recipe_of(run)
     for k in range(len(run["steps"])):
         assert got.group_lrs(k) == pytest.approx(run["steps"][k]["lr"], rel=1e-12, abs=0.0)
@@ -60,14 +65,14 @@ def test_cli_builds_the_fixture_recipe(variant, run):
 _SAVE_RUN = """
 import logging, sys
 import jax
-from l2l_jax import config, parallel
+from l2l_jax import config, parallel, weights
 from l2l_jax.programs import flags as program_flags
 from l2l_jax.steps import create_train_state
-from l2l_jax.training.checkpoints import RunCheckpoints
+from l2l_jax.runkit.checkpoints import RunCheckpoints
 assert jax.device_count() == int(sys.argv[1]), jax.devices()
-cfg = program_flags.resolve("train", sys.argv[3:])
-state = create_train_state(config.initial_variables(cfg, logging.getLogger("save")), config.recipe(cfg, 4).optimizer(),
-                           cfg.seed)
+settings = config.settings(program_flags.resolve("train", sys.argv[3:]), "train")
+state = create_train_state(weights.initial_variables(settings, logging.getLogger("save")),
+                           settings.recipe.build(4).optimizer(), settings.seed)
 ckpts = RunCheckpoints(sys.argv[2])
 ckpts.save(4, parallel.replicate(state, parallel.make_mesh()), {"epoch": 0, "next_epoch": 1, "final": True})
 ckpts.close()
@@ -93,15 +98,15 @@ def test_pretrained_run_directory_loads_on_another_device_count(tmp_path):
                           env=e, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     log = logging.getLogger("test_pretrained")
-    want = config.initial_variables(program_flags.resolve("train", [*small, "--seed", "7"]), log)  # what the run saved
+    want = weights.initial_variables(train_settings([*small, "--seed", "7"]), log)  # what the run saved
 
     assert_trees_equal(weights.load(run_dir, "two").variables, want)
     for path in (run_dir, run_dir / "checkpoints", run_dir / "checkpoints" / "4"):
         argv = [*small, "--seed", "3", "--pretrained_model", str(path)]
-        got = config.initial_variables(program_flags.resolve("train", argv), log)
+        got = weights.initial_variables(train_settings(argv), log)
         assert_trees_equal(got, want)
-        loaded = config.eval_weights(program_flags.resolve("eval", ["--num_classes", "6", "--pretrained_model",
-                                                                    str(path)]))
+        eval_flags = program_flags.resolve("eval", ["--num_classes", "6", "--pretrained_model", str(path)])
+        loaded = weights.eval_weights(config.settings(eval_flags, "eval"))
         assert_trees_equal(loaded.variables, want)
         assert (loaded.meta["num_classes"], loaded.meta["step"]) == (6, 4)
         assert loaded.ref.where == run_dir / "checkpoints" / "4"
@@ -138,7 +143,7 @@ def flags(env, workdir: Path, *extra: str, val: bool = True) -> list[str]:
 
 def train_proc(env, args: list[str], extra_env: dict | None = None, **kw) -> subprocess.Popen:
     e = dict(env["env"], **(extra_env or {}))
-    return subprocess.Popen([sys.executable, "-m", "l2l_jax.train", *args], env=e, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "l2l_jax.programs.train", *args], env=e, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -183,7 +188,7 @@ def reference(env):
 
 @pytest.mark.slow
 def test_train_checkpoints_resume_final_validation(env, reference):
-    from l2l_jax.train import main
+    from l2l_jax.programs.train import main
 
     run_dir = env["base"] / "e2e"
     assert main(flags(env, run_dir, "--epochs", "2", "--visualization", "--keep_checkpoints", "2")) == 0
@@ -230,10 +235,13 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(env, reference):
 @pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(env, reference, capsys):
     """The program's contract: exit status 2 and one line on stderr with the message, no traceback."""
-    from l2l_jax.train import main
+    from l2l_jax.programs.train import main
 
     run_dir = env["base"] / "nan"
     shutil.copytree(reference, run_dir)
+    record = json.loads((run_dir / "settings.json").read_text())  # as if the run had been made at --lr 1e30
+    record["settings"]["lr"] = 1e30
+    (run_dir / "settings.json").write_text(json.dumps(record))
     good = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert main(flags(env, run_dir, "--epochs", "5", "--lr", "1e30", val=False)) == 2
     err = capsys.readouterr().err
@@ -266,8 +274,8 @@ def test_validation_lost_to_a_kill_is_written_on_resume(env, reference, two_epoc
     record for epoch 1, and the dead process's lock left behind. The resumed run takes the lock over (one
     warning), validates epoch 1 with the restored state, writes what was lost, and ends as the uninterrupted
     run: the same epoch.log, the same records (each epoch once), the same parameters."""
-    from l2l_jax.train import main
-    from l2l_jax.training.lock import LOCK_NAME
+    from l2l_jax.programs.train import main
+    from l2l_jax.runkit.lock import LOCK_NAME
 
     run_dir = env["base"] / "lost_validation"
     shutil.copytree(two_epochs, run_dir)
@@ -299,7 +307,7 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one(env, referenc
     """Flipped bytes in the newest checkpoint's data file: one warning (step, reason) on stderr and in
     run.log, the checkpoint moved aside, epochs 1 and 2 trained from checkpoint 4, ending as the uninterrupted
     run. With every checkpoint damaged: one error line, exit 2, nothing moved."""
-    from l2l_jax.train import main
+    from l2l_jax.programs.train import main
 
     def flip(step_dir: Path) -> None:
         data = max((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
@@ -335,9 +343,44 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one(env, referenc
     assert sorted(p.name for p in (none_left / "checkpoints").iterdir()) == ["4", "8"]
 
 
+@pytest.mark.slow
+def test_a_rerun_with_other_settings_is_refused_and_overwrite_starts_over(env, two_epochs, capsys):
+    """A rerun of a 2-epoch run with another --lr, --seed and --num_classes: one line naming each difference,
+    exit 2, before any data is read, nothing in the run directory touched; fewer --epochs than done: refused
+    too. With --overwrite (and another --seed) the run starts over: the old checkpoints and records go, the
+    new settings are recorded."""
+    from l2l_jax.programs.train import main
+
+    run_dir = env["base"] / "rerun"
+    shutil.copytree(two_epochs, run_dir)
+    before = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    for extra, said in (
+            (["--lr", "0.02", "--seed", "4", "--num_classes", "7"],
+             "its checkpoints were made with other settings (--lr 0.01 (recorded) vs 0.02 (given); --seed 3 "
+             "(recorded) vs 4 (given); --num_classes 6 (recorded) vs 7 (given)); start over with --overwrite"),
+            (["--epochs", "1"], "its checkpoints reach epoch 2, beyond --epochs 1; give --epochs 2 or more")):
+        argv = flags(env, run_dir, "--epochs", "2")
+        for flag, value in zip(extra[::2], extra[1::2], strict=True):
+            if flag in argv:
+                argv[argv.index(flag) + 1] = value
+            else:
+                argv += [flag, value]
+        assert main(argv) == 2
+        _, err = _program_output(capsys)
+        assert len(err.strip().splitlines()) == 1, err
+        assert err.strip().startswith(f"l2l-train: --checkpoint_path {run_dir}: {said}"), err
+    assert {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()} == before
+    assert main(flags(env, run_dir, "--epochs", "1", "--seed", "4", "--overwrite")) == 0
+    _program_output(capsys)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["4"]
+    assert [r["epoch"] for r in epoch_records(run_dir)] == [0]
+    assert json.loads((run_dir / "settings.json").read_text())["settings"]["seed"] == 4
+    assert "Resuming" not in (run_dir / "run.log").read_text()
+
+
 def test_flag_errors_stop_before_any_data_is_read(tmp_path, capsys):
     """A flag problem is one line and exit status 2, before the run directory is made or a split is read."""
-    from l2l_jax.train import main
+    from l2l_jax.programs.train import main
 
     run_dir = tmp_path / "run"
     missing = tmp_path / "missing.pkl"

@@ -15,26 +15,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from l2l_jax import config, parallel
+from l2l_jax import config, parallel, weights
 from l2l_jax.errors import ConfigError, L2LError, WeightsError
 from l2l_jax.integrity import named_tensors
 from l2l_jax.programs import flags as program_flags
+from l2l_jax.runkit.checkpoints import CheckpointError, RunCheckpoints
+from l2l_jax.runkit.lock import LOCK_NAME, RunLock
 from l2l_jax.steps import create_train_state
-from l2l_jax.training.checkpoints import CheckpointError, RunCheckpoints
-from l2l_jax.training.lock import LOCK_NAME, RunLock
 from l2l_jax.training.log import RunLog
 
 SMALL = ["--num_classes", "6", "--episode_length", "3", "--with_lstm_ce_loss"]
 
 
 def _state(seed: int, nan: bool = False, flags=SMALL):
-    cfg = program_flags.resolve("train", [*flags, "--seed", str(seed)])
-    variables = config.initial_variables(cfg)
+    settings = config.settings(program_flags.resolve("train", [*flags, "--seed", str(seed)]), "train")
+    variables = weights.initial_variables(settings)
     if nan:
         bias = np.array(variables["params"]["prediction_fc"]["bias"])
         bias[0] = np.nan
         variables["params"]["prediction_fc"]["bias"] = bias
-    state = create_train_state(variables, config.recipe(cfg, 4).optimizer(), seed)
+    state = create_train_state(variables, settings.recipe.build(4).optimizer(), seed)
     return parallel.replicate(state, parallel.make_mesh())
 
 
@@ -204,7 +204,7 @@ def test_other_hosts_and_unreadable_locks_are_refused(tmp_path, holder):
 
 
 def test_l2l_train_refuses_a_locked_directory_before_reading_data(tmp_path, capsys):
-    from l2l_jax.train import main
+    from l2l_jax.programs.train import main
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

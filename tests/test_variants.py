@@ -38,7 +38,8 @@ def test_programs_take_variant_facts_from_the_spec():
     single = program_flags.resolve("train", ["--variant", "single", "--embedding_size", "24"])
     for key, value in variants.SINGLE.flag_defaults:
         assert single[key] == value
-    assert config.feature_width(single) == 24 and config.feature_width(program_flags.resolve("train", [])) == 512
+    widths = [config.settings(cfg, "train").model.feature_dim for cfg in (single, program_flags.resolve("train", []))]
+    assert widths == [24, 512]
     groups = recipe.param_groups("two", True)
     assert [(g.name, g.lr_factor) for g in groups] == list(variants.TWO.freeze_groups)
     lines = validation_lines("single", 3, {"avgpool_acc": 0.5, "lstm_acc": 0.25, "avgpool_map": 0.1,

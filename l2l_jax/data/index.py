@@ -32,11 +32,6 @@ from l2l_jax.errors import L2LError
 
 Variant = str  # a --variant name (`l2l_jax.variants`)
 
-TEMPLATE_DIR = "imageAudio_features"
-#: each variant's feature folders and batch keys, as its spec gives them
-MODALITY_DIRS: dict[str, tuple[str, ...]] = {v.name: v.feature_dirs for v in variants.VARIANTS.values()}
-MODALITY_KEYS: dict[str, tuple[str, ...]] = {v.name: v.modalities for v in variants.VARIANTS.values()}
-
 
 class DatasetError(L2LError, ValueError):
     """A dataset file is malformed or unreadable (wrong structure, bad paths, bad labels, bad feature files,
@@ -173,15 +168,15 @@ def remap_root(path: str, feature_root: str | os.PathLike | None) -> str:
     """Replace everything before `imageAudio_features` in `path` with `feature_root` (None: unchanged)."""
     if feature_root is None:
         return path
-    pos = path.find(TEMPLATE_DIR)
+    pos = path.find(variants.TEMPLATE_DIR)
     if pos < 0:
-        raise DatasetError(f"path {path!r} has no '{TEMPLATE_DIR}' component to remap with --feature_root")
+        raise DatasetError(f"path {path!r} has no '{variants.TEMPLATE_DIR}' component to remap with --feature_root")
     return os.path.join(os.fspath(feature_root), path[pos:])
 
 
 def modality_paths(template: str, variant: Variant) -> tuple[str, ...]:
     """The feature files upstream reads for one video: (image, audio) or (r2plus1d152,)."""
-    return tuple(template.replace(TEMPLATE_DIR, d) for d in MODALITY_DIRS[variant])
+    return tuple(template.replace(variants.TEMPLATE_DIR, d) for d in variants.get(variant).feature_dirs)
 
 
 @dataclass
@@ -231,7 +226,7 @@ def _as_label(x: object, i: int, source: str) -> int:
     raise DatasetError(f"{source}: label {i} is {shown} ({type(x).__name__}), expected an int")
 
 
-def parse_index(obj: object, *, variant: Variant = "two", feature_root=None, base_dir=None,
+def parse_index(obj: object, *, variant: Variant = variants.DEFAULT.name, feature_root=None, base_dir=None,
                 source: str = "") -> VideoIndex:
     """Check the `(feature_paths, labels)` structure and build a VideoIndex.
 
@@ -251,8 +246,8 @@ def parse_index(obj: object, *, variant: Variant = "two", feature_root=None, bas
             raise DatasetError(f"{source}: path {i} is {type(p).__name__}, expected str")
         if "\x00" in p:
             raise DatasetError(f"{source}: path {i} ({p!r}) contains a NUL character")
-        if TEMPLATE_DIR not in p:
-            raise DatasetError(f"{source}: path {i} ({p!r}) has no '{TEMPLATE_DIR}' component")
+        if variants.TEMPLATE_DIR not in p:
+            raise DatasetError(f"{source}: path {i} ({p!r}) has no '{variants.TEMPLATE_DIR}' component")
         p = remap_root(p, feature_root)
         if not os.path.isabs(p) and base_dir is not None:
             p = os.path.join(os.fspath(base_dir), p)
@@ -261,7 +256,7 @@ def parse_index(obj: object, *, variant: Variant = "two", feature_root=None, bas
     return VideoIndex(variant, templates, np.array(labs, np.int64), np.arange(len(labs)), source)
 
 
-def load_index(pickle_path: str | os.PathLike, *, variant: Variant = "two",
+def load_index(pickle_path: str | os.PathLike, *, variant: Variant = variants.DEFAULT.name,
                feature_root: str | os.PathLike | None = None) -> VideoIndex:
     """Read an upstream dataset pickle safely; remap its prefix with `feature_root` (--feature_root).
 

@@ -1,4 +1,5 @@
-"""`l2l-pack`: a split's per-video `.npy` files -> one memory-mapped array per modality plus offsets.
+"""Packing a split: its per-video `.npy` files -> one memory-mapped array per modality plus offsets (the library of
+`l2l-pack`, whose program is `l2l_jax.programs.pack`).
 
 Layout of `<out>/` (default `<pickle dir>/<stem>.pack/`, where the loader finds it on its own):
 `meta.json`, `offsets.npy` (N+1,) int64 (video i is rows offsets[i]:offsets[i+1]), `labels.npy`, `ids.npy`
@@ -8,16 +9,14 @@ Layout of `<out>/` (default `<pickle dir>/<stem>.pack/`, where the loader finds 
 was validated (size, mtime, content digest: `fingerprint.py`); a pack whose sources changed since is not used
 (`source.open_split`). The split is validated first, so a pack never holds a bad video (bad ones are refused,
 or dropped with `--skip_bad_videos`). Format v2 (v1 packs, without `sources.json`, are not used: re-run
-l2l-pack). Errors are one line naming the file and exit status 2 (`l2l_jax.programs.flags.run_program`).
+l2l-pack).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +95,7 @@ def write_pack(source: FileSource, out_dir: str | os.PathLike, *, float16: bool 
 
 
 def pack_pickle(pickle_path: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
-                variant: Variant = "two", feature_root: str | os.PathLike | None = None,
+                variant: Variant = variants.DEFAULT.name, feature_root: str | os.PathLike | None = None,
                 num_classes: int | None = None, width: int | None = 512, float16: bool = False,
                 skip_bad_videos: bool = False, progress: bool = True) -> Path:
     """Validate and pack the split of an upstream pickle; returns the pack directory."""
@@ -108,59 +107,3 @@ def pack_pickle(pickle_path: str | os.PathLike, out_dir: str | os.PathLike | Non
     out = default_pack_dir(pickle_path) if out_dir is None else Path(out_dir)
     return write_pack(FileSource(scan), out, float16=float16, pickle_path=pickle_path,
                       feature_root=feature_root, progress=progress)
-
-
-def check_pack_out(out: Path) -> None:
-    """`out` can become the pack (`l2l_jax.outputs.output_dir`) and is not a directory of something else that
-    packing would replace; its temporary sibling is not a file."""
-    from l2l_jax.errors import ConfigError
-    from l2l_jax.outputs import output_dir
-
-    output_dir(out, "--out")
-    if out.is_dir() and any(out.iterdir()):
-        try:
-            meta = json.loads((out / "meta.json").read_text())
-        except (OSError, ValueError):
-            meta = None
-        if not isinstance(meta, dict) or meta.get("format") != PACK_FORMAT:
-            raise ConfigError(f"--out {out}: exists and is not a pack directory; refusing to replace it (choose "
-                              "another --out)")
-    tmp = out.with_name(out.name + ".tmp")
-    if os.path.lexists(tmp) and not tmp.is_dir():
-        raise ConfigError(f"--out {out}: {tmp} is in the way (packing writes there first); move it away")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs `l2l-pack`; returns the exit status (2 with a one-line message naming the file for bad input)."""
-    from l2l_jax.programs.flags import run_program
-
-    return run_program("pack", lambda: _main(argv), argv)
-
-
-def _main(argv: Sequence[str] | None) -> None:
-    ap = argparse.ArgumentParser(prog="l2l-pack", description=__doc__.split("\n")[0])
-    ap.add_argument("pickles", nargs="+", help="upstream dataset pickles (train.pkl, val.pkl, ...)")
-    ap.add_argument("--out", default=None, help="pack directory (one pickle only; default <stem>.pack beside it)")
-    ap.add_argument("--variant", choices=variants.NAMES, default=variants.DEFAULT.name)
-    ap.add_argument("--feature_root", default=None, help="replaces everything before imageAudio_features")
-    ap.add_argument("--num_classes", type=int, default=None, help="check labels in [0, C)")
-    ap.add_argument("--width", type=int, default=512, help="expected feature width (0: any)")
-    ap.add_argument("--float16", action="store_true", help="store float16 (half the bytes)")
-    ap.add_argument("--skip_bad_videos", action="store_true", help="drop bad videos instead of failing")
-    ap.add_argument("--quiet", action="store_true")
-    ap.add_argument("--debug", action="store_true", help="show the traceback of an input error")
-    args = ap.parse_args(argv)
-    if args.out and len(args.pickles) > 1:
-        ap.error("--out needs a single pickle")
-    for p in args.pickles:  # every output before any work
-        check_pack_out(Path(args.out) if args.out else default_pack_dir(p))
-    for p in args.pickles:
-        out = pack_pickle(p, args.out, variant=args.variant, feature_root=args.feature_root,
-                          num_classes=args.num_classes, width=args.width or None, float16=args.float16,
-                          skip_bad_videos=args.skip_bad_videos, progress=not args.quiet)
-        meta = json.loads((out / "meta.json").read_text())
-        print(f"{p} -> {out} ({meta['num_videos']} videos, {meta['total_clips']} clips, {meta['dtype']})")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -31,7 +31,7 @@ import numpy as np
 from l2l_jax import variants
 
 from .fingerprint import FINGERPRINT_VERSION, Fingerprint, what_changed
-from .index import MODALITY_KEYS, BadFileError, DatasetError, Variant, load_index, npy_header, open_regular
+from .index import BadFileError, DatasetError, Variant, load_index, npy_header, open_regular
 from .validate import ScanResult, check_split
 
 PACK_FORMAT = "l2l-pack"
@@ -98,7 +98,7 @@ class FileSource(FeatureSource):
     def __init__(self, scan: ScanResult):
         self.index = scan.index
         self.variant = scan.index.variant
-        self.keys = MODALITY_KEYS[self.variant]
+        self.keys = variants.MODALITY_KEYS[self.variant]
         self.width = scan.width
         self.dtype = np.dtype(np.float32)
         self.labels = scan.index.labels
@@ -261,7 +261,7 @@ def _read_meta(pack_dir: Path) -> dict:
     if version != PACK_VERSION:
         raise _Unusable(f"unknown pack format {meta.get('format')} v{version}; re-run l2l-pack to rebuild it")
     variant = meta.get("variant")
-    if variant not in MODALITY_KEYS or meta.get("keys") != list(MODALITY_KEYS[variant]):
+    if variant not in variants.MODALITY_KEYS or meta.get("keys") != list(variants.MODALITY_KEYS[variant]):
         raise _Unusable(f"meta.json names variant {variant!r} with keys {meta.get('keys')!r}; the pack is "
                         "damaged: re-run l2l-pack")
     return meta
@@ -346,11 +346,6 @@ def pack_problem(pack_dir: str | os.PathLike, pickle_path: str | os.PathLike, va
         return str(e)
 
 
-def pack_matches(pack_dir: Path, pickle_path: str | os.PathLike, variant: Variant, feature_root) -> bool:
-    """Whether `pack_dir` is an up-to-date pack of this very pickle (`pack_problem` finds nothing)."""
-    return pack_problem(pack_dir, pickle_path, variant, feature_root) is None
-
-
 def repack_command(pickle_path: str | os.PathLike | None, variant: Variant, feature_root) -> str:
     """The `l2l-pack` command line that rebuilds the pack of a pickle."""
     cmd = f"l2l-pack {pickle_path if pickle_path else '<pickle>'}"
@@ -361,7 +356,7 @@ def repack_command(pickle_path: str | os.PathLike | None, variant: Variant, feat
     return cmd
 
 
-def open_split(path: str | os.PathLike, *, variant: Variant = "two", num_classes: int,
+def open_split(path: str | os.PathLike, *, variant: Variant = variants.DEFAULT.name, num_classes: int,
                feature_root: str | os.PathLike | None = None, width: int | None = 512,
                skip_bad_videos: bool = False, packed: bool | str | os.PathLike | None = None,
                cache: str | os.PathLike | bool | None = True, progress: bool = True) -> FeatureSource:

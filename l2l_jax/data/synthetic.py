@@ -1,4 +1,5 @@
-"""`l2l-synth`: an embedded synthetic dataset in upstream's layout, for running everything without downloads.
+"""An embedded synthetic dataset in upstream's layout, for running everything without downloads (the library of
+`l2l-synth`, whose program is `l2l_jax.programs.synth`).
 
 `l2l-synth --out DIR [--preset tiny|default] [--seed N]` writes `DIR/train.pkl`, `DIR/val.pkl` (upstream's
 `(feature_paths, labels)`, paths relative to DIR: `imageAudio_features/<name>.npy`), the per-video features
@@ -34,21 +35,23 @@ Features are stored as float32 (`tiny`) or float16 (`default`, half the bytes; u
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .index import MODALITY_DIRS, TEMPLATE_DIR, write_index
+from l2l_jax import variants
+
+from .index import write_index
 
 WIDTH = 512
-DIRS = ("image_features", "audio_features", TEMPLATE_DIR, MODALITY_DIRS["single"][0])
+DIRS = variants.FEATURE_DIRS  # every folder the dataset has (the two variants' and the fused features')
+IMAGE_DIR, AUDIO_DIR = variants.TWO.feature_dirs
+(SINGLE_DIR,) = variants.SINGLE.feature_dirs
 
 
 @dataclass(frozen=True)
@@ -160,10 +163,10 @@ def make_video(cfg: SynthConfig, world: _World, label: int, rng: np.random.Gener
     aud += cfg.beta * env[:, None] * world.class_aud[label]
     relu = lambda x: np.maximum(x, 0).astype(np.float32)  # noqa: E731
     feats = {
-        "image_features": relu(img),
-        "audio_features": relu(aud),
-        TEMPLATE_DIR: relu((img + aud) / math.sqrt(2)),
-        "r2plus1d152_features": relu(0.8 * img + 0.4 * aud + 0.3 * rng.standard_normal((T, WIDTH))),
+        IMAGE_DIR: relu(img),
+        AUDIO_DIR: relu(aud),
+        variants.TEMPLATE_DIR: relu((img + aud) / math.sqrt(2)),
+        SINGLE_DIR: relu(0.8 * img + 0.4 * aud + 0.3 * rng.standard_normal((T, WIDTH))),
     }
     return {"features": feats, "length": T, "scene": scene, "segments": [list(x) for x in segs],
             "distractors": [[s, e, c] for (s, e), c in zip(distract, distract_cls, strict=True)]}
@@ -186,58 +189,10 @@ def generate(out: str | os.PathLike, *, preset: str = "default", seed: int = 0,
             v = make_video(cfg, world, int(labels[i]), np.random.default_rng([seed, split_id, 1, i]))
             for d, x in v["features"].items():
                 np.save(out / d / f"{name}.npy", x.astype(cfg.dtype))
-            paths.append(f"{TEMPLATE_DIR}/{name}.npy")
+            paths.append(f"{variants.TEMPLATE_DIR}/{name}.npy")
             videos.append({"name": name, "label": int(labels[i]), "length": v["length"], "scene": v["scene"],
                            "segments": v["segments"], "distractors": v["distractors"]})
         write_index(out / f"{split}.pkl", paths, labels.tolist())
         truth[split] = videos
     (out / "segments.json").write_text(json.dumps(truth))
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Runs `l2l-synth`; returns the exit status (2 with one line for a bad flag or --out)."""
-    from l2l_jax.programs.flags import run_program
-
-    return run_program("synth", lambda: _main(argv), argv)
-
-
-def _main(argv: list[str] | None) -> None:
-    from l2l_jax.errors import ConfigError
-    from l2l_jax.outputs import output_dir, output_file, writing
-
-    ap = argparse.ArgumentParser(prog="l2l-synth", description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--num_train", type=int, default=None)
-    ap.add_argument("--num_val", type=int, default=None)
-    ap.add_argument("--dtype", choices=("float32", "float16"), default=None)
-    ap.add_argument("--quiet", action="store_true")
-    ap.add_argument("--debug", action="store_true", help="traceback instead of a one-line error")
-    args = ap.parse_args(argv)
-    for k in ("num_train", "num_val"):
-        if getattr(args, k) is not None and getattr(args, k) < 1:
-            raise ConfigError(f"--{k} {getattr(args, k)}: must be at least 1")
-    if args.seed < 0:
-        raise ConfigError(f"--seed {args.seed}: must be 0 or more")
-    cfg = PRESETS[args.preset]
-    for k in ("num_train", "num_val", "dtype"):
-        if getattr(args, k) is not None:
-            cfg = replace(cfg, **{k: getattr(args, k)})
-    out = output_dir(args.out, "--out")
-    away = "move it away or choose another --out"
-    for d in DIRS:
-        output_dir(out / d, "--out", advice=away)
-    for name in ("train.pkl", "val.pkl", "segments.json"):
-        output_file(out / name, "--out", advice=away)
-    t0 = time.perf_counter()
-    with writing(out, "--out"):
-        out = generate(out, preset=args.preset, seed=args.seed, config=cfg, progress=not args.quiet)
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"wrote {out}: {cfg.num_train} train / {cfg.num_val} val videos, {cfg.num_classes} classes, "
-          f"{size / 2**20:.1f} MiB in {time.perf_counter() - t0:.1f}s")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -9,12 +9,5 @@
 - `plots`: timelines of the chosen clips and the mAP-vs-steps curve as PNGs (imported on its own: it
   loads matplotlib).
 
-The `l2l-eval` program that puts these together is `l2l_jax.evaluate`.
+The `l2l-eval` program that puts these together is `l2l_jax.programs.evaluate`.
 """
-
-from l2l_jax.evaluation.baselines import BASELINES, register
-from l2l_jax.evaluation.evaluator import EvalResult, Evaluator
-from l2l_jax.evaluation.report import comparison_table, summary_lines, video_names, write_export, write_metrics_json
-
-__all__ = ["BASELINES", "EvalResult", "Evaluator", "comparison_table", "register", "summary_lines", "video_names",
-           "write_export", "write_metrics_json"]

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
+from tqdm.auto import tqdm
 
 from l2l_jax import parallel, variants
 from l2l_jax.errors import ConfigError
@@ -139,7 +140,7 @@ class Evaluator:
     Args:
         model: a `PreviewModel` or `SinglePreviewModel` (`l2l_jax.model.build_model`).
         cfg: the model's `PreviewConfig` (`l2l_jax.config.model_config`).
-        variant: ``"two"`` or ``"single"``, the variant `model` was built for.
+        variant: a `l2l_jax.variants` name (`variants.NAMES`), the variant `model` was built for.
         hard: upstream's --gt_feature_eval (feed the chosen clips' own features).
         with_baselines: also run the registered baselines and the k-step curves (l2l-eval does; validation
             during training does not).
@@ -221,8 +222,6 @@ def _signature(tree: Any) -> tuple:
 
 
 def _progress_bar(loader: Any, desc: str) -> Any:
-    from tqdm.auto import tqdm
-
     total = len(loader) if hasattr(loader, "__len__") else None
     return tqdm(total=total, desc=desc, unit="batch", leave=False)
 

@@ -30,11 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from l2l_jax import variants
 from l2l_jax.numerics import EXACT, Numerics
 
 Array = jax.Array
 
-CHUNK = 32  # positions per chunk of the attention layout
+CHUNK = 32  # positions per chunk: of the chunk layout, and of the dense layout's fixed-shape products
 MIN_CHUNKS = 8
 
 
@@ -115,12 +116,10 @@ def lay_out(batch: Mapping[str, Any], groups: int, *, full: bool = False) -> dic
     """A dense host batch -> the same batch in the chunk layout: its chunk index as ``chunks`` (`groups`
     groups, one per local device, so each device lays out its own rows; `full` as in `chunk_index`) and
     every feature array laid out (`chunk_features`)."""
-    from l2l_jax.data.index import MODALITY_KEYS
-
     batch = dict(batch)
     chunks = chunk_index(batch["mask"], batch.get("valid"), groups, full=full)
     batch["chunks"] = chunks
-    for key in {k for keys in MODALITY_KEYS.values() for k in keys}:
+    for key in variants.FEATURE_KEYS:
         if key in batch:
             batch[key] = chunk_features(batch[key], chunks)
     return batch

@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 
 from l2l_jax.exact import spread, tree_sum
+from l2l_jax.layouts.chunk import CHUNK  # positions per fixed-shape product in `chunked_matvec` / `chunked_vecmat`
 from l2l_jax.numerics import EXACT, Numerics
 
 Array = jax.Array
 
-CHUNK = 32  # positions per fixed-shape product in `chunked_matvec` / `chunked_vecmat`
 
 
 def _chunked(x: Array) -> Array:

@@ -1,16 +1,20 @@
 """`l2l-demo`: the whole system end to end on the embedded synthetic dataset, with no downloads.
 
-    l2l-demo --out runs/demo [--preset default|tiny] [--seed N] [--precision exact|fast] [--layout auto|dense|chunk]
+    l2l-demo --out runs/demo [--preset default|tiny|videos|distill] [--seed N] [--precision exact|fast]
+             [--layout auto|dense|chunk]
 
 Five steps, each through the program a user would run (the equivalent command line is printed before each):
 1. `l2l-synth` writes the dataset to OUT/data (skipped when a complete one of the same preset and seed is there);
-2. a short jitted fit of the fusion net + classifier on clip-level labels (`l2l_jax.pretrain`, the stand-in for
-   upstream's released `ImageAudioNet_*.pth`), exported with `l2l-convert export` to
+2. a short jitted fit of the fusion net + classifier on clip-level labels (`l2l_jax.video.finetune.fit_imageaudionet`,
+   the stand-in for upstream's released `ImageAudioNet_*.pth`), exported with `l2l-convert export` to
    OUT/ImageAudioNet_synthetic.pth and converted back with `l2l-convert imageaudionet` to OUT/imageaudionet, so
    the conversion path runs for real;
 3. `l2l-train --config configs/synthetic.py` trains the preview policy from OUT/imageaudionet into OUT/train;
 4. `l2l-eval` evaluates it with the baselines, writing OUT/metrics.json, OUT/clips.jsonl and OUT/plots/;
 5. the last screen: policy vs uniform vs random vs all clips at E = 10, speeds, and where everything is.
+
+`--preset distill`: frozen-resnet18 features against distilled ones (`l2l_jax.programs.demo_distill`).
+Steps 3-4 of every preset are `l2l_jax.programs.demo_steps`.
 
 `--preset videos` starts from raw video files instead (steps 1-2: `step_videos`): it writes small synthetic
 videos to OUT/videos, extracts their clip features with `l2l-extract` (random networks) and fits the fusion net
@@ -21,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from l2l_jax.programs import demo_distill, flags
+from l2l_jax.programs.demo_steps import _header, _run, _run_module, _shown, step_eval, step_train
 
 #: Per preset: the training flags on top of configs/synthetic.py, and the fusion-net fit's settings.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -41,39 +46,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                "videos": {"classes": 4, "train": 32, "val": 16, "seconds": (12, 18)},
                "extract": ["--frame_size", "48", "--crop", "48", "--batch_size", "32", "--calibrate_bn"],
                "finetune": ["--epochs", "20", "--batch_size", "64", "--lr", "1e-3"]},
-    # generated videos + a teacher -> frozen-resnet18 features vs l2l-distill's (l2l_jax.video.distill_demo)
-    "distill": {"train": ["--epochs", "10", "--batch_size", "8", "--milestones", "8", "--warmup_epochs", "0",
-                          "--checkpoint_freq", "5", "--buckets", "32", "--print_freq", "4"]},
+    # generated videos + a teacher -> frozen-resnet18 features vs l2l-distill's (l2l_jax.programs.demo_distill)
+    "distill": {"train": demo_distill.SETTINGS["train"]},
 }
-EPISODE_LENGTH = 10
-
-
-def config_file() -> Path:
-    """configs/synthetic.py of this checkout (the package is installed editable, beside configs/)."""
-    return Path(__file__).resolve().parents[1] / "configs" / "synthetic.py"
-
-
-def _shown(path: Path | str) -> str:
-    """A path as the user would type it: relative to the working directory when inside it."""
-    p = Path(path)
-    try:
-        return str(p.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(p)
-
-
-def _header(n: int, text: str) -> None:
-    print(f"\n{'=' * 100}\n[{n}/5] {text}\n{'=' * 100}", flush=True)
-
-
-def _run(program: str, entry: Callable[[list[str]], Any], argv: list[str]) -> float:
-    """Print the command line, run the program's main(argv), fail on a non-zero status; returns the seconds."""
-    print(f"$ {program} {shlex.join(argv)}", flush=True)
-    t0 = time.perf_counter()
-    status = entry(argv)
-    if status not in (None, 0):
-        raise SystemExit(f"l2l-demo: {program} failed with status {status}")
-    return time.perf_counter() - t0
 
 
 def _data_complete(data: Path, preset: str, seed: int) -> bool:
@@ -91,22 +66,22 @@ def _data_complete(data: Path, preset: str, seed: int) -> bool:
 def step_data(out: Path, preset: str, seed: int) -> tuple[Path, int]:
     """Step 1: the synthetic dataset; returns (folder, number of classes)."""
     from l2l_jax.data import synthetic
+    from l2l_jax.programs import synth
 
     data = out / "data"
     _header(1, f"synthetic dataset ({preset} preset) -> {_shown(data)}")
     if _data_complete(data, preset, seed):
         print(f"already there and complete: {_shown(data)} (delete it to regenerate)")
     else:
-        _run("l2l-synth", synthetic.main, ["--out", _shown(data), "--preset", preset, "--seed", str(seed)])
+        _run("l2l-synth", synth.main, ["--out", _shown(data), "--preset", preset, "--seed", str(seed)])
     return data, synthetic.PRESETS[preset].num_classes
 
 
 def step_imageaudionet(out: Path, data: Path, num_classes: int, preset: str, seed: int) -> dict[str, Any]:
     """Step 2: fit the fusion net + classifier, export it to an upstream .pth, convert that back."""
-    from convert import cli as convert_cli
-    from l2l_jax.data import open_split
+    from l2l_jax.data.source import open_split
     from l2l_jax.model_dir import save_model_dir
-    from l2l_jax.pretrain import fit_imageaudionet
+    from l2l_jax.video.finetune import fit_imageaudionet
 
     _header(2, "fusion net + classifier on clip-level labels -> upstream-format .pth -> l2l-convert")
     settings = PRESETS[preset]["pretrain"]
@@ -121,9 +96,11 @@ def step_imageaudionet(out: Path, data: Path, num_classes: int, preset: str, see
     print(f"fit {info['clips']} clips ({settings['epochs']} epochs) in {fit_s:.1f} s: train clip accuracy "
           f"{info['train_clip_acc']:.3f}; saved {_shown(fit_dir)}")
     pth, conv = out / "ImageAudioNet_synthetic.pth", out / "imageaudionet"
-    _run("l2l-convert", convert_cli.main, ["export", "--flax", _shown(fit_dir), "--out", _shown(pth), "--overwrite"])
-    _run("l2l-convert", convert_cli.main,
-         ["imageaudionet", "--torch", _shown(pth), "--out", _shown(conv), "--overwrite"])
+    # l2l-convert is the one program outside the library (convert/): run as the user runs it, in its own process
+    _run_module("l2l-convert", "convert.cli",
+                ["export", "--flax", _shown(fit_dir), "--out", _shown(pth), "--overwrite"])
+    _run_module("l2l-convert", "convert.cli",
+                ["imageaudionet", "--torch", _shown(pth), "--out", _shown(conv), "--overwrite"])
     return {"pth": pth, "converted": conv, "seconds": time.perf_counter() - t0, **info}
 
 
@@ -133,7 +110,8 @@ def step_videos(out: Path, seed: int) -> tuple[Path, int, dict[str, Any]]:
     `l2l-extract` (random networks: nothing is downloaded) -> `l2l-finetune`; returns (data, classes, fit)."""
     import numpy as np
 
-    from l2l_jax.video import decode, extract, finetune
+    from l2l_jax.programs import extract, finetune
+    from l2l_jax.video import decode
 
     spec = PRESETS["videos"]["videos"]
     videos, data, ft = out / "videos", out / "data", out / "finetune"
@@ -164,50 +142,6 @@ def step_videos(out: Path, seed: int) -> tuple[Path, int, dict[str, Any]]:
            "seconds": time.perf_counter() - t0, "clips": report["train_clips"],
            "train_clip_acc": report["train_clip_acc_last_epoch"]}
     return data, spec["classes"], fit
-
-
-def step_train(out: Path, data: Path, num_classes: int, weights: Path, preset: str, seed: int,
-               compute: list[str] = ()) -> dict[str, Any]:
-    """Step 3: l2l-train with configs/synthetic.py from the converted fusion net; returns time and speed."""
-    from l2l_jax import train
-
-    run_dir = out / "train"
-    _header(3, f"train the preview policy (configs/synthetic.py) -> {_shown(run_dir)}")
-    if (run_dir / "config.json").is_file():  # a previous demo's run: start afresh (l2l-train would resume it)
-        print(f"removing the previous demo run {_shown(run_dir)}")
-        shutil.rmtree(run_dir)
-    argv = ["--config", _shown(config_file()), "--train_dataset_file", _shown(data / "train.pkl"),
-            "--test_dataset_file", _shown(data / "val.pkl"), "--num_classes", str(num_classes),
-            "--weights_audioImageModel", _shown(weights), "--checkpoint_path", _shown(run_dir),
-            "--seed", str(seed), *PRESETS[preset]["train"], *compute]
-    seconds = _run("l2l-train", train.main, argv)
-    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    epochs = [r for r in epochs if r.get("kind") == "epoch"]
-    steady = epochs[1:] or epochs  # epoch 0 includes compiling
-    videos = sum(r["train/videos_per_s"] * r["train/seconds"] for r in steady)
-    rate = videos / max(sum(r["train/seconds"] for r in steady), 1e-9)
-    return {"dir": run_dir, "seconds": seconds, "videos_per_s": rate, "epochs": len(epochs)}
-
-
-def step_eval(out: Path, data: Path, num_classes: int, run_dir: Path, seed: int,
-              compute: list[str] = ()) -> dict[str, Any]:
-    """Step 4: l2l-eval of the final model with baselines, metrics JSON, per-video export and plots."""
-    from l2l_jax import evaluate
-    from l2l_jax.programs import flags as program_flags
-
-    _header(4, "evaluate the policy and the baselines (uniform, random, all clips)")
-    cfg = program_flags.load_config_file(str(config_file()))
-    flags = [f"--{k}" for k in ("with_replacement", "mean_feature_as_start", "compute_mAP") if cfg.get(k)]
-    metrics, plots, export = out / "metrics.json", out / "plots", out / "clips.jsonl"
-    argv = ["--test_dataset_file", _shown(data / "val.pkl"), "--num_classes", str(num_classes),
-            "--episode_length", str(EPISODE_LENGTH), "--pretrained_model", _shown(run_dir / "model_final"),
-            *flags, "--batch_size", str(cfg.batch_size), "--buckets", *map(str, cfg.buckets), "--seed", str(seed),
-            "--metrics_json", _shown(metrics), "--plot", _shown(plots), "--export", _shown(export), *compute]
-    for path in (metrics, export):  # a previous demo's outputs (l2l-eval never overwrites silently)
-        path.unlink(missing_ok=True)
-    seconds = _run("l2l-eval", evaluate.main, argv)
-    return {"metrics": metrics, "plots": plots, "export": export, "seconds": seconds,
-            "result": json.loads(metrics.read_text())}
 
 
 def final_screen(out: Path, fit: dict[str, Any], trained: dict[str, Any], ev: dict[str, Any],
@@ -250,39 +184,40 @@ def final_screen(out: Path, fit: dict[str, Any], trained: dict[str, Any], ev: di
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point: run the five steps and print the final screen."""
+    """Console entry point: run the five steps and print the final screen (an input error: one line
+    ``l2l-demo: ...`` and exit status 2, `flags.run_program`)."""
+    return flags.run_program("demo", lambda: _main(argv), argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """l2l-demo's flags (the shared ones from `flags.add_common`)."""
     ap = argparse.ArgumentParser(prog="l2l-demo", description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True, help="output folder (data, weights, run, metrics, plots)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                    help="synthetic dataset size, or videos: from raw video files")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the data, the fit, training and evaluation")
-    ap.add_argument("--precision", choices=["exact", "fast"], default="exact",
-                    help="matmul precision of training and evaluation (see l2l-train --help)")
-    ap.add_argument("--layout", choices=["auto", "dense", "chunk"], default="auto",
-                    help="feature layout of training and evaluation (see l2l-train --help)")
-    args = ap.parse_args(argv)
-    compute = ["--precision", args.precision, "--layout", args.layout]
-    from l2l_jax.errors import ConfigError
+                    help="synthetic dataset size, videos: from raw video files, distill: frozen vs distilled "
+                         "clip features")
+    flags.add_common(ap, "out", "seed", "precision", "layout",
+                     out={"required": True, "help": "output folder (data, weights, run, metrics, plots)"},
+                     seed={"help": "seed of the data, the fit, training and evaluation"})
+    return ap
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from l2l_jax.outputs import output_dir
 
-    try:
-        out = output_dir(args.out, "--out")  # a file, FIFO or read-only place: one line, before any work
-    except ConfigError as e:
-        print(f"l2l-demo: {e}", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(argv)
+    compute = ["--precision", args.precision, "--layout", args.layout]
+    out = output_dir(args.out, "--out")  # a file, FIFO or read-only place: one line, before any work
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if args.preset == "distill":
-        from l2l_jax.video import distill_demo
-
-        print(distill_demo.run(out, args.seed, compute), flush=True)
+        print(demo_distill.run(out, args.seed, compute), flush=True)
         return 0
     if args.preset == "videos":
         data, num_classes, fit = step_videos(out, args.seed)
     else:
         data, num_classes = step_data(out, args.preset, args.seed)
         fit = step_imageaudionet(out, data, num_classes, args.preset, args.seed)
-    trained = step_train(out, data, num_classes, fit["converted"], args.preset, args.seed, compute)
+    trained = step_train(out, data, num_classes, fit["converted"], PRESETS[args.preset]["train"], args.seed, compute)
     ev = step_eval(out, data, num_classes, trained["dir"], args.seed, compute)
     _header(5, "results")
     print(final_screen(out, fit, trained, ev, time.perf_counter() - t0), flush=True)

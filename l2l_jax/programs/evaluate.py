@@ -10,7 +10,7 @@ Prints upstream's summary lines (docs/UPSTREAM.md §7) and a table of the policy
 timelines and the mAP-vs-steps curve. The work is `l2l_jax.evaluation`; this module reads the flags, loads
 the weights and the split, and writes the outputs. With s == 1 (or no interpolation) a two-modality video's
 result does not depend on its batch (§7 "Eval determinism"), so the loader visits videos by length
-(`l2l_jax.config.make_eval_loader`); otherwise upstream's batches are kept.
+(`l2l_jax.config.Settings.eval_loader`); otherwise upstream's batches are kept.
 
 ``--start_idx_file F.json`` (``{"<dataset index>": start, ...}``) feeds given start clips instead of the
 seeded draws (the tests feed upstream's recorded ones). Input errors (flags, output paths, weights, the
@@ -26,9 +26,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from l2l_jax import config, data, parallel
+from l2l_jax import config, parallel, weights
+from l2l_jax.config import EvalOutputs, Settings
+from l2l_jax.data.index import DatasetError
+from l2l_jax.data.source import FeatureSource, open_split
 from l2l_jax.errors import ConfigError
-from l2l_jax.evaluation import Evaluator, report
+from l2l_jax.evaluation import report
+from l2l_jax.evaluation.evaluator import Evaluator
 from l2l_jax.model import build_model
 from l2l_jax.outputs import output_dir, output_file, writing
 from l2l_jax.programs import flags as program_flags
@@ -48,44 +52,45 @@ def _run(argv: Sequence[str] | None) -> int:
         raise ConfigError("--test_dataset_file is required: the pickle (or packed split) to evaluate on")
     parallel.init_distributed(cfg)  # before anything asks jax about devices
     config.check(cfg, "eval")
-    check_output_paths(cfg)
-    starts = read_start_file(cfg.start_idx_file) if cfg.get("start_idx_file") else None
-    loaded = config.eval_weights(cfg)
-    source = open_test_split(cfg)
+    settings = config.settings(cfg, "eval")
+    outputs = settings.outputs
+    check_output_paths(outputs)
+    starts = read_start_file(outputs.start_idx_file) if outputs.start_idx_file else None
+    loaded = weights.eval_weights(settings)
+    source = open_test_split(settings)
     mesh = parallel.make_mesh()
-    loader = config.make_eval_loader(cfg, source)
-    model_cfg = config.model_config(cfg)
-    evaluator = Evaluator(build_model(model_cfg, cfg.variant), model_cfg, cfg.variant, hard=bool(cfg.gt_feature_eval),
-                          mesh=mesh, seed=cfg.seed, layout=config.layout(cfg))
+    loader = settings.eval_loader(source)
+    evaluator = Evaluator(build_model(settings.model, settings.variant), settings.model, settings.variant.name,
+                          hard=settings.hard, mesh=mesh, seed=settings.seed, layout=settings.layout)
     try:
         result = evaluator.run(loaded.variables, loader, start_idx=starts)
-    except data.DatasetError as e:  # a feature file changed or vanished since the split was checked
-        raise ConfigError(f"--test_dataset_file {cfg.test_dataset_file}: {e}") from e
-    print(report.summary_lines(result, str(cfg.pretrained_model)))
+    except DatasetError as e:  # a feature file changed or vanished since the split was checked
+        raise ConfigError(f"--test_dataset_file {settings.data.test_file}: {e}") from e
+    print(report.summary_lines(result, str(settings.weights.pretrained)))
     print(report.comparison_table(result))
-    if cfg.metrics_json:
-        with writing(cfg.metrics_json, "--metrics_json"):
-            report.write_metrics_json(result, cfg.metrics_json, checkpoint=str(loaded.ref.where))
+    if outputs.metrics_json:
+        with writing(outputs.metrics_json, "--metrics_json"):
+            report.write_metrics_json(result, outputs.metrics_json, checkpoint=str(loaded.ref.where))
     names = report.video_names(source)
-    if cfg.export:
-        with writing(cfg.export, "--export"):
-            report.write_export(result, cfg.export, names)
-    if cfg.plot:
-        from l2l_jax.evaluation import plots
+    if outputs.export:
+        with writing(outputs.export, "--export"):
+            report.write_export(result, outputs.export, names)
+    if outputs.plot:
+        from l2l_jax.evaluation import plots  # matplotlib: loaded only when pictures are asked for
 
-        with writing(cfg.plot, "--plot"):
-            plots.write_all(result, cfg.plot, names, max_videos=cfg.plot_videos or None)
+        with writing(outputs.plot, "--plot"):
+            plots.write_all(result, outputs.plot, names, max_videos=outputs.plot_videos)
     return 0
 
 
-def check_output_paths(cfg) -> None:
+def check_output_paths(outputs: EvalOutputs) -> None:
     """Before anything runs (`l2l_jax.outputs`): --metrics_json and --export can take a file (not a
     directory, FIFO or device, not read-only, not below a file), --plot a directory."""
-    for flag in ("metrics_json", "export"):
-        if cfg.get(flag):
-            output_file(cfg[flag], f"--{flag}")
-    if cfg.get("plot"):
-        output_dir(cfg.plot, "--plot")
+    for flag, path in (("metrics_json", outputs.metrics_json), ("export", outputs.export)):
+        if path:
+            output_file(path, f"--{flag}")
+    if outputs.plot:
+        output_dir(outputs.plot, "--plot")
 
 
 def read_start_file(path: str | os.PathLike) -> dict[int, int]:
@@ -97,15 +102,16 @@ def read_start_file(path: str | os.PathLike) -> dict[int, int]:
         raise ConfigError(f"--start_idx_file {path}: cannot read a JSON object of index -> start ({e})") from None
 
 
-def open_test_split(cfg) -> data.FeatureSource:
+def open_test_split(settings: Settings) -> FeatureSource:
     """The split of --test_dataset_file; a missing or invalid one is a `ConfigError` naming the file."""
-    path = cfg.test_dataset_file
+    path = settings.data.test_file
     try:
-        return data.open_split(path, **config.split_options(cfg))
-    except (data.DatasetError, OSError) as e:
+        return open_split(path, **settings.data.split_options())
+    except (DatasetError, OSError) as e:
         raise ConfigError(f"--test_dataset_file {path}: {e}") from e
     except (pickle.UnpicklingError, EOFError) as e:
         raise ConfigError(f"--test_dataset_file {path}: not a dataset pickle or packed split ({e})") from e
+
 
 if __name__ == "__main__":
     sys.exit(main())

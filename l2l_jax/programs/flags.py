@@ -23,6 +23,7 @@ import ml_collections
 from l2l_jax import layouts, numerics, variants
 from l2l_jax.data.buckets import DEFAULT_BUCKETS
 from l2l_jax.errors import ConfigError, L2LError
+from l2l_jax.layouts.chunk import CHUNK
 
 TRAIN, EVAL = "train", "eval"
 BOTH = (TRAIN, EVAL)
@@ -101,7 +102,8 @@ FLAGS: dict[str, dict[str, Any]] = {
              "programs": BOTH},
     "workdir": {"type": str, "default": None, "help": "alias of --checkpoint_path", "programs": (TRAIN,)},
     "feature_root": {"type": str, "default": None,
-                     "help": "replace every feature path's prefix (before imageAudio_features) with this directory",
+                     "help": f"replace every feature path's prefix (before {variants.TEMPLATE_DIR}) with this "
+                             "directory",
                      "programs": BOTH},
     "skip_bad_videos": _bool("drop videos whose files fail validation instead of stopping"),
     "buckets": {"type": int, "nargs": "+", "default": list(DEFAULT_BUCKETS),
@@ -109,14 +111,17 @@ FLAGS: dict[str, dict[str, Any]] = {
                 "programs": BOTH},
     "layout": {"choices": list(layouts.LAYOUTS), "default": "auto",
                "help": "feature layout on the device: dense (B, L, F) batches, or each video's real clips in "
-                       "chunks of 32; auto = chunk on CPU, dense on GPU/TPU (same numbers to float32 rounding)",
+                       f"chunks of {CHUNK}; auto = chunk on CPU, dense on GPU/TPU (same numbers to float32 rounding)",
                "programs": BOTH},
-    "precision": {"choices": list(numerics.PRECISIONS), "default": "exact",
+    "precision": {"choices": list(numerics.PRECISIONS), "default": numerics.DEFAULT.name,
                   "help": "exact: float32 products as upstream (every parity test); fast: bfloat16 operands with "
                           "float32 accumulation and 16-bit features, for GPU/TPU", "programs": BOTH},
     "debug": {"action": "store_true", "default": False,
               "help": "show the full traceback of an input error instead of a one-line message", "programs": BOTH},
     "keep_checkpoints": {"type": int, "default": 3, "help": "keep the newest k checkpoints", "programs": (TRAIN,)},
+    "overwrite": _bool("start over: remove the checkpoints (and settings record) of an earlier run in "
+                       "--checkpoint_path instead of resuming them; without it a rerun with other settings (or fewer "
+                       "--epochs than its checkpoints hold) is refused", (TRAIN,)),
     "metrics_json": {"type": str, "default": None, "help": "write the evaluation results as JSON here",
                      "programs": (EVAL,)},
     "export": {"type": str, "default": None, "help": "write one JSON line per video (chosen clips, weights)",
@@ -128,10 +133,18 @@ FLAGS: dict[str, dict[str, Any]] = {
                        "programs": (EVAL,)},
     "plot_videos": {"type": int, "default": 32, "help": "with --plot: timelines of the first N videos (0: all)",
                     "programs": (EVAL,)},
-    "coordinator_address": {"type": str, "default": None, "help": "multi-host: host:port of process 0",
+    "coordinator_address": {"type": str, "default": None,
+                            "help": "multi-host: HOST:PORT of process 0, which serves the coordinator there; "
+                                    "give all three of --coordinator_address, --num_processes, --process_id or none",
                             "programs": BOTH},
-    "num_processes": {"type": int, "default": None, "help": "multi-host: number of processes", "programs": BOTH},
-    "process_id": {"type": int, "default": None, "help": "multi-host: this process's id", "programs": BOTH},
+    "num_processes": {"type": int, "default": None, "help": "multi-host: number of processes (1: a single process)",
+                      "programs": BOTH},
+    "process_id": {"type": int, "default": None, "help": "multi-host: this process's id, 0 .. num_processes-1",
+                   "programs": BOTH},
+    "coordinator_timeout": {"type": float, "default": 300.0,
+                            "help": "multi-host: seconds to wait for the coordinator to answer and every process to "
+                                    "join; then the program ends with one line naming the address (exit status 2)",
+                            "programs": BOTH},
 }
 
 
@@ -145,13 +158,14 @@ COMMON: dict[str, dict[str, Any]] = {
     "coordinator_address": {k: v for k, v in FLAGS["coordinator_address"].items() if k != "programs"},
     "num_processes": {k: v for k, v in FLAGS["num_processes"].items() if k != "programs"},
     "process_id": {k: v for k, v in FLAGS["process_id"].items() if k != "programs"},
+    "coordinator_timeout": {k: v for k, v in FLAGS["coordinator_timeout"].items() if k != "programs"},
 }
-#: The multi-host triple, as one group name for `add_common`.
-MULTIHOST = ("coordinator_address", "num_processes", "process_id")
+#: The multi-host group (the triple and its start-up timeout), as one group name for `add_common`.
+MULTIHOST = ("coordinator_address", "num_processes", "process_id", "coordinator_timeout")
 
 
 def add_common(parser: argparse.ArgumentParser, *names: str, **overrides: Any) -> None:
-    """Add the shared flags `names` (keys of `COMMON`, or ``"multihost"`` for the triple) to a program's own
+    """Add the shared flags `names` (keys of `COMMON`, or ``"multihost"`` for `MULTIHOST`) to a program's own
     parser, with the table's type, choices and help; ``overrides`` maps a flag name to keyword changes, e.g.
     ``add_common(p, "out", "seed", out={"required": True, "help": "..."})``."""
     expanded = [m for name in names for m in (MULTIHOST if name == "multihost" else (name,))]

@@ -16,9 +16,10 @@ or the same recipe from a config file, flags overriding it:
       --train_dataset_file ... --test_dataset_file ... --weights_audioImageModel ... --workdir runs/exp
 
 Running it again with the same run directory resumes from its newest checkpoint, exactly. Every flag:
-``l2l-train --help`` (`l2l_jax.programs.flags`); what the program does: `l2l_jax.training`. An input error (a flag, a
-file, weights, a non-finite loss) ends it with one line on stderr and exit status 2 (``--debug``: the
-traceback instead).
+``l2l-train --help`` (`l2l_jax.programs.flags`); they are checked (`l2l_jax.config.check`) and built into
+typed settings once (`l2l_jax.config.settings`); what the program does with them: `l2l_jax.training`. An
+input error (a flag, a file, weights, a non-finite loss) ends it with one line on stderr and exit status 2
+(``--debug``: the traceback instead).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from l2l_jax import training
+from l2l_jax import config, parallel
 from l2l_jax.programs import flags as program_flags
+from l2l_jax.training.loop import train
 
 DESCRIPTION = "Train the Listen-to-Look preview policy (upstream's main.py flags)."
 
@@ -36,7 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: parse the flags (upstream's plus ours) and train; returns the exit status."""
 
     def body() -> None:
-        training.train(program_flags.resolve("train", argv, DESCRIPTION))
+        cfg = program_flags.resolve("train", argv, DESCRIPTION)
+        parallel.init_distributed(cfg)  # before anything touches the devices
+        config.check(cfg, "train")  # every flag problem, before any data is read or anything compiles
+        train(config.settings(cfg, "train"), record=cfg)
 
     return program_flags.run_program("train", body, argv)
 

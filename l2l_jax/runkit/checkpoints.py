@@ -1,32 +1,32 @@
-"""Training-run checkpoints: orbax `CheckpointManager` over the whole `TrainState` plus the loader position.
+"""Checksummed orbax checkpoints of one run directory: any train-state pytree plus a JSON progress item.
 
-Layout: ``<checkpoint_path>/checkpoints/<step>/`` with two items, ``state`` (the `TrainState` pytree: params,
-BatchNorm statistics, optimizer state, step, RNG) and ``progress`` (JSON: the grain iterator state, the next
-epoch, the epoch just finished, whether it is the final checkpoint). ``<step>`` is the number of optimizer steps
-taken. orbax writes into a temporary directory and renames it when complete, so a run killed while saving
-leaves the previous checkpoints intact and the partial one is ignored. The newest ``keep`` are kept.
+Layout: ``<run>/checkpoints/<step>/`` with two items, ``state`` (the pytree: params, BatchNorm statistics,
+optimizer state, ...) and ``progress`` (JSON: ``data`` (the loader position, ``{}`` where the order follows
+from the seed), ``epoch`` (just finished), ``next_epoch``, ``checksum``, and whatever else the trainer keeps).
+``<step>`` is the trainer's count (l2l-train: optimizer steps; l2l-finetune, l2l-distill: epochs). orbax
+writes into a temporary directory and renames it when complete, so a kill while saving leaves the previous
+checkpoints intact; the newest ``keep`` are kept. A restored run continues exactly where it was saved.
 
-Unlike upstream (which reruns from ``--start_epoch`` with a restored schedule, docs/UPSTREAM.md §6 "Resume"), a
-restored run continues exactly where the checkpoint was taken: same step, same next batch, same draws.
+Integrity: ``checksum`` is the `l2l_jax.integrity.tensor_checksum` of the whole state, written in the same
+atomic rename. `restore` verifies it and refuses non-finite params or statistics. `restore_newest` reports
+a checkpoint that does not restore (missing or truncated file, checksum mismatch, non-finite params), moves
+it aside to ``checkpoints/corrupt-<step>-<time>`` (never deleted) and tries the next older one; if none
+restores: `CheckpointError`, nothing moved. Tensors of other shapes than the run's model are a
+`ConfigError` (other flags), not corruption. `restore_params` reads params on any device count.
 
-`restore_params` (``--pretrained_model`` of `l2l-train` and `l2l-eval`) reads the variables as host numpy arrays,
-so a checkpoint saved by a run on any number of devices or processes loads on any other.
-
-Integrity: every checkpoint's ``progress`` JSON carries ``checksum``, the `l2l_jax.integrity.tensor_checksum` of
-the whole train state (params, BatchNorm statistics, optimizer state, step, RNG; tensors named by their path),
-written in the same atomic rename as the state. `restore` (resume) and `restore_params` verify it and refuse
-non-finite params or statistics. On resume a checkpoint that does not restore (a missing or truncated file, a
-checksum mismatch, non-finite params) is reported, moved aside to ``checkpoints/corrupt-<step>-<time>`` (out of
-the manager's sight, never deleted) and the next older one is tried; if none restores the run stops with a
-`CheckpointError` and moves nothing. A checkpoint whose tensors have other shapes than the run's model (other
-flags) is a `ConfigError`, not corruption.
+Restores run inside `_drained_loops`: orbax gathers the array reads of a restore on a fresh event loop and
+closes it when the first read fails; the other reads, left pending, printed "Exception ignored" tracebacks
+when collected (their coroutines) or when TensorStore completed them (on the closed loop). The kit's loops
+let the pending reads finish before closing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +34,17 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from l2l_jax import parallel
 from l2l_jax.errors import ConfigError, L2LError, WeightsError
 from l2l_jax.integrity import leaf_names, nonfinite_tensors, tensor_checksum
 
 CHECKPOINT_DIR = "checkpoints"
-#: keys every training checkpoint's progress JSON must hold to be resumed from
+#: keys every checkpoint's progress JSON must hold to be resumed from
 PROGRESS_KEYS = ("data", "next_epoch", "epoch")
+#: the state's parts whose shapes must match the run's model and whose values must be finite
+MODEL_PARTS = ("params", "batch_stats")
+#: seconds a failed restore's pending reads get to finish before they are cancelled
+_DRAIN_SECONDS = 60.0
 
 
 class CheckpointError(L2LError):
@@ -50,13 +55,80 @@ class BadCheckpoint(Exception):
     """One checkpoint does not restore: missing or damaged files, a checksum mismatch, non-finite params."""
 
 
+# ------------------------------------------------------------------------------------------------ event loops
+class _DrainingLoop(asyncio.SelectorEventLoop):
+    """An event loop that, closed with tasks still pending (orbax's sibling reads of a read that failed), runs
+    them to their end first (cancelled after `_DRAIN_SECONDS`) and retrieves every task's exception: the
+    first failure has already been raised to the caller."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tasks: list[asyncio.Task] = []
+
+    def create_task(self, coro: Any, **kwargs: Any) -> asyncio.Task:
+        task = super().create_task(coro, **kwargs)
+        self._tasks.append(task)
+        return task
+
+    def close(self) -> None:
+        if not self.is_closed() and not self.is_running():
+            pending = [t for t in self._tasks if not t.done()]
+            if pending:
+                self.run_until_complete(_settle(pending))
+            for t in self._tasks:
+                if t.done() and not t.cancelled():
+                    t.exception()  # retrieved: no "Task exception was never retrieved" when collected
+            self._tasks.clear()
+        super().close()
+
+
+async def _settle(tasks: list[asyncio.Task]) -> None:
+    _, late = await asyncio.wait(tasks, timeout=_DRAIN_SECONDS)
+    for t in late:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _DrainingPolicy(asyncio.DefaultEventLoopPolicy):
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return _DrainingLoop()
+
+
+@contextlib.contextmanager
+def _drained_loops() -> Iterator[None]:
+    """Event loops created inside (orbax makes one per restore) drain their pending tasks when closed."""
+    before = asyncio.get_event_loop_policy()
+    if type(before) is not asyncio.DefaultEventLoopPolicy:  # someone else's policy: leave it alone
+        yield
+        return
+    asyncio.set_event_loop_policy(_DrainingPolicy())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(before)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
 def state_checksum(state: Any) -> str:
-    """`tensor_checksum` of the whole train state (host numpy; every process computes the same)."""
+    """`tensor_checksum` of the whole state (host numpy; every process computes the same)."""
     return tensor_checksum(state)
 
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _part(tree: Any, name: str) -> Any:
+    """`tree[name]` or `tree.name` (a dict or a struct dataclass such as `TrainState`); None if absent."""
+    return tree.get(name) if isinstance(tree, Mapping) else getattr(tree, name, None)
+
+
+def _abstract(x: Any) -> Any:
+    """A restore target leaf: a device array's shape, dtype and sharding; host values restore as numpy."""
+    if isinstance(x, jax.Array):
+        return ocp.utils.to_shape_dtype_struct(x)
+    x = np.asarray(x)
+    return np.empty(x.shape, x.dtype)
 
 
 def _reason(e: BaseException) -> str:
@@ -68,13 +140,39 @@ def _reason(e: BaseException) -> str:
     return text if isinstance(e, BadCheckpoint) else f"{type(e).__name__}: {text}"
 
 
-class RunCheckpoints:
-    """Save/restore the training state and progress of one run directory."""
+def _check_progress(progress: Any) -> None:
+    if not isinstance(progress, Mapping) or any(k not in progress for k in PROGRESS_KEYS):
+        raise BadCheckpoint(f"its progress JSON lacks {', '.join(PROGRESS_KEYS)}")
+    if not (_is_int(progress["next_epoch"]) and _is_int(progress["epoch"]) and isinstance(progress["data"], Mapping)):
+        raise BadCheckpoint("its progress JSON holds values of the wrong kind (next_epoch, epoch, data)")
 
-    def __init__(self, run_dir: str | os.PathLike, keep: int = 3):
+
+def verify_state(host_state: Any, progress: Mapping[str, Any]) -> None:
+    """`BadCheckpoint` if the restored state's checksum differs from the one saved with it (checkpoints
+    written before checksums existed have none and pass), or its params or BatchNorm statistics hold NaN or
+    infinity."""
+    want = progress.get("checksum")
+    if want is not None and state_checksum(host_state) != want:
+        raise BadCheckpoint("the tensors' checksum does not match the one saved with them (damaged data file)")
+    parts = {name: _part(host_state, name) for name in MODEL_PARTS}
+    bad = nonfinite_tensors({k: v for k, v in parts.items() if v is not None})
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise BadCheckpoint(f"non-finite values in {', '.join(bad[:3])}{more}")
+
+
+# ------------------------------------------------------------------------------------------------ the checkpoints
+class RunCheckpoints:
+    """Save/restore the state and progress of one run directory. `flag` names the directory in messages
+    (l2l-train: ``--checkpoint_path``, the video trainers: ``--out``); `model_flags`, the flags that shape the
+    model (named when a checkpoint's tensors have other shapes)."""
+
+    def __init__(self, run_dir: str | os.PathLike, keep: int = 3, *, flag: str = "--checkpoint_path",
+                 model_flags: str = "--num_classes, --variant, --embedding_size"):
         if keep < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {keep}")
         self.directory = Path(run_dir).absolute() / CHECKPOINT_DIR
+        self.flag, self.model_flags = flag, model_flags
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
         handlers = {"state": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
@@ -83,41 +181,63 @@ class RunCheckpoints:
         """The step of the newest complete checkpoint, or None."""
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """The steps of the complete checkpoints, oldest first."""
+        return sorted(self.manager.all_steps())
+
     def save(self, step: int, state: Any, progress: Mapping[str, Any]) -> None:
         """Write checkpoint `step` (blocking until it is complete and renamed into place), with the state's
         checksum in its progress JSON."""
-        from l2l_jax import parallel
-
         progress = {**progress, "checksum": state_checksum(parallel.to_host(state))}
-        self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                             progress=ocp.args.JsonSave(progress)),
-                          force=True)
-        self.manager.wait_until_finished()
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress))
+        with _drained_loops():
+            self.manager.save(int(step), args=args, force=True)
+            self.manager.wait_until_finished()
+
+    def _restore(self, step: int, target: Any) -> dict[str, Any]:
+        """orbax's restore of both items into `target` (abstract arrays or numpy), `BadCheckpoint` if it fails."""
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore())
+        try:
+            with _drained_loops():
+                return self.manager.restore(step, args=args)
+        except Exception as e:  # noqa: BLE001 (orbax and tensorstore raise many kinds for damaged files)
+            raise BadCheckpoint(_reason(e)) from e
 
     def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         """(state, progress) of checkpoint `step` (default: newest), verified (`BadCheckpoint` if it does not
-        restore). `target` is a state of the same structure (its shardings are used for the restored
-        arrays)."""
+        restore). `target` is a state of the same structure: its device arrays' shardings are used for the
+        restored arrays, its host (numpy) leaves restore as numpy."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         self._check_shapes(step, target)
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
-        try:
-            out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                     progress=ocp.args.JsonRestore()))
-        except Exception as e:  # noqa: BLE001 (orbax and tensorstore raise many kinds for damaged files)
-            raise BadCheckpoint(_reason(e)) from e
+        out = self._restore(step, jax.tree_util.tree_map(_abstract, target))
         progress = out["progress"]
-        if not isinstance(progress, Mapping) or any(k not in progress for k in PROGRESS_KEYS):
-            raise BadCheckpoint(f"its progress JSON lacks {', '.join(PROGRESS_KEYS)}")
-        if not (_is_int(progress["next_epoch"]) and _is_int(progress["epoch"])
-                and isinstance(progress["data"], Mapping)):
-            raise BadCheckpoint("its progress JSON holds values of the wrong kind (next_epoch, epoch, data)")
-        from l2l_jax import parallel
-
+        _check_progress(progress)
         verify_state(parallel.to_host(out["state"]), progress)
         return out["state"], dict(progress)
+
+    def progress(self, step: int | None = None) -> dict[str, Any] | None:
+        """The progress JSON of checkpoint `step` (default: newest) without its state; None if there is none or
+        it does not read (the state is not verified: `restore` does that)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        try:
+            with _drained_loops():
+                out = self.manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))
+            _check_progress(out["progress"])
+        except Exception:  # noqa: BLE001
+            return None
+        return dict(out["progress"])
+
+    def epochs_done(self) -> int | None:
+        """``next_epoch`` of the newest checkpoint whose progress reads (the epochs it holds), else None."""
+        for step in reversed(self.all_steps()):
+            progress = self.progress(step)
+            if progress is not None:
+                return int(progress["next_epoch"])
+        return None
 
     def restore_newest(self, target: Any, warn: Callable[[str], None],
                        main_process: bool = True) -> tuple[Any, dict[str, Any], int] | None:
@@ -145,13 +265,10 @@ class RunCheckpoints:
             return state, progress, step
         listed = "; ".join(f"step {s}: {why}" for s, why in bad)
         raise CheckpointError(f"{self.directory}: no checkpoint restores ({listed}). Move the damaged checkpoints "
-                              "out of the way (or choose another --checkpoint_path) to start afresh")
+                              f"out of the way (or choose another {self.flag}) to start afresh")
 
     def _move_aside(self, steps: list[int], stamp: str, main_process: bool) -> None:
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("l2l_jax: checkpoints restored")
+        _sync("l2l_jax: checkpoints restored")
         if main_process:
             for s in steps:
                 src, dst = self.directory / str(s), self.directory / f"corrupt-{s}-{stamp}"
@@ -160,15 +277,13 @@ class RunCheckpoints:
                 except OSError as e:
                     raise CheckpointError(f"{src}: does not restore and cannot be moved aside ({e}); move it out "
                                           "of the checkpoints directory") from None
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("l2l_jax: checkpoints moved aside")
+        _sync("l2l_jax: checkpoints moved aside")
         self.manager.reload()
 
     def _saved_tree(self, step: int) -> Any:
         try:
-            saved = self.manager.item_metadata(step)["state"]
+            with _drained_loops():
+                saved = self.manager.item_metadata(step)["state"]
         except Exception as e:  # noqa: BLE001
             raise BadCheckpoint(f"its metadata does not read ({_reason(e)})") from e
         saved = getattr(saved, "tree", saved)
@@ -177,26 +292,27 @@ class RunCheckpoints:
         return saved
 
     def _check_shapes(self, step: int, target: Any) -> None:
-        """A checkpoint of another model (other --num_classes, --variant, ...) is the user's flags at fault:
-        `ConfigError` naming the first tensor that differs."""
+        """A checkpoint of another model (other `model_flags`) is the user's flags at fault: `ConfigError`
+        naming the first tensor that differs."""
         saved = self._saved_tree(step)
-        for part in ("params", "batch_stats"):
+        for part in MODEL_PARTS:
+            want_part = _part(target, part)
+            if want_part is None and part != "params":
+                continue
             have = {k: tuple(m.shape) for k, m in leaf_names(saved.get(part, {})).items()}
-            want = {k: tuple(np.shape(x)) for k, x in leaf_names(getattr(target, part)).items()}
+            want = {k: tuple(np.shape(x)) for k, x in leaf_names(want_part or {}).items()}
             if have != want:
                 diff = sorted(set(have.items()) ^ set(want.items()))
                 name = diff[0][0]
                 raise ConfigError(f"{self.directory / str(step)}: the checkpoint's {part}/{name} has shape "
                                   f"{have.get(name, 'none')}, this run's model {want.get(name, 'none')}: the run "
-                                  "directory holds another model (other --num_classes, --variant, "
-                                  "--embedding_size?); use the run's flags or another --checkpoint_path")
+                                  f"directory holds another model (other {self.model_flags}?); use the run's "
+                                  f"flags or another {self.flag}")
 
     def restore_params(self, step: int | None = None) -> dict[str, Any]:
-        """Only the `{"params", "batch_stats"}` of a checkpoint, as numpy (e.g. for `--pretrained_model`).
-
-        The target is built from the checkpoint's metadata with numpy leaves, so orbax reads every array whole
-        onto the host instead of onto the saving run's devices: independent of the device and process count of
-        both runs."""
+        """Only the model parts (`MODEL_PARTS` present: ``params``, ``batch_stats``) of a checkpoint, as numpy
+        (e.g. for ``--pretrained_model``). The target is built from the checkpoint's metadata with numpy
+        leaves, so orbax reads every array whole onto the host: any device and process count."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
@@ -204,46 +320,34 @@ class RunCheckpoints:
         try:
             saved = self._saved_tree(step)
             # the whole state: StandardRestore cannot skip the optimizer state (no partial restore)
-            target = jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), saved)
-            try:
-                out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                                         progress=ocp.args.JsonRestore()))
-            except Exception as e:  # noqa: BLE001
-                raise BadCheckpoint(_reason(e)) from e
+            out = self._restore(step, jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), saved))
             raw = out["state"]
             verify_state(raw, out["progress"] if isinstance(out["progress"], Mapping) else {})
         except BadCheckpoint as e:
             raise WeightsError(f"{where}: the checkpoint does not restore: {e}") from None
-        return {"params": raw["params"], "batch_stats": raw["batch_stats"]}
+        return {part: raw[part] for part in MODEL_PARTS if part in raw}
 
     def close(self) -> None:
         self.manager.close()
 
 
-def verify_state(host_state: Any, progress: Mapping[str, Any]) -> None:
-    """`BadCheckpoint` if the restored state's checksum differs from the one saved with it (checkpoints
-    written before checksums existed have none and pass), or its params or BatchNorm statistics hold NaN or
-    infinity."""
-    want = progress.get("checksum")
-    if want is not None and state_checksum(host_state) != want:
-        raise BadCheckpoint("the tensors' checksum does not match the one saved with them (damaged data file)")
-    params = host_state["params"] if isinstance(host_state, Mapping) else host_state.params
-    stats = host_state["batch_stats"] if isinstance(host_state, Mapping) else host_state.batch_stats
-    bad = nonfinite_tensors({"params": params, "batch_stats": stats})
-    if bad:
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise BadCheckpoint(f"non-finite values in {', '.join(bad[:3])}{more}")
+def _sync(name: str) -> None:
+    """A barrier of every process (nothing on one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def has_run_checkpoints(run_dir: str | os.PathLike) -> bool:
-    """Whether `run_dir` holds at least one complete training checkpoint."""
+    """Whether `run_dir` holds at least one complete checkpoint."""
     d = Path(run_dir) / CHECKPOINT_DIR
     return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
 
 
 def find_run_checkpoint(path: str | os.PathLike) -> tuple[Path, int | None] | None:
-    """``(run directory, step)`` when `path` is a training run directory, its ``checkpoints/`` (step None: the
-    newest) or one step's directory ``checkpoints/<step>`` (that step); None otherwise."""
+    """``(run directory, step)`` when `path` is a run directory, its ``checkpoints/`` (step None: the newest)
+    or one step's directory ``checkpoints/<step>`` (that step); None otherwise."""
     p = Path(path).absolute()
     if has_run_checkpoints(p):
         return p, None
@@ -265,5 +369,5 @@ def read_run_params(run_dir: str | os.PathLike, step: int | None = None) -> tupl
         ckpts.close()
 
 
-__all__ = ["CHECKPOINT_DIR", "BadCheckpoint", "CheckpointError", "RunCheckpoints", "find_run_checkpoint",
-           "has_run_checkpoints", "read_run_params", "state_checksum", "verify_state"]
+__all__ = ["CHECKPOINT_DIR", "MODEL_PARTS", "PROGRESS_KEYS", "BadCheckpoint", "CheckpointError", "RunCheckpoints",
+           "find_run_checkpoint", "has_run_checkpoints", "read_run_params", "state_checksum", "verify_state"]

@@ -1,4 +1,4 @@
-"""The run directory's lock: one training run writes into a ``--checkpoint_path`` at a time.
+"""The run directory's lock: one run writes into a run directory (``--checkpoint_path``, ``--out``) at a time.
 
 ``<run>/.lock`` holds JSON ``{"host", "pid", "started"}``. It is created atomically with its content (written
 to a private temporary file, then hard-linked to ``.lock``, which fails if the lock exists: the effect of
@@ -6,7 +6,7 @@ to a private temporary file, then hard-linked to ``.lock``, which fails if the l
 errors. A second run into the same directory is refused with the holder's host and pid. A lock left by a
 dead process of this host (its pid answers ``os.kill(pid, 0)`` with ProcessLookupError) is taken over with
 a warning; a lock of another host cannot be checked from here and is always refused. In multi-process runs
-only process 0 takes the lock (`l2l_jax.training.loop`).
+only process 0 takes the lock (`lock_run`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,18 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import jax
+import numpy as np
+
+from l2l_jax import parallel
 from l2l_jax.errors import ConfigError
 
 LOCK_NAME = ".lock"
+T = TypeVar("T")
 
 
 def _alive(pid: int) -> bool:
@@ -132,4 +138,31 @@ class RunLock:
         self.release()
 
 
-__all__ = ["LOCK_NAME", "RunLock"]
+def on_main_process(action: Callable[[], T], refusal: str) -> T | None:
+    """Process 0 runs `action` (which writes into the run directory); the others learn whether it raised a
+    `ConfigError` and then raise one with `refusal`. Returns process 0's result (None elsewhere)."""
+    result, error = None, None
+    if parallel.is_main_process():
+        try:
+            result = action()
+        except ConfigError as e:
+            error = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+        if failed and error is None:
+            raise ConfigError(refusal)
+    if error is not None:
+        raise error
+    return result
+
+
+def lock_run(run_dir: str | os.PathLike, flag: str = "--checkpoint_path") -> RunLock | None:
+    """Process 0 locks the run directory; the others learn whether it could and stop with it if not.
+    Returns process 0's lock (None elsewhere)."""
+    return on_main_process(lambda: RunLock(run_dir, flag).acquire(),
+                           f"{flag} {run_dir}: process 0 could not lock the run directory (see its message)")
+
+
+__all__ = ["LOCK_NAME", "RunLock", "lock_run", "on_main_process"]

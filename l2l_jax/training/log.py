@@ -28,6 +28,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from l2l_jax.outputs import atomic_write_text
+from l2l_jax.runkit.metrics import MetricsFile, read_records
+
 #: upstream's format of DEBUG lines (docs/UPSTREAM.md §6 "Logs"); INFO lines are bare.
 DEBUG_FORMAT = "%(asctime)s %(module)s: %(lineno)d: %(levelname)s:: %(msg)s"
 #: The epoch's running sums, accumulated on the device by the train loop (losses weighted by row count).
@@ -155,26 +158,7 @@ def epoch_record(epoch: int, step: int, lr: float, host_sums: Mapping[str, Any],
 # ------------------------------------------------------------------------------------------------ metrics.jsonl
 def read_metrics(path: Path) -> list[dict]:
     """The records of a run's metrics.jsonl ([] if there is none), skipping a line cut short by a kill."""
-    return _read_records(path)
-
-
-def _read_records(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
-
-
-def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    return read_records(path)
 
 
 def _epoch_complete(records: list[dict], epoch: int, validated: bool) -> bool:
@@ -211,11 +195,11 @@ class RunLog:
         self.main = main_process
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._metrics = MetricsFile(self.run_dir)  # opened by `open_outputs` (process 0)
+        self.metrics_path = self._metrics.path
         self.log = _logger("run", self.run_dir / "run.log" if self.main else None, _UpstreamFormatter(), self.main)
         self.epochs = _logger("epoch", self.run_dir / "epoch.log" if self.main else None,
                               logging.Formatter("%(message)s"), self.main)
-        self._metrics = None  # the open metrics.jsonl (process 0, once `open_outputs` ran)
         self._tb = None  # the TensorBoard writer (process 0, with --visualization)
         self._epoch: _Epoch | None = None
 
@@ -224,7 +208,7 @@ class RunLog:
         """upstream's Namespace line in run.log; the resolved flags as config.json."""
         self.log.debug(f"Namespace: {json.dumps(cfg.to_dict(), sort_keys=True)}")
         if self.main:
-            (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
+            atomic_write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
 
     def resumed(self, next_epoch: int, last_epoch: int | None = None, validated: bool = False) -> bool:
         """A resumed run trains `next_epoch` and later again: drop their records from metrics.jsonl and their
@@ -234,7 +218,7 @@ class RunLog:
         returned: the caller writes them again (`epoch_end`). Process 0 decides; others return False."""
         if not self.main:
             return False
-        records = _read_records(self.metrics_path)
+        records = self._metrics.records()
         redo = last_epoch is not None and not _epoch_complete(records, last_epoch, validated)
         keep_epoch = last_epoch if redo else next_epoch
 
@@ -242,14 +226,13 @@ class RunLog:
             e = r.get("epoch", -1)
             return e < keep_epoch or (redo and e == last_epoch and r.get("kind") != "epoch")
 
-        if self.metrics_path.exists():
-            _replace_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records if kept(r)))
+        self._metrics.keep(kept)
         epoch_log = self.run_dir / "epoch.log"
         if epoch_log.exists():
             head, blocks = _epoch_log_blocks(epoch_log.read_text())
             text = "".join(head) + "".join("".join(lines) for e, lines in blocks if e < keep_epoch)
             if text != epoch_log.read_text():
-                _replace_text(epoch_log, text)
+                atomic_write_text(epoch_log, text)
                 self._reopen_epoch_log()
         return redo
 
@@ -283,7 +266,7 @@ class RunLog:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
-        self._metrics = open(self.metrics_path, "a")  # noqa: SIM115 (closed by close())
+        self._metrics.open()
         if not (self.run_dir / "epoch.log").stat().st_size:
             self.epochs.info("epoch,loss,acc,lr")
 
@@ -317,7 +300,7 @@ class RunLog:
         e.bar.set_postfix(loss=f"{float(host_m['loss']):.4f}", videos_s=f"{rate:.0f}")
         if upstream:
             self.log.info(upstream_line(epoch, i, n_it, lr, e, host_m))
-        if self._metrics is not None:
+        if self._metrics.is_open:
             self._write_record({"kind": "train", "epoch": epoch, "iteration": i, "step": step, "lr": lr,
                                 "loss": float(host_m["loss"]), "avgpool_ce": float(host_m["avgpool_ce"]),
                                 "lstm_ce": float(host_m["lstm_ce"]), "videos_per_s": rate})
@@ -346,7 +329,7 @@ class RunLog:
             self.epochs.info(line)
         if validation is not None:
             record.update({f"val/{k}": float(v) for k, v in validation.items()})
-        if self._metrics is not None:
+        if self._metrics.is_open:
             self._write_record(record)
         if self._tb is not None:
             for key, value in record.items():
@@ -379,13 +362,10 @@ class RunLog:
         _close(self.epochs)
 
     def _write_record(self, record: Mapping[str, Any]) -> None:
-        self._metrics.write(json.dumps(record) + "\n")
-        self._metrics.flush()
+        self._metrics.write(record)
 
     def _close_metrics(self) -> None:
-        if self._metrics is not None:
-            self._metrics.close()
-            self._metrics = None
+        self._metrics.close()
 
 
 __all__ = ["DEBUG_FORMAT", "SUMS", "RunLog", "epoch_record", "read_metrics", "upstream_line"]

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from l2l_jax import config, parallel, variants
-from l2l_jax.evaluation import Evaluator
+from l2l_jax import parallel, variants
+from l2l_jax.config import Settings
+from l2l_jax.evaluation.evaluator import Evaluator
 
 
 class Validation:
@@ -19,11 +20,11 @@ class Validation:
     lstm_map, num_videos, videos_per_s[, gt_map]} (fractions); `lines` gives upstream's epoch.log lines.
     Built once per run: the loader and the evaluator (with its compiled executables) serve every epoch."""
 
-    def __init__(self, cfg: config.Config, model: Any, source: Any, mesh: Any):
-        self.variant = cfg["variant"]
-        self.loader = config.make_eval_loader(cfg, source)
-        self.evaluator = Evaluator(model, config.model_config(cfg), self.variant, hard=bool(cfg["gt_feature_eval"]),
-                                   with_baselines=False, mesh=mesh, seed=int(cfg["seed"]), layout=config.layout(cfg))
+    def __init__(self, settings: Settings, model: Any, source: Any, mesh: Any):
+        self.variant = settings.variant.name
+        self.loader = settings.eval_loader(source)
+        self.evaluator = Evaluator(model, settings.model, self.variant, hard=settings.hard, with_baselines=False,
+                                   mesh=mesh, seed=settings.seed, layout=settings.layout)
 
     def __call__(self, variables: Mapping[str, Any]) -> dict[str, float]:
         res = self.evaluator.run(parallel.to_host(variables), self.loader, progress=parallel.is_main_process(),

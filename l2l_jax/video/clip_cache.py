@@ -13,6 +13,11 @@ clips to two flat files:
   file's size and mtime; written atomically after every video, so a killed build resumes where it stopped
   (rows past the index are cut off) and videos already cached are not decoded again.
 
+One cache may serve several labels CSVs: a run uses only the clips of the videos its own CSV lists, with the
+CSV's labels and splits (`ClipCache.select`). Runs that add videos to one cache at once take turns: each holds
+``.cache.lock`` (``fcntl.flock``) while it appends (`cache_lock`); readers never wait, since rows are only ever
+appended and the index, written after its rows, never names a row that is not there.
+
 Host memory stays bounded whatever the dataset size: the files are opened with ``np.memmap`` and a batch copies
 only its own rows. Videos that cannot be decoded are listed in ``index.json`` with their reason and skipped.
 """
@@ -20,29 +25,33 @@ only its own rows. Videos that cannot be decoded are listed in ``index.json`` wi
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
 
 from l2l_jax.errors import ConfigError
 from l2l_jax.outputs import atomic_write_text
+from l2l_jax.video import audio as A
+from l2l_jax.video.decode import DecodeError, decode_video
+from l2l_jax.video.frames import center_crop_offsets, resized_size
 
-FRAMES, LOGMEL, INDEX = "frames.u8", "logmel.f32", "index.json"
+FRAMES, LOGMEL, INDEX, LOCK = "frames.u8", "logmel.f32", "index.json", ".cache.lock"
 VERSION = 1
 
 
 def square_frames(frames: np.ndarray, size: int) -> np.ndarray:
     """(N, H, W, 3) uint8 -> (N, size, size, 3) uint8: shorter side resized to `size` (PIL bilinear), centre
     square kept."""
-    from PIL import Image
-
-    from l2l_jax.video.frames import center_crop_offsets, resized_size
-
     n, h, w, _ = frames.shape
     nh, nw = resized_size(h, w, size)
     top, left = center_crop_offsets(nh, nw, size)
@@ -59,12 +68,12 @@ class _LogMel:
     """Jitted log-mel of clip rows, padded to multiples of 16 rows so few shapes compile."""
 
     def __init__(self):
-        import jax
-
-        from l2l_jax.video import audio as A
-
-        self.cfg = A.DEFAULT
+        self.cfg = self.config()
         self._fn = jax.jit(lambda w: A.log_mel_spectrogram(w, A.DEFAULT))
+
+    @staticmethod
+    def config() -> A.LogMelConfig:
+        return A.DEFAULT
 
     def __call__(self, waves: np.ndarray) -> np.ndarray:
         n = len(waves)
@@ -131,6 +140,21 @@ class ClipCache:
         """(N,) int32: every clip's video label."""
         return np.asarray([v.label for v in self.videos], np.int32)[self.clip_video]
 
+    def select(self, entries: Sequence[Any]) -> ClipSelection:
+        """The clips of the videos `entries` lists (labels CSV entries), with the entries' names, labels and
+        splits, in cache order; the other videos of the cache are left out. An entry neither cached nor
+        skipped is listed as skipped ("not in the cache")."""
+        cached = {v.video: v for v in self.videos}
+        videos, skipped = [], {}
+        for e in entries:
+            v = cached.get(e.video)
+            if v is not None:
+                videos.append(dataclasses.replace(v, name=e.name, label=int(e.label), split=e.split))
+            else:
+                skipped[e.video] = self.skipped.get(e.video, "not in the cache")
+        videos.sort(key=lambda v: v.start)
+        return ClipSelection(self, videos, skipped)
+
     def batch(self, rows: np.ndarray, crop: int, rng: np.random.Generator | None = None, *,
               flip: bool = False) -> dict[str, np.ndarray]:
         """{"frames": (B, crop, crop, 3) uint8, "logmel": (B, T, F) float32} of `rows`: a centre crop, or with
@@ -157,9 +181,34 @@ class ClipCache:
         return {"frames": out, "logmel": logmel}
 
 
-def _decode(path: Path, frame_size: int):
-    from l2l_jax.video.decode import DecodeError, decode_video
+class ClipSelection:
+    """The clips of some of a cache's videos (`ClipCache.select`): local clip ``i`` (0 .. ``num_clips`` - 1) is
+    the cache's row ``rows[i]``; ``videos`` (their `CachedVideo`, label and split those of the labels CSV at
+    hand), ``skipped`` (video -> reason, of the selected videos only)."""
 
+    def __init__(self, cache: ClipCache, videos: list[CachedVideo], skipped: dict[str, str]):
+        self.cache, self.videos, self.skipped = cache, videos, skipped
+        self.rows = (np.concatenate([np.arange(v.start, v.start + v.clips) for v in videos]) if videos
+                     else np.zeros((0,), np.int64))
+        self.clip_video = np.repeat(np.arange(len(videos), dtype=np.int32), [v.clips for v in videos])
+        self.num_clips = len(self.rows)
+
+    def split_rows(self, split: str) -> np.ndarray:
+        """Local clip indices of the videos of `split`, in order."""
+        keep = np.asarray([v.split == split for v in self.videos], bool)
+        return np.flatnonzero(keep[self.clip_video]) if self.videos else np.zeros((0,), np.int64)
+
+    def labels(self) -> np.ndarray:
+        """(num_clips,) int32: every clip's video label."""
+        return np.asarray([v.label for v in self.videos], np.int32)[self.clip_video]
+
+    def batch(self, local: np.ndarray, crop: int, rng: np.random.Generator | None = None, *,
+              flip: bool = False) -> dict[str, np.ndarray]:
+        """`ClipCache.batch` of the local clips `local`."""
+        return self.cache.batch(self.rows[np.asarray(local)], crop, rng, flip=flip)
+
+
+def _decode(path: Path, frame_size: int):
     try:
         v = decode_video(path)
     except DecodeError as e:
@@ -169,17 +218,27 @@ def _decode(path: Path, frame_size: int):
     return square_frames(v.frames, frame_size), v.audio, None
 
 
-def build_cache(videos_dir: str | os.PathLike, entries: Sequence[Any], root: str | os.PathLike, *,
-                frame_size: int = 256, workers: int = 4, progress: bool = True) -> ClipCache:
-    """Decode every entry (`l2l_jax.video.extract.Entry`: video path relative to `videos_dir`, name, label,
-    split) not yet in the cache at `root` and append its clips; returns the opened cache. A cache made with
-    another frame size is a `ConfigError` (delete it or pass that size)."""
-    from tqdm.auto import tqdm
+@contextlib.contextmanager
+def cache_lock(root: Path, note: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Holds ``root/.cache.lock`` (``fcntl.flock``, exclusive) while the block runs: one writer at a time, in
+    any process. A lock held by another run is waited for (`note` is told once). The kernel releases it when
+    its holder ends, also on a kill, so no stale lock is ever left behind."""
+    fd = os.open(root / LOCK, os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if note is not None:
+                note(f"--cache {root}: another run is adding videos to it; waiting until it is done")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
-    root, videos_dir = Path(root), Path(videos_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    logmel = _LogMel()
-    mel_shape = (int(logmel.cfg.clip_samples // logmel.cfg.hop_length + 1), logmel.cfg.n_mels)
+
+def _start_index(root: Path, frame_size: int, mel_shape: tuple[int, int]) -> dict[str, Any]:
+    """The index to extend: the cache's own (checked against `frame_size`), or a new one; rows a killed build
+    appended past it are cut off. Under `cache_lock`."""
     index: dict[str, Any] = {"version": VERSION, "frame_size": frame_size, "mel_shape": list(mel_shape),
                              "videos": [], "skipped": {}}
     if (root / INDEX).is_file():
@@ -188,12 +247,18 @@ def build_cache(videos_dir: str | os.PathLike, entries: Sequence[Any], root: str
             raise ConfigError(f"--cache {root} holds {old.frame_size} x {old.frame_size} frames; pass "
                               f"--frame_size {old.frame_size} or delete the cache to rebuild it")
         index["videos"] = [dataclasses.asdict(v) for v in old.videos]
-    done = {v["video"]: v for v in index["videos"]}
+        index["skipped"] = dict(old.skipped)
     rows = sum(v["clips"] for v in index["videos"])
-    frame_bytes, mel_bytes = frame_size * frame_size * 3, int(np.prod(mel_shape)) * 4
-    for name, per in ((FRAMES, frame_bytes), (LOGMEL, mel_bytes)):  # cut rows a killed build appended
+    for name, per in ((FRAMES, frame_size * frame_size * 3), (LOGMEL, int(np.prod(mel_shape)) * 4)):
         with open(root / name, "ab") as f:
             f.truncate(rows * per)
+    return index
+
+
+def _todo(root: Path, videos_dir: Path, entries: Sequence[Any], index: dict[str, Any]) -> list[tuple]:
+    """(path, entry, stat) of every entry not yet cached; missing files go to ``index["skipped"]``. A cached
+    video whose file changed since is a `ConfigError`."""
+    done = {v["video"]: v for v in index["videos"]}
     todo = []
     for e in entries:
         path = videos_dir / e.video
@@ -202,14 +267,19 @@ def build_cache(videos_dir: str | os.PathLike, entries: Sequence[Any], root: str
             continue
         st = path.stat()
         v = done.get(e.video)
-        if v is not None and (v["size"], v["mtime_ns"], v["label"], v["split"]) == (st.st_size, st.st_mtime_ns,
-                                                                                     e.label, e.split):
-            continue
-        todo.append((path, e, st))
-    if any(done.get(e.video) is not None for _, e, _ in todo):  # a changed video: rebuild from scratch
-        changed = next(e.video for _, e, _ in todo if e.video in done)
-        raise ConfigError(f"--cache {root}: {changed} changed since it was cached (or its label or split did); "
-                          "delete the cache to rebuild it")
+        if v is None:
+            todo.append((path, e, st))
+        elif (v["size"], v["mtime_ns"]) != (st.st_size, st.st_mtime_ns):
+            raise ConfigError(f"--cache {root}: {e.video} changed since it was cached; delete the cache to rebuild "
+                              "it")
+    return todo
+
+
+def _append(root: Path, todo: list[tuple], index: dict[str, Any], frame_size: int, workers: int,
+            progress: bool) -> None:
+    """Decode `todo` in `workers` threads and append each video's clips, then its index entry (atomically)."""
+    logmel = _LogMel()
+    rows = sum(v["clips"] for v in index["videos"])
     bar = tqdm(total=len(todo), desc="cache clips", unit="video", disable=not progress or not todo)
     with cf.ThreadPoolExecutor(max(1, workers), thread_name_prefix="l2l-cache") as pool, \
             open(root / FRAMES, "ab") as ff, open(root / LOGMEL, "ab") as fm:
@@ -235,8 +305,25 @@ def build_cache(videos_dir: str | os.PathLike, entries: Sequence[Any], root: str
                 atomic_write_text(root / INDEX, json.dumps(index))
             bar.update(1)
     bar.close()
-    atomic_write_text(root / INDEX, json.dumps(index))
-    return ClipCache(root)
 
 
-__all__ = ["CachedVideo", "ClipCache", "build_cache", "square_frames"]
+def build_cache(videos_dir: str | os.PathLike, entries: Sequence[Any], root: str | os.PathLike, *,
+                frame_size: int = 256, workers: int = 4, progress: bool = True,
+                note: Callable[[str], None] | None = None) -> ClipSelection:
+    """Decode every entry (`l2l_jax.video.labels.Entry`: video path relative to `videos_dir`, name, label,
+    split) not yet in the cache at `root` and append its clips, holding `cache_lock` (a second run waits: `note`
+    is told); returns the clips of `entries` only (`ClipCache.select`). A cache made with another frame size,
+    or holding a video whose file changed since, is a `ConfigError`."""
+    root, videos_dir = Path(root), Path(videos_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = _LogMel.config()
+    mel_shape = (int(cfg.clip_samples // cfg.hop_length + 1), cfg.n_mels)
+    with cache_lock(root, note):
+        index = _start_index(root, frame_size, mel_shape)
+        todo = _todo(root, videos_dir, entries, index)
+        _append(root, todo, index, frame_size, workers, progress)
+        atomic_write_text(root / INDEX, json.dumps(index))
+    return ClipCache(root).select(entries)
+
+
+__all__ = ["CachedVideo", "ClipCache", "ClipSelection", "build_cache", "cache_lock", "square_frames"]

@@ -302,13 +302,25 @@ def _why(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+#: The writers' encoder options. x264's hand-written SIMD kernels (its AVX-512 ones were caught at it) can turn
+#: identical frames into different bitstreams from one run to the next on a loaded machine, even with one thread
+#: (decoded pixels then differ by tens of levels); its C code (``asm=0``) gives one bitstream per input. Videos
+#: here are tiny, so the C code's speed does not matter. ``bitexact`` keeps FFmpeg's own MPEG-4 encoder on its
+#: reproducible code paths.
+ENCODER_OPTIONS: dict[str, dict[str, str]] = {
+    "libx264": {"threads": "1", "x264-params": "asm=0"},
+    "mpeg4": {"threads": "1", "flags": "+bitexact"},
+}
+
+
 def write_test_video(path: str | os.PathLike, *, seconds: float = 3.0, fps: int = 8, width: int = 64,
                      height: int = 48, audio: str | None = "aac", sample_rate: int = 22050, seed: int = 0,
                      draw=None, sound=None) -> None:
     """A small video for tests and the demo: H.264 (or MPEG-4 Part 2 when no H.264 encoder exists) frames
     from ``draw(i, t) -> (height, width, 3) uint8`` (default: noise with a moving square), and an audio track
     (``"aac"``, ``"pcm"`` or None) from ``sound(t) -> float32 samples in [-1, 1]`` at `sample_rate` (default:
-    a tone). Container from the suffix (.mp4, .mkv, .mov, ...)."""
+    a tone). Container from the suffix (.mp4, .mkv, .mov, ...). The same arguments give the same file, byte for
+    byte, whatever else the machine is doing (`ENCODER_OPTIONS`)."""
     import av
 
     rng = np.random.default_rng(seed)
@@ -327,11 +339,12 @@ def write_test_video(path: str | os.PathLike, *, seconds: float = 3.0, fps: int 
         def sound(t):
             return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
     with av.open(os.fspath(path), mode="w") as out:
-        # one encoder thread and explicit timestamps: the same frames give the same file (seeded test data)
+        # the same frames give the same file, byte for byte (seeded test data): explicit timestamps, one encoder
+        # thread, and x264's portable C code (ENCODER_OPTIONS)
         try:
-            vs = out.add_stream("libx264", rate=fps, options={"threads": "1"})
+            vs = out.add_stream("libx264", rate=fps, options=ENCODER_OPTIONS["libx264"])
         except (av.FFmpegError, ValueError):
-            vs = out.add_stream("mpeg4", rate=fps, options={"threads": "1"})
+            vs = out.add_stream("mpeg4", rate=fps, options=ENCODER_OPTIONS["mpeg4"])
         vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
         as_ = None
         if audio is not None:
@@ -368,16 +381,20 @@ PALETTE = ((255, 40, 40), (40, 220, 40), (60, 90, 255), (250, 220, 30), (230, 60
            (255, 140, 0), (150, 80, 255))
 
 
-SCENES = (((60, 70, 90), (110, 100, 80)), ((90, 60, 60), (60, 90, 110)), ((70, 90, 70), (120, 120, 120)))
+#: The filler footage's backgrounds (left and right colour of a gradient), shared by all classes.
+SCENES = (((60, 70, 90), (110, 100, 80)), ((90, 60, 60), (60, 90, 110)), ((70, 90, 70), (120, 120, 120)),
+          ((110, 90, 50), (50, 50, 60)))
 
 
 def synthetic_clip_plan(label: int, num_classes: int, seconds: int, seed: int) -> dict:
     """Where `write_synthetic_video` puts things (seconds on the clip grid): ``segment`` (start, stop) of the
-    class's shape and sound, ``distractor`` (start, stop, other class) shown silently, or None."""
+    class's shape and sound, ``distractor`` (start, stop, other class) shown silently, or None, and ``scene``
+    (the index into `SCENES` of the background)."""
     rng = np.random.default_rng(seed)
     length = int(rng.integers(2, 4))
     start = int(rng.integers(0, seconds - length + 1))
-    plan = {"label": label, "segment": (start, start + length), "distractor": None}
+    scene = int(np.random.default_rng(seed + 7919).integers(len(SCENES)))
+    plan = {"label": label, "segment": (start, start + length), "distractor": None, "scene": scene}
     free = [t for t in range(seconds - 1) if t + 2 <= start or t >= start + length + 1]
     if free and num_classes > 1:
         d = int(rng.choice(free))
@@ -388,15 +405,16 @@ def synthetic_clip_plan(label: int, num_classes: int, seconds: int, seed: int) -
 
 def write_synthetic_video(path: str | os.PathLike, label: int, num_classes: int, *, seconds: int = 12,
                           fps: int = 8, width: int = 64, height: int = 48, seed: int = 0) -> dict:
-    """A demo video of class `label` (`l2l-demo --preset videos`): filler footage (a drifting colour gradient
-    of one of three scenes shared by all classes, with noise; a quiet hum and noise on the sound track), one
-    class-specific segment of 2-3 s (a moving shape of the class's colour and kind, and the class's tone, which
-    is audible over a wider window than the shape is visible: a preview of where to look), and a silent
-    distractor (another class's shape, no tone) elsewhere. H.264 (or MPEG-4) + AAC. Returns
-    `synthetic_clip_plan`."""
+    """A demo video of class `label` (`l2l-demo --preset videos` and ``distill``): filler footage (a drifting
+    colour gradient of one of the `SCENES`, shared by all classes, with noise; a quiet hum and noise on the sound
+    track), one class-specific segment of 2-3 s (a moving shape of the class's colour and kind, and the class's
+    tone, which is audible over a wider window than the shape is visible: a preview of where to look), and a
+    silent distractor (another class's shape, no tone) elsewhere. H.264 (or MPEG-4) + AAC. Returns
+    `synthetic_clip_plan`; the same arguments give the same file, byte for byte."""
     plan = synthetic_clip_plan(label, num_classes, seconds, seed)
     rng = np.random.default_rng(seed + 7919)
-    k = int(rng.integers(len(SCENES)))  # the background: one of a few scenes shared by all classes
+    rng.integers(len(SCENES))  # the plan's draw of the scene: the frames' noise follows it in this stream
+    k = plan["scene"]  # the background: one of a few scenes shared by all classes
     scene, hum = np.array(SCENES[k], np.float32), 90.0 + 30.0 * k
     yy, xx = np.mgrid[0:height, 0:width]
     grad = (xx / max(width - 1, 1))[..., None]
@@ -445,5 +463,5 @@ def write_synthetic_video(path: str | os.PathLike, label: int, num_classes: int,
     return plan
 
 
-__all__ = ["PALETTE", "SCENES", "DecodeError", "DecodedVideo", "decode_video", "synthetic_clip_plan",
+__all__ = ["ENCODER_OPTIONS", "PALETTE", "SCENES", "DecodeError", "DecodedVideo", "decode_video", "synthetic_clip_plan",
            "write_synthetic_video", "write_test_video"]

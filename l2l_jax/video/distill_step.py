@@ -37,10 +37,11 @@ import optax
 from jax.sharding import Mesh
 
 from l2l_jax import parallel
-from l2l_jax.model import ImageAudioClassifier
+from l2l_jax.model import ImageAudioClassifier, PreviewConfig, init_variables
 from l2l_jax.numerics import EXACT, Numerics
 from l2l_jax.video.frames import IMAGENET_MEAN, IMAGENET_STD
 from l2l_jax.video.networks import AudioNet, VisualNet
+from l2l_jax.video.trunks import fresh_variables
 
 Array = jax.Array
 OBJECTIVES = ("distill", "classify")
@@ -147,11 +148,8 @@ def train_step_fn(model: Student, tx: optax.GradientTransformation, objective: s
 def student_variables(num_classes: int, seed: int = 0, *, visual: dict | None = None, audio: dict | None = None,
                       imageaudio: dict | None = None) -> dict[str, Any]:
     """The student's variables (numpy) from its parts; a part not given is drawn fresh from `seed` on the host
-    (no compilation): the trunks as `l2l_jax.video.extract.fresh_variables`, the fusion net and classifier with
+    (no compilation): the trunks as `l2l_jax.video.trunks.fresh_variables`, the fusion net and classifier with
     upstream's initial distributions (`l2l_jax.model.init_variables`)."""
-    from l2l_jax.model import PreviewConfig, init_variables
-    from l2l_jax.video.extract import fresh_variables
-
     visual = visual if visual is not None else fresh_variables("visualnet", seed)
     audio = audio if audio is not None else fresh_variables("audionet", seed + 1)
     if imageaudio is None:

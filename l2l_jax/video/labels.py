@@ -2,7 +2,7 @@
 are class indices or class names, and the one-line error naming the line of every problem in it.
 
 The format (``video,label[,split]``, header, normalised video paths, label kinds) is described in the
-`l2l_jax.video.extract` docstring. Nothing here writes a file; every problem is a `ConfigError` raised before
+`l2l_jax.programs.extract` docstring. Nothing here writes a file; every problem is a `ConfigError` raised before
 the program does any work.
 """
 
@@ -150,7 +150,7 @@ def _label_kind(path: Path, raw: list[tuple[int, str]], kind: str) -> tuple[str,
 
 
 def parse_labels(path: str | os.PathLike, splits: Sequence[str] | None, kind: str = "auto") -> LabelTable:
-    """The labels CSV (format: the `l2l_jax.video.extract` docstring), restricted to `splits` (None: all;
+    """The labels CSV (format: the `l2l_jax.programs.extract` docstring), restricted to `splits` (None: all;
     without a split column, the one split named, default train). `kind`: "int" (class indices), "name" (class
     names, indexed by their sorted order) or "auto" (int when every label is an integer >= 0, name when no label
     is a number, else an error). Every problem is a `ConfigError` naming the file and line."""

@@ -14,7 +14,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from l2l_jax import __version__
 from l2l_jax.errors import ConfigError, first_line
+from l2l_jax.video import audio as A
 
 IMAGE_DIR, AUDIO_DIR, TEMPLATE_DIR = "image_features", "audio_features", "imageAudio_features"
 MANIFEST = "extract.json"
@@ -30,9 +32,6 @@ def manifest_record(*, weights: str | None, weights_sha256: str | None, seed: in
                     networks_sha256: str, frame_size: int, crop: int, precision: str, label_kind: str,
                     classes: list[str] | None) -> dict:
     """What ``ROOT/extract.json`` records: how the features in ROOT were made (and the package version)."""
-    from l2l_jax import __version__
-    from l2l_jax.video import audio as A
-
     return {"format": MANIFEST_FORMAT, "package_version": __version__, "weights": weights,
             "weights_sha256": weights_sha256, "seed": seed, "calibrate_bn": calibrate_bn,
             "networks_sha256": networks_sha256, "frame_size": frame_size, "crop": crop, "precision": precision,

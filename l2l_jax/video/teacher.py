@@ -16,18 +16,25 @@ width, non-finite values) is collected and reported at once, naming the files.
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from l2l_jax.errors import ConfigError, WeightsError
 
+HEAD_SUFFIXES = (".npz", ".pth", ".pt")
+
 
 def read_head(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """(weight (C, D) float32, bias (C,) float32) of a linear head file (see the module docstring)."""
+    """(weight (C, D) float32, bias (C,) float32) of a linear head file (see the module docstring); C and D
+    at least 1."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--teacher_head {path}: no such file")
+        raise ConfigError(f"--teacher_head {path}: " + ("not a regular file" if path.exists() else "no such file"))
+    if path.suffix not in HEAD_SUFFIXES or not zipfile.is_zipfile(path):
+        raise ConfigError(f"--teacher_head {path}: not a linear head file (an .npz of 'weight' and 'bias', or a "
+                          "torch .pth / .pt state dict, both zip archives)")
     if path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -47,16 +54,25 @@ def read_head(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if weight.ndim != 2 or bias.shape != (weight.shape[0],) or not np.issubdtype(weight.dtype, np.floating):
         raise WeightsError(f"--teacher_head {path}: weight {weight.shape} and bias {bias.shape} do not make a "
                            "linear head (C, D) + (C,)")
+    if weight.shape[0] < 1 or weight.shape[1] < 1:
+        raise WeightsError(f"--teacher_head {path}: weight {weight.shape}: a head needs at least one class and one "
+                           "input")
     if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
         raise WeightsError(f"--teacher_head {path}: non-finite values")
     return weight.astype(np.float32), bias.astype(np.float32)
 
 
-def teacher_logits(teacher_dir: str | os.PathLike, names: list[str], clips: list[int], out: str | os.PathLike,
-                   head: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """(sum(clips), C) float32 teacher logits, one row per clip of the videos `names` (with `clips` clips each),
-    written to the ``.npy`` file `out` and returned memory-mapped (host memory stays bounded)."""
-    teacher_dir = Path(teacher_dir)
+def check_teacher(teacher_dir: str | os.PathLike, names: list[str],
+                  head: tuple[np.ndarray, np.ndarray] | None = None) -> int:
+    """The class count C of the teacher files of the videos `names`, after checking them all (before any work):
+    each present, regular, float (T, W) with T and W at least 1, finite, one W for all (W = the head's input
+    width with a head). Every problem is collected into one `ConfigError`."""
+    return _open_teacher(Path(teacher_dir), names, head)[1]
+
+
+def _open_teacher(teacher_dir: Path, names: list[str], head: tuple[np.ndarray, np.ndarray] | None
+                  ) -> tuple[list[np.ndarray], int]:
+    """(the teacher files of `names`, memory-mapped; the class count): `check_teacher`'s checks."""
     if not teacher_dir.is_dir():
         raise ConfigError(f"--teacher {teacher_dir}: not a directory")
     problems: list[str] = []
@@ -74,10 +90,13 @@ def teacher_logits(teacher_dir: str | os.PathLike, names: list[str], clips: list
             problems.append(f"{path}: unreadable ({type(e).__name__})")
             arrays.append(None)
             continue
-        if x.ndim != 2 or x.shape[0] < 1 or not np.issubdtype(x.dtype, np.floating):
-            problems.append(f"{path}: shape {x.shape} dtype {x.dtype}, expected float (T, C) or (T, D)")
+        if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1 or not np.issubdtype(x.dtype, np.floating):
+            problems.append(f"{path}: shape {x.shape} dtype {x.dtype}, expected float (T, C) or (T, D), T and C "
+                            "or D at least 1")
             arrays.append(None)
             continue
+        if not all(np.isfinite(x[s:s + 4096]).all() for s in range(0, len(x), 4096)):
+            problems.append(f"{path}: non-finite values")
         widths.add(x.shape[1])
         arrays.append(x)
     if len(widths) > 1:
@@ -85,10 +104,20 @@ def teacher_logits(teacher_dir: str | os.PathLike, names: list[str], clips: list
     want = None if head is None else head[0].shape[1]
     if want is not None and widths and widths != {want}:
         problems.append(f"the teacher files are {sorted(widths)} wide, but --teacher_head takes {want}")
+    if not names:
+        problems.append("no video to read a teacher file for")
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ConfigError(f"--teacher {teacher_dir}: {'; '.join(problems[:5])}{more}")
-    num_classes = head[0].shape[0] if head is not None else widths.pop()
+    return arrays, head[0].shape[0] if head is not None else widths.pop()
+
+
+def teacher_logits(teacher_dir: str | os.PathLike, names: list[str], clips: list[int], out: str | os.PathLike,
+                   head: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """(sum(clips), C) float32 teacher logits, one row per clip of the videos `names` (with `clips` clips each),
+    written to the ``.npy`` file `out` and returned memory-mapped (host memory stays bounded)."""
+    teacher_dir = Path(teacher_dir)
+    arrays, num_classes = _open_teacher(teacher_dir, names, head)
     logits = np.lib.format.open_memmap(Path(out), mode="w+", dtype=np.float32, shape=(sum(clips), num_classes))
     row = 0
     for name, x, n in zip(names, arrays, clips, strict=True):
@@ -104,4 +133,4 @@ def teacher_logits(teacher_dir: str | os.PathLike, names: list[str], clips: list
     return logits
 
 
-__all__ = ["read_head", "teacher_logits"]
+__all__ = ["HEAD_SUFFIXES", "check_teacher", "read_head", "teacher_logits"]
