@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from l2l_jax import variants
+from l2l_jax.exact import tree_sum
 
 #: Label of the parameters that the optimizer never touches (no group, or no gradient path).
 FROZEN = "frozen"
@@ -115,13 +116,14 @@ def warmup_multistep_lr(
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, valid: jax.Array | None = None) -> jax.Array:
-    """Mean cross entropy over the rows with ``valid == 1`` (torch's ``CrossEntropyLoss()`` on those rows)."""
+    """Mean cross entropy over the rows with ``valid == 1`` (torch's ``CrossEntropyLoss()`` on those rows). The
+    sums over rows are fixed halving trees (`exact.tree_sum`), so filler rows change no bit of the loss."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, labels.astype(jnp.int32)[:, None], axis=-1)[:, 0]
     if valid is None:
         return jnp.mean(nll)
     valid = valid.astype(jnp.float32)
-    return jnp.sum(nll * valid) / jnp.sum(valid)
+    return tree_sum(nll * valid, axis=0) / tree_sum(valid, axis=0)
 
 
 @dataclasses.dataclass(frozen=True)
