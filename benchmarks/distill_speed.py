@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch_video_reference as tvr  # noqa: E402
 
+from l2l_jax import numerics  # noqa: E402
 from l2l_jax.video.frames import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--classes", type=int, default=400)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--precision", choices=["exact", "fast"], default="exact")
+    ap.add_argument("--precision", choices=numerics.PRECISIONS, default=numerics.DEFAULT.name)
     ap.add_argument("--no_peak", action="store_true", help="skip machine_peak.py's figures")
     args = ap.parse_args(argv)
     import jax

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import step_cost  # noqa: E402
 
-from l2l_jax import config, weights  # noqa: E402
+from l2l_jax import config, layouts, numerics, weights  # noqa: E402
 from l2l_jax.data.pack import pack_pickle  # noqa: E402
 from l2l_jax.data.source import open_split  # noqa: E402
 from l2l_jax.data.synthetic import PRESETS, generate  # noqa: E402
@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="read the val split from its float16 pack (made with l2l-pack if missing), as the README "
                          "recommends; --no-packed reads the per-video .npy files")
     ap.add_argument("--repeats", type=int, default=2, help="runs of ours per row; the last one is reported")
-    ap.add_argument("--layout", choices=["auto", "dense", "chunk"], default="auto",
+    ap.add_argument("--layout", choices=layouts.LAYOUTS, default="auto",
                     help="feature layout of our evaluator (auto: chunk on CPU, dense on GPU/TPU)")
-    ap.add_argument("--precisions", nargs="+", choices=["exact", "fast"], default=["exact", "fast"],
+    ap.add_argument("--precisions", nargs="+", choices=numerics.PRECISIONS, default=list(numerics.PRECISIONS),
                     help="our precisions to time: rows without baselines for each, with baselines for the first")
     args = ap.parse_args(argv)
     data = Path(args.data) if args.data else ROOT / "runs" / f"bench_{args.preset}"

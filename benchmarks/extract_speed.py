@@ -42,6 +42,8 @@ from l2l_jax.video import audio as A  # noqa: E402
 from l2l_jax.video import decode as D  # noqa: E402
 from l2l_jax.video import extract as X  # noqa: E402
 from l2l_jax.video import frames as F  # noqa: E402
+from l2l_jax.video.labels import Entry, video_name  # noqa: E402
+from l2l_jax.video.trunks import fresh_variables  # noqa: E402
 
 
 def make_videos(folder: Path, n: int, seconds: float, fps: int, width: int, height: int) -> list[str]:
@@ -136,9 +138,9 @@ def run_torch(folder: Path, names: list[str]) -> dict:
 
 
 def run_ours(folder: Path, names: list[str], batch_size: int, workers: int) -> dict:
-    visual, audio_vars = X.fresh_variables("visualnet", 0), X.fresh_variables("audionet", 1)
+    visual, audio_vars = fresh_variables("visualnet", 0), fresh_variables("audionet", 1)
     ex = X.Extractor(visual, audio_vars, batch_size=batch_size)
-    entries = [X.Entry(n, X.video_name(n), 0, "train") for n in names]
+    entries = [Entry(n, video_name(n), 0, "train") for n in names]
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         X.extract(folder, entries[:1], Path(tmp) / "warm", ex, workers=workers, progress=False)

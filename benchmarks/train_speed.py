@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import step_cost  # noqa: E402
 
-from l2l_jax import config, parallel  # noqa: E402
+from l2l_jax import config, layouts, numerics, parallel  # noqa: E402
 from l2l_jax.data.buckets import bucket_length  # noqa: E402
 from l2l_jax.data.collate import mask_for, plan_seeded  # noqa: E402
 from l2l_jax.model import PreviewConfig, build_model, init_variables  # noqa: E402
@@ -166,9 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--buckets", type=int, nargs="+", default=[256, 384, 512])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip_torch", action="store_true", help="only time ours (e.g. on a GPU machine)")
-    ap.add_argument("--layout", choices=["auto", "dense", "chunk"], default="auto",
+    ap.add_argument("--layout", choices=layouts.LAYOUTS, default="auto",
                     help="feature layout of our step (auto: chunk on CPU, dense on GPU/TPU)")
-    ap.add_argument("--precisions", nargs="+", choices=["exact", "fast"], default=["exact", "fast"],
+    ap.add_argument("--precisions", nargs="+", choices=numerics.PRECISIONS, default=list(numerics.PRECISIONS),
                     help="our precisions to time, each a row")
     args = ap.parse_args(argv)
     image, audio, labels = make_videos(args.num_videos, args.seed)
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                   "--precision", precision])
         cfg = config.settings(run_cfg, "train").model
         variables = jax.tree_util.tree_map(np.asarray, init_variables(cfg, "two", jax.random.key(args.seed)))
-        feed = batches if precision == "exact" else [(half(b), e) for b, e in batches]
+        feed = batches if precision == numerics.EXACT.name else [(half(b), e) for b, e in batches]
         rows.append((f"l2l-jax {precision}", run_ours(feed, run_cfg, variables)))
     ours = rows[0][1]
     mean_L = np.mean([int(b["length"]) for b, _ in batches])

@@ -25,8 +25,11 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from l2l_jax import variants
+
+#: The softmaxes of upstream's mAP (docs/UPSTREAM.md §7, quirk 24); each variant names its own
+#: (`l2l_jax.variants.Variant.metrics_softmax`).
 SOFTMAXES = ("naive", "stable")
-#: Which softmax upstream's mAP uses, per variant (docs/UPSTREAM.md §7, quirk 24).
 
 
 def binary_average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
@@ -119,9 +122,7 @@ class VideoMetrics:
     ``avgpool_acc``, ``lstm_acc``, ``avgpool_map``, ``lstm_map``, plus ``num_videos``.
     """
 
-    def __init__(self, num_classes: int, variant: str = "two", softmax: str | None = None):
-        from l2l_jax import variants
-
+    def __init__(self, num_classes: int, variant: str = variants.DEFAULT.name, softmax: str | None = None):
         self.num_classes = num_classes
         self.softmax = variants.get(variant).metrics_softmax if softmax is None else softmax
         self._label: dict[int, int] = {}

@@ -3,12 +3,13 @@
 Format (``format_version`` 1)::
 
     DIR/
-      meta.json    {"format": "l2l-jax-model", "format_version": 1, "variant": "two" | "single" | "imageaudionet",
+      meta.json    {"format": "l2l-jax-model", "format_version": 1, "variant": <a `l2l_jax.variants.MODEL_KINDS`
+                    name: a policy variant or the fusion net + classifier>,
                     "num_classes": C, "feature_dim": D, "source": "<where the weights came from>",
                     "tensors_sha256": "<`l2l_jax.integrity.tensor_checksum` of the variables>", ...extras}
       variables/   an orbax PyTree checkpoint of {"params": ..., "batch_stats": ...} (plain nested dicts of numpy
                    arrays: float32 tensors, int32 0-d BatchNorm counters; names as in docs/DESIGN.md;
-                   "imageaudionet" has no "batch_stats")
+                   the fusion net + classifier, `variants.IMAGEAUDIONET`, has no "batch_stats")
 
 ``feature_dim`` is 512 for the two-modality model and the fusion net, D for the single variant. Extra
 JSON values in ``meta`` are kept: ``l2l-convert`` adds ``epoch`` and ``upstream_args`` (the source checkpoint's
@@ -40,7 +41,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from l2l_jax import variants
+from l2l_jax import torch_names, variants
 from l2l_jax.errors import WeightsError
 from l2l_jax.integrity import leaf_names, nonfinite_tensors, tensor_checksum
 
@@ -48,7 +49,6 @@ FORMAT = "l2l-jax-model"
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
 VARIABLES_DIR = "variables"
-MODEL_VARIANTS = variants.MODEL_KINDS
 
 
 class NotAModelDirError(WeightsError):
@@ -60,8 +60,8 @@ def _check_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     missing = [k for k in ("variant", "num_classes", "feature_dim", "source") if k not in out]
     if missing:
         raise WeightsError(f"model metadata lacks {missing}")
-    if out["variant"] not in MODEL_VARIANTS:
-        raise WeightsError(f"unknown variant {out['variant']!r}; expected one of {MODEL_VARIANTS}")
+    if out["variant"] not in variants.MODEL_KINDS:
+        raise WeightsError(f"unknown variant {out['variant']!r}; expected one of {variants.MODEL_KINDS}")
     for key in ("num_classes", "feature_dim"):
         if not isinstance(out[key], int | np.integer) or int(out[key]) < 1:
             raise WeightsError(f"meta {key} must be a positive integer, got {out[key]!r}")
@@ -72,8 +72,6 @@ def _check_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_variables(variables: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
-    from l2l_jax import torch_names
-
     try:
         bias = variables["params"]["net_classifier"]["classifier"]["bias"]
         kernel = variables["params"]["net_classifier"]["classifier"]["kernel"]
@@ -93,7 +91,6 @@ def _check_variables(variables: Mapping[str, Any], meta: Mapping[str, Any]) -> N
     bad = nonfinite_tensors(variables)
     if bad:
         raise WeightsError(f"non-finite values (NaN or inf) in {bad[:5]}{'...' if len(bad) > 5 else ''}")
-
 
 
 def _to_numpy(tree: Any) -> Any:

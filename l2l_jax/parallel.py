@@ -32,10 +32,12 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from l2l_jax.errors import ConfigError
+from l2l_jax.layouts import chunk
 
 DATA = "data"
 
@@ -229,8 +231,6 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh, layout: str = "dense") -> 
     `P('data')`, 0-d values (``length``) replicated. With ``layout="chunk"`` a dense batch is laid out in
     chunks first, one group per local device (`l2l_jax.layouts.chunk.lay_out`); a batch the loader already
     laid out (it carries ``chunks``) must have one group per local device."""
-    from l2l_jax.layouts import chunk
-
     groups = mesh.devices.size // jax.process_count()
     if "chunks" in batch:
         if np.shape(batch["chunks"])[0] != groups:
@@ -270,7 +270,6 @@ def to_host(tree: Any) -> Any:
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             if x.sharding.is_fully_replicated:
                 return np.asarray(x.addressable_data(0))
-            from jax.experimental import multihost_utils
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         return np.asarray(x)
 

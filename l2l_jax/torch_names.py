@@ -3,16 +3,19 @@
 `state_dict_keys(variant)` lists upstream's keys in upstream's `state_dict()` order (docs/UPSTREAM.md §4
 and §5); `to_state_dict` and `from_state_dict` convert numpy arrays both ways, bit-exactly (only transposes
 and dtype changes of integer counters). Models: every policy variant (its spec's `weight_table`,
-`l2l_jax.variants`) and "imageaudionet" (fusion net + classifier, upstream's ImageAudioClassify container).
+`l2l_jax.variants`) and `variants.IMAGEAUDIONET` (fusion net + classifier, upstream's ImageAudioClassify
+container).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
+import jax
 import numpy as np
 
-from l2l_jax.variants import FUSION_CLASSIFIER, IMAGEAUDIONET
+from l2l_jax.model import PreviewConfig, init_variables
+from l2l_jax.variants import FUSION_CLASSIFIER, FUSION_WIDTH, IMAGEAUDIONET
 from l2l_jax.variants import VARIANTS as VARIANTS_BY_NAME
 
 # (kind, upstream module prefix, Flax module path) rows: each variant's own table (`l2l_jax.variants`), and the
@@ -117,12 +120,8 @@ def from_state_dict(state_dict: Mapping[str, np.ndarray], variant: str) -> dict:
     return variables
 
 
-def expected_shapes(variant: str, num_classes: int, feature_dim: int = 512) -> dict[str, tuple[int, ...]]:
+def expected_shapes(variant: str, num_classes: int, feature_dim: int = FUSION_WIDTH) -> dict[str, tuple[int, ...]]:
     """Upstream's tensor shapes for a variant (C classes, D-wide features), derived from the model itself."""
-    import jax
-
-    from l2l_jax.model import PreviewConfig, init_variables
-
     cfg = PreviewConfig(num_classes=num_classes, feature_dim=feature_dim)
     tree = jax.eval_shape(lambda: init_variables(cfg, variant, jax.random.key(0)))
     shapes: dict[str, tuple[int, ...]] = {}

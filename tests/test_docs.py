@@ -7,6 +7,7 @@ as `§6 "Logs"`. The numbers and headings they must resolve to are read from doc
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 from functools import cache
@@ -211,3 +212,86 @@ def test_no_file_refers_to_an_issue_tracker():
             line, content = line_of(text, pos)
             bad.append(f"{path}:{line}: {content}")
     assert not bad, "issue-tracker references (say what is meant instead):\n" + "\n".join(bad)
+
+
+# ------------------------------------------------------------------------------------------------ the module map
+DESIGN = "docs/DESIGN.md"
+MAP_HEADING = "## The module map"
+#: a path the map names: a module or folder of the package, of convert/ or of configs/, in backticks
+MAP_PATH = re.compile(r"`((?:l2l_jax|convert|configs)/[\w./-]*)`")
+MAP_FLOOR = re.compile(r"###\s+(\d+)\.")
+MAP_ROW = re.compile(r"\|\s*`([\w./-]+)`\s*\|")
+
+
+@cache
+def module_map() -> str:
+    """The module-map section of docs/DESIGN.md (up to the next second-level heading)."""
+    text = (ROOT / DESIGN).read_text(encoding="utf-8")
+    assert MAP_HEADING in text, f"{DESIGN} has no section {MAP_HEADING!r}"
+    start = text.index(MAP_HEADING)
+    end = text.find("\n## ", start + len(MAP_HEADING))
+    return text[start:end if end >= 0 else len(text)]
+
+
+def package_modules() -> list[str]:
+    """Every module of the package (its .py files but the packages' __init__.py) and the l2l-convert program."""
+    found = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "l2l_jax").rglob("*.py")
+                   if p.name != "__init__.py" and "__pycache__" not in p.parts)
+    return [*found, "convert/cli.py"]
+
+
+def map_floors() -> dict[str, int]:
+    """{module: its floor} from the map's tables, each under a ``### N. ...`` heading."""
+    floors: dict[str, int] = {}
+    floor = None
+    for line in module_map().splitlines():
+        if m := MAP_FLOOR.match(line):
+            floor = int(m.group(1))
+        elif (m := MAP_ROW.match(line)) and floor is not None and m.group(1).endswith(".py"):
+            floors[m.group(1)] = floor
+    return floors
+
+
+def test_module_map_names_every_module():
+    named = set(MAP_PATH.findall(module_map()))
+    missing = [m for m in package_modules() if m not in named]
+    assert not missing, f"modules missing from the module map of {DESIGN}:\n" + "\n".join(missing)
+
+
+def test_module_map_names_only_paths_that_exist():
+    named = sorted(set(MAP_PATH.findall(module_map())))
+    assert len(named) >= len(package_modules())
+    gone = [p for p in named if not (ROOT / p).exists()]
+    assert not gone, f"the module map of {DESIGN} names paths that do not exist:\n" + "\n".join(gone)
+
+
+def _imported_modules(path: str) -> set[str]:
+    """The package files `path` imports (anywhere in it), as repository paths."""
+    package = Path(path).parent.parts
+    out = set()
+    for node in ast.walk(ast.parse((ROOT / path).read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([*package[:len(package) - node.level + 1], *([base] if base else [])])
+            names = [base, *(f"{base}.{a.name}" for a in node.names)]
+        else:
+            continue
+        for name in names:
+            target = ROOT.joinpath(*name.split("."))
+            for candidate in (target.with_suffix(".py"), target / "__init__.py"):
+                if name.startswith(("l2l_jax", "convert")) and candidate.is_file():
+                    out.add(candidate.relative_to(ROOT).as_posix())
+                    break
+    return out
+
+
+def test_module_map_floors_hold():
+    """A module imports nothing from a higher floor of the map (functions' imports included)."""
+    floors = map_floors()
+    assert len(floors) >= len(package_modules())
+    bad = [f"{m} (floor {f}) imports {t} (floor {floors[t]})"
+           for m, f in sorted(floors.items()) for t in sorted(_imported_modules(m)) if floors.get(t, 0) > f]
+    assert not bad, f"imports that run up the floors of {DESIGN}'s module map:\n" + "\n".join(bad)

@@ -21,10 +21,10 @@ from l2l_jax.data.source import open_split  # noqa: E402
 from l2l_jax.errors import ConfigError  # noqa: E402
 from l2l_jax.programs import extract as XP  # noqa: E402
 from l2l_jax.video import decode as D  # noqa: E402
-from l2l_jax.video import extract as X  # noqa: E402
 from l2l_jax.video import frames as F  # noqa: E402
 from l2l_jax.video import networks as N  # noqa: E402
 from l2l_jax.video import trunks as T  # noqa: E402
+from l2l_jax.video.labels import read_labels  # noqa: E402
 
 SMALL = ["--frame_size", "40", "--crop", "32", "--batch_size", "4", "--workers", "2", "--no_progress"]
 LABELS = "video,label,split\na.mp4,0,train\nsub/b.mkv,1,train\nc.mp4,1,val\nd.mp4,0,train\ne.mp4,1,val\n"
@@ -200,17 +200,17 @@ def test_fresh_variables_have_the_networks_structure():
 def test_labels_csv_variants(tmp_path):
     f = tmp_path / "l.csv"
     f.write_text("x/a.mp4,walk\nb.webm,run\nc.avi,walk\n")
-    entries, names = X.read_labels(f, None)
+    entries, names = read_labels(f, None)
     assert names == ["run", "walk"]
     assert [(e.name, e.label, e.split) for e in entries] == [("x__a", 1, "train"), ("b", 0, "train"),
                                                            ("c", 1, "train")]
-    entries, _ = X.read_labels(f, ["val"])
+    entries, _ = read_labels(f, ["val"])
     assert {e.split for e in entries} == {"val"}
     f.write_text("a.mp4,0,train\nb.mp4,1,val\n")
-    assert [e.video for e in X.read_labels(f, ["val"])[0]] == ["b.mp4"]
+    assert [e.video for e in read_labels(f, ["val"])[0]] == ["b.mp4"]
     f.write_text("a.mp4,0\na.mkv,1\n")
     with pytest.raises(ConfigError, match="unique"):
-        X.read_labels(f, None)
+        read_labels(f, None)
 
 
 @pytest.mark.parametrize("case", ["no_labels", "no_videos", "bad_crop", "no_weights_file"])
@@ -319,7 +319,7 @@ def test_synthetic_video_shows_and_sounds_its_class_where_planned(tmp_path):
 
 def test_calibrate_bn(extracted, capsys):
     visual, audio = T.fresh_variables("visualnet", 0), T.fresh_variables("audionet", 1)
-    entries, _ = X.read_labels(extracted["tmp"] / "labels.csv", None)
+    entries, _ = read_labels(extracted["tmp"] / "labels.csv", None)
     v2, a2, n = T.calibrate_batchnorm(extracted["videos"], entries, visual, audio, frame_size=40, crop=32)
     assert n == 9  # the clips of the three readable videos
     for before, after in ((visual, v2), (audio, a2)):

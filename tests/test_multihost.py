@@ -74,8 +74,8 @@ def test_part_of_the_triple_is_refused_before_any_work(tmp_path, capsys, program
     assert not (tmp_path / "run").exists()
 
 
-def test_the_environment_stands_in_for_a_flag_and_is_named():
-    os.environ["JAX_NUM_PROCESSES"] = "2"  # removed again by the autouse fixture
+def test_the_environment_stands_in_for_a_flag_and_is_named(monkeypatch):
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")  # monkeypatch removes it again
     with pytest.raises(ConfigError, match="JAX_NUM_PROCESSES and --process_id without --coordinator_address"):
         parallel.init_distributed({"process_id": 1})
 

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import grain
+import jax
 import numpy as np
 
 from l2l_jax import variants
@@ -170,8 +171,6 @@ class BatchLoader:
                  longest_first: bool = False, feature_dtype: str | None = None,
                  prefetch_bytes: int | None = DEFAULT_PREFETCH_BYTES):
         if process_index is None or process_count is None:
-            import jax
-
             process_index = jax.process_index() if process_index is None else process_index
             process_count = jax.process_count() if process_count is None else process_count
         if batch_size < 1 or subsample < 1:

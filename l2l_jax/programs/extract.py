@@ -68,6 +68,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from l2l_jax import variants
 from l2l_jax.data.collate import MIN_CLIPS
 from l2l_jax.data.source import open_split
 from l2l_jax.errors import ConfigError
@@ -182,7 +183,7 @@ def _write_fused(root: Path, written: dict[str, int], entries: list[Entry], fusi
     fused = FusedFeatures(fusion, classes)
     for split, n in written.items():
         if n:
-            source = open_split(root / f"{split}.pkl", variant="two", num_classes=max(
+            source = open_split(root / f"{split}.pkl", variant=variants.TWO.name, num_classes=max(
                 classes, 1 + max(e.label for e in entries)), width=WIDTH, cache=False, progress=progress)
             write_fused(source, fused, progress=progress)
 

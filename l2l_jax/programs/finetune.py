@@ -56,9 +56,11 @@ from l2l_jax.errors import ConfigError
 from l2l_jax.model_dir import is_model_dir, save_model_dir
 from l2l_jax.outputs import atomic_write_text, output_dir, output_file, writing
 from l2l_jax.programs import flags
+from l2l_jax.pth_convert import export_checkpoint
 from l2l_jax.runkit.checkpoints import CHECKPOINT_DIR
 from l2l_jax.runkit.run import open_run
 from l2l_jax.runkit.settings import SETTINGS_FILE
+from l2l_jax.torch_io import write_torch_file
 from l2l_jax.video import checks
 from l2l_jax.video.finetune import MAX_BATCH, WIDTH, FusedFeatures, fit_imageaudionet, fit_settings, write_fused
 
@@ -148,9 +150,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from l2l_jax.pth_convert import export_checkpoint  # torch
-    from l2l_jax.torch_io import write_torch_file  # torch
-
     args = build_parser().parse_args(argv)
     _checked_args(args)
     root, out = Path(args.data).absolute(), Path(args.out).absolute()

@@ -33,6 +33,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from l2l_jax import parallel
 from l2l_jax.errors import ConfigError, L2LError, WeightsError
@@ -334,8 +335,6 @@ class RunCheckpoints:
 def _sync(name: str) -> None:
     """A barrier of every process (nothing on one process)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 

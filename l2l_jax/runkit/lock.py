@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from l2l_jax import parallel
 from l2l_jax.errors import ConfigError
@@ -148,8 +149,6 @@ def on_main_process(action: Callable[[], T], refusal: str) -> T | None:
         except ConfigError as e:
             error = e
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
         if failed and error is None:
             raise ConfigError(refusal)

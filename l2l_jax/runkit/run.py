@@ -15,6 +15,8 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from l2l_jax import parallel
 from l2l_jax.runkit.checkpoints import RunCheckpoints
 from l2l_jax.runkit.lock import lock_run, on_main_process
@@ -49,8 +51,6 @@ def open_run(run_dir: str | os.PathLike, *, program: str, settings: Mapping[str,
 def epochs_bar(epochs: int, done: int, per_epoch: int, *, desc: str, unit: str = "step", show: bool = True) -> Any:
     """A tqdm bar over a whole run of `epochs` epochs of `per_epoch` steps, `done` epochs already done (a
     resumed run starts where it stopped). Process 0 only draws it."""
-    from tqdm.auto import tqdm
-
     return tqdm(total=epochs * per_epoch, initial=min(done, epochs) * per_epoch, desc=desc, unit=unit,
                 disable=not (show and parallel.is_main_process()))
 

@@ -12,10 +12,7 @@ A run is never lost, corrupted or silently wrong: checkpoints carry a checksum o
 restore; a newest checkpoint that does not restore is reported, moved aside and the previous one used; an
 epoch whose validation and record a kill cut off after its checkpoint is validated and written on resume.
 
-The flags become model, recipe, loaders and initial weights in `l2l_jax.config`; the program is
-`l2l_jax.programs.train`.
+The flags become typed settings in `l2l_jax.config` (`config.settings`); the program is
+`l2l_jax.programs.train`. Import each name from the module that defines it (``from l2l_jax.training.loop
+import train``); this package imports nothing.
 """
-
-from l2l_jax.training.loop import train
-
-__all__ = ["train"]

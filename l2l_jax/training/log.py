@@ -29,7 +29,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from l2l_jax.outputs import atomic_write_text
-from l2l_jax.runkit.metrics import MetricsFile, read_records
+from l2l_jax.runkit.metrics import MetricsFile
 
 #: upstream's format of DEBUG lines (docs/UPSTREAM.md §6 "Logs"); INFO lines are bare.
 DEBUG_FORMAT = "%(asctime)s %(module)s: %(lineno)d: %(levelname)s:: %(msg)s"
@@ -156,11 +156,6 @@ def epoch_record(epoch: int, step: int, lr: float, host_sums: Mapping[str, Any],
 
 
 # ------------------------------------------------------------------------------------------------ metrics.jsonl
-def read_metrics(path: Path) -> list[dict]:
-    """The records of a run's metrics.jsonl ([] if there is none), skipping a line cut short by a kill."""
-    return read_records(path)
-
-
 def _epoch_complete(records: list[dict], epoch: int, validated: bool) -> bool:
     """Whether metrics.jsonl holds `epoch`'s record (with its validation, if the run validates). The record is
     the last thing written for an epoch, so its epoch.log lines are then complete too."""
@@ -301,7 +296,7 @@ class RunLog:
         if upstream:
             self.log.info(upstream_line(epoch, i, n_it, lr, e, host_m))
         if self._metrics.is_open:
-            self._write_record({"kind": "train", "epoch": epoch, "iteration": i, "step": step, "lr": lr,
+            self._metrics.write({"kind": "train", "epoch": epoch, "iteration": i, "step": step, "lr": lr,
                                 "loss": float(host_m["loss"]), "avgpool_ce": float(host_m["avgpool_ce"]),
                                 "lstm_ce": float(host_m["lstm_ce"]), "videos_per_s": rate})
         if self._tb is not None:
@@ -330,7 +325,7 @@ class RunLog:
         if validation is not None:
             record.update({f"val/{k}": float(v) for k, v in validation.items()})
         if self._metrics.is_open:
-            self._write_record(record)
+            self._metrics.write(record)
         if self._tb is not None:
             for key, value in record.items():
                 if "/" in key:
@@ -344,8 +339,8 @@ class RunLog:
             return
         from l2l_jax.evaluation import plots  # loads matplotlib
 
-        self._close_metrics()
-        epochs = [r for r in read_metrics(self.metrics_path) if r.get("kind") == "epoch"]
+        self._metrics.close()
+        epochs = [r for r in self._metrics.records() if r.get("kind") == "epoch"]
         png = plots.training_curves(self.run_dir / "curves.png", epochs)
         if png is not None:
             self.log.debug(f"Training curves: {png}")
@@ -354,18 +349,12 @@ class RunLog:
         """Close every file (also after an error)."""
         if self._epoch is not None:
             self._epoch.bar.close()
-        self._close_metrics()
+        self._metrics.close()
         if self._tb is not None:
             self._tb.close()
             self._tb = None
         _close(self.log)
         _close(self.epochs)
 
-    def _write_record(self, record: Mapping[str, Any]) -> None:
-        self._metrics.write(record)
 
-    def _close_metrics(self) -> None:
-        self._metrics.close()
-
-
-__all__ = ["DEBUG_FORMAT", "SUMS", "RunLog", "epoch_record", "read_metrics", "upstream_line"]
+__all__ = ["DEBUG_FORMAT", "SUMS", "RunLog", "epoch_record", "upstream_line"]

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 
 from l2l_jax.errors import WeightsError
+from l2l_jax.pth_convert import strip_module_prefix
+from l2l_jax.torch_io import ConversionError, load_torch_file, state_dict_of
 from l2l_jax.torch_names import get_path, set_path
 from l2l_jax.video.networks import AUDIO_FREQ_POSITIONS, RESNET18_LAYERS, new_audio_layers
 
@@ -161,13 +163,6 @@ def to_state_dict(variables: Mapping, net: str, naming: str) -> dict[str, np.nda
     return sd
 
 
-def strip_module_prefix(sd: Mapping[str, Any]) -> dict[str, Any]:
-    """Removes a leading ``module.`` (DataParallel) when every key has it."""
-    if sd and all(k.startswith("module.") for k in sd):
-        return {k[len("module."):]: v for k, v in sd.items()}
-    return dict(sd)
-
-
 def detect_naming(sd: Mapping[str, Any]) -> str:
     """"upstream" if any key starts with ``feature_extraction.``, else "torchvision"."""
     return "upstream" if any(k.startswith("feature_extraction.") for k in sd) else "torchvision"
@@ -271,8 +266,6 @@ def _plain_tensors(obj: Any, path: str | os.PathLike) -> Any:
     weights instead)."""
     import torch
 
-    from l2l_jax.torch_io import ConversionError
-
     def plain(key: str, v: Any) -> Any:
         if not isinstance(v, torch.Tensor):
             return v
@@ -296,13 +289,11 @@ def read_resnet18(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A resnet18 state dict (numpy) from a ``.pth`` (a bare state dict, or ``{"model": state dict}``), read by
     `l2l_jax.torch_io` (``weights_only=True``; raises its ``ConversionError``, an L2LError), bfloat16 tensors
     as float32, ``module.`` prefix removed. Checked when converted."""
-    from l2l_jax.torch_io import load_torch_file, state_dict_of
-
     sd, _ = state_dict_of(_plain_tensors(load_torch_file(path), path), path)
     return strip_module_prefix(sd)
 
 
 __all__ = ["NAMINGS", "NETS", "audionet_from_resnet18", "audionet_from_state_dict", "audionet_to_state_dict",
            "check_state_dict", "detect_naming", "entries", "expected_shapes", "flax_paths", "from_state_dict",
-           "read_resnet18", "resnet18_entries", "state_dict_keys", "strip_module_prefix", "to_state_dict",
+           "read_resnet18", "resnet18_entries", "state_dict_keys", "to_state_dict",
            "visualnet_from_state_dict", "visualnet_to_state_dict"]

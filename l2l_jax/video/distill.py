@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 
 from l2l_jax import numerics, parallel
+from l2l_jax.data.source import file_sha256
 from l2l_jax.errors import NonFiniteLossError
 from l2l_jax.runkit.checkpoints import RunCheckpoints
 from l2l_jax.video import distill_step as S
 from l2l_jax.video.clip_cache import ClipSelection
-from l2l_jax.video.distilled import file_sha256
 from l2l_jax.video.trunks import network_weights
 
 

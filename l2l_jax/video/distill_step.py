@@ -5,7 +5,7 @@ The student is upstream's image-audio network trained as one piece: ``VisualNet`
 (`l2l_jax.model.ImageAudioClassifier`, the ``ImageAudioNet`` the preview policy loads). Variables:
 ``params/{visual,audio,imageaudio}`` and ``batch_stats/{visual,audio}``; ``visual`` and ``audio`` have the
 trees of `l2l_jax.video.networks` (so `l2l_jax.video.convert` names them), ``imageaudio`` that of
-``init_variables(cfg, "imageaudionet")`` (so `l2l_jax.torch_names` names it).
+``init_variables(cfg, variants.IMAGEAUDIONET, key)`` (so `l2l_jax.torch_names` names it).
 
 Objectives (`LOSSES`):
 
@@ -36,7 +36,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from l2l_jax import parallel
+from l2l_jax import parallel, variants
 from l2l_jax.model import ImageAudioClassifier, PreviewConfig, init_variables
 from l2l_jax.numerics import EXACT, Numerics
 from l2l_jax.video.frames import IMAGENET_MEAN, IMAGENET_STD
@@ -153,7 +153,7 @@ def student_variables(num_classes: int, seed: int = 0, *, visual: dict | None = 
     visual = visual if visual is not None else fresh_variables("visualnet", seed)
     audio = audio if audio is not None else fresh_variables("audionet", seed + 1)
     if imageaudio is None:
-        imageaudio = jax.device_get(init_variables(PreviewConfig(num_classes=num_classes), "imageaudionet",
+        imageaudio = jax.device_get(init_variables(PreviewConfig(num_classes=num_classes), variants.IMAGEAUDIONET,
                                                    jax.random.key(seed + 2)))
     to_np = lambda t: jax.tree.map(np.asarray, t)  # noqa: E731
     return {"params": {"visual": to_np(visual["params"]), "audio": to_np(audio["params"]),

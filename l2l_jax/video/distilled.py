@@ -17,16 +17,20 @@ refused naming the file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from l2l_jax import variants
+from l2l_jax.data.index import BadFileError
+from l2l_jax.data.source import file_sha256
 from l2l_jax.errors import L2LError, WeightsError
 from l2l_jax.model_dir import META_FILE, load_model_dir, save_model_dir
 from l2l_jax.outputs import atomic_write_text
+from l2l_jax.pth_convert import export_checkpoint
+from l2l_jax.torch_io import read_state_dict, write_torch_file
 from l2l_jax.video import convert as C
 
 VISUAL_FILE, AUDIO_FILE, FUSION_DIR, REPORT_FILE = "visualnet.pth", "audionet.pth", "imageaudionet", "distill.json"
@@ -35,25 +39,14 @@ FUSION_META = f"{FUSION_DIR}/{META_FILE}"
 NEEDED = (VISUAL_FILE, AUDIO_FILE, FUSION_META)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 (hex) of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_distilled(out: Path, visual: dict, audio: dict, fusion: dict, num_classes: int, name: str,
                     meta: Mapping[str, Any]) -> dict[str, Path]:
     """The trained networks -> ``visualnet.pth``, ``audionet.pth``, ``ImageAudioNet_<name>.pth`` and
     ``imageaudionet/`` in `out` (each written atomically); returns their paths."""
-    from l2l_jax.pth_convert import export_checkpoint  # torch
-    from l2l_jax.torch_io import write_torch_file  # torch
-
     paths = {"visualnet": write_torch_file(out / VISUAL_FILE, C.visualnet_to_state_dict(visual, "upstream")),
              "audionet": write_torch_file(out / AUDIO_FILE, C.audionet_to_state_dict(audio, "upstream"))}
-    fmeta = {"variant": "imageaudionet", "num_classes": num_classes, "feature_dim": 512, **meta}
+    fmeta = {"variant": variants.IMAGEAUDIONET, "num_classes": num_classes, "feature_dim": variants.FUSION_WIDTH,
+             **meta}
     ckpt = export_checkpoint(fusion, fmeta)
     paths["pth"] = write_torch_file(out / f"ImageAudioNet_{name}.pth", ckpt.pop("model"), **ckpt)
     paths["imageaudionet"] = save_model_dir(out / FUSION_DIR, fusion, fmeta, overwrite=True)
@@ -103,7 +96,7 @@ def verify_distilled(root: Path, flag: str) -> dict[str, Any]:
             continue  # ImageAudioNet_<name>.pth: not read here; a folder without it still loads
         try:
             ok = path.is_file() and file_sha256(path) == recorded[rel]
-        except OSError:
+        except (OSError, BadFileError):
             ok = False
         if not ok:
             raise WeightsError(f"{where}: {rel} is not the file {REPORT_FILE} records (its SHA-256 differs: the "
@@ -115,8 +108,6 @@ def load_distilled(path: str | os.PathLike, flag: str = "--weights_imageaudionet
     """A distillation output folder -> (VisualNet variables, AudioNet variables, ImageAudioClassifier variables,
     its meta), after `verify_distilled`: ``visualnet.pth`` and ``audionet.pth`` read weights-only and strictly,
     ``imageaudionet/`` checked against its checksum. Every problem is a `WeightsError` naming `flag`."""
-    from l2l_jax.torch_io import read_state_dict  # torch
-
     root = Path(path)
     verify_distilled(root, flag)
     try:
@@ -125,11 +116,11 @@ def load_distilled(path: str | os.PathLike, flag: str = "--weights_imageaudionet
         fusion, meta = load_model_dir(root / FUSION_DIR)
     except L2LError as e:
         raise WeightsError(f"{flag} {root}: {e}") from None
-    if meta.get("variant") != "imageaudionet":
+    if meta.get("variant") != variants.IMAGEAUDIONET:
         raise WeightsError(f"{flag} {root}: {FUSION_DIR}/ holds variant {meta.get('variant')!r}, expected "
-                           "imageaudionet")
+                           f"{variants.IMAGEAUDIONET}")
     return visual, audio, fusion, meta
 
 
-__all__ = ["AUDIO_FILE", "FUSION_DIR", "REPORT_FILE", "VISUAL_FILE", "file_checksums", "file_sha256",
-           "load_distilled", "verify_distilled", "write_distilled", "write_report"]
+__all__ = ["AUDIO_FILE", "FUSION_DIR", "REPORT_FILE", "VISUAL_FILE", "file_checksums", "load_distilled",
+           "verify_distilled", "write_distilled", "write_report"]

@@ -10,7 +10,7 @@ video whose two files are present and valid (`finished_length`) is not decoded a
 go into different batches (one compilation per frame size); a last partial batch is padded.
 
 The labels CSV (`l2l_jax.video.labels`), the manifest (`l2l_jax.video.manifest`) and the networks' weights
-(`l2l_jax.video.trunks`) have their own modules; their names stay importable from here (``__all__``).
+(`l2l_jax.video.trunks`) have their own modules; import their names from there.
 """
 
 from __future__ import annotations
@@ -29,24 +29,16 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from l2l_jax import numerics
+from l2l_jax import numerics, variants
 from l2l_jax.outputs import atomic_save, atomic_write_bytes
 from l2l_jax.video import audio as A
 from l2l_jax.video import frames as F
 from l2l_jax.video.decode import MAX_SECONDS, DecodeError, decode_video
-from l2l_jax.video.labels import Entry, LabelTable, describe_labels, parse_labels, read_labels, video_name
-from l2l_jax.video.manifest import AUDIO_DIR, IMAGE_DIR, MANIFEST, check_manifest, manifest_record, read_manifest
+from l2l_jax.video.labels import Entry
+from l2l_jax.video.manifest import AUDIO_DIR, IMAGE_DIR
 from l2l_jax.video.networks import AudioNet, VisualNet
-from l2l_jax.video.trunks import (
-    Networks,
-    RandomWeightsWarning,
-    calibrate_batchnorm,
-    fresh_variables,
-    load_networks,
-    network_weights,
-)
 
-WIDTH = 512
+WIDTH = variants.FUSION_WIDTH  # the networks' clip features: the fusion net's image and audio inputs
 MAX_SEED = 2**31 - 2  # AudioNet's fresh variables use seed + 1; JAX keys take 32 bits
 
 
@@ -82,7 +74,7 @@ class Extractor:
     `audio(waveforms)` take host batches of exactly `batch_size` rows and return device arrays (B, 512)."""
 
     def __init__(self, visual_vars, audio_vars, *, batch_size: int, frame_size: int = 256, crop: int = 224,
-                 precision: str = "exact", devices=None):
+                 precision: str = numerics.DEFAULT.name, devices=None):
         devices = list(devices if devices is not None else jax.devices())
         n = len(devices)
         self.batch_size = -(-batch_size // n) * n  # a multiple of the device count
@@ -262,7 +254,4 @@ def extract(videos: Path, entries: Iterable[Entry], root: Path, extractor: Extra
     return summary
 
 
-__all__ = ["MANIFEST", "MAX_SEED", "WIDTH", "Entry", "Extractor", "LabelTable", "Networks", "RandomWeightsWarning",
-           "Summary", "calibrate_batchnorm", "check_manifest", "describe_labels", "extract", "finished_length",
-           "fresh_variables", "load_networks", "manifest_record", "network_weights", "parse_labels", "read_labels",
-           "read_manifest", "video_name", "write_pickle"]
+__all__ = ["MAX_SEED", "WIDTH", "Extractor", "Summary", "extract", "finished_length", "write_pickle"]

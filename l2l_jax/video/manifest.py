@@ -2,8 +2,9 @@
 how a rerun's settings are compared with it, and the refusal that names every difference.
 
 A rerun into the same ROOT resumes only when the manifest records the same settings; otherwise it is refused
-(or, with ``--overwrite``, the old feature files are deleted: `remove_features`). The feature folders of ROOT
-are named here (`IMAGE_DIR`, `AUDIO_DIR`, `TEMPLATE_DIR`) because the manifest speaks for what they hold.
+(or, with ``--overwrite``, the old feature files are deleted: `remove_features`). The feature folders the
+manifest speaks for are the two-modality variant's (`IMAGE_DIR`, `AUDIO_DIR`) and the fused features'
+(`TEMPLATE_DIR`), as `l2l_jax.variants` names them.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from l2l_jax import __version__
+from l2l_jax import __version__, variants
 from l2l_jax.errors import ConfigError, first_line
 from l2l_jax.video import audio as A
 
-IMAGE_DIR, AUDIO_DIR, TEMPLATE_DIR = "image_features", "audio_features", "imageAudio_features"
+IMAGE_DIR, AUDIO_DIR = variants.TWO.feature_dirs
+TEMPLATE_DIR = variants.TEMPLATE_DIR
 MANIFEST = "extract.json"
 MANIFEST_FORMAT = "l2l-extract features"
 # what the feature values depend on (a difference means the old files are not what this run would write)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from l2l_jax.errors import ConfigError, WeightsError
+from l2l_jax.torch_io import read_state_dict
 
 HEAD_SUFFIXES = (".npz", ".pth", ".pt")
 
@@ -42,8 +43,6 @@ def read_head(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         except (OSError, ValueError, KeyError, EOFError) as e:
             raise WeightsError(f"--teacher_head {path}: needs arrays 'weight' (C, D) and 'bias' (C,) ({e})") from None
     else:
-        from l2l_jax.torch_io import read_state_dict
-
         sd, _ = read_state_dict(path)
         ws = [k for k, v in sd.items() if k.endswith("weight") and np.ndim(v) == 2]
         bs = [k for k, v in sd.items() if k.endswith("bias") and np.ndim(v) == 1]
