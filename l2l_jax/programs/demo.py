@@ -10,7 +10,8 @@ Five steps, each through the program a user would run (the equivalent command li
    OUT/ImageAudioNet_synthetic.pth and converted back with `l2l-convert imageaudionet` to OUT/imageaudionet, so
    the conversion path runs for real;
 3. `l2l-train --config configs/synthetic.py` trains the preview policy from OUT/imageaudionet into OUT/train;
-4. `l2l-eval` evaluates it with the baselines, writing OUT/metrics.json, OUT/clips.jsonl and OUT/plots/;
+4. `l2l-eval` evaluates it with the baselines, writing OUT/metrics.json, OUT/clips.jsonl and OUT/plots/; the
+   demo adds OUT/plots/truth/: the policy's choices drawn over the true class segments (`truth_timelines`);
 5. the last screen: policy vs uniform vs random vs all clips at E = 10, speeds, and where everything is.
 
 `--preset distill`: frozen-resnet18 features against distilled ones (`l2l_jax.programs.demo_distill`).
@@ -25,14 +26,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from l2l_jax.programs import demo_distill, flags
+import numpy as np
+
+from l2l_jax.data import synthetic
+from l2l_jax.data.source import open_split
+from l2l_jax.model_dir import save_model_dir
+from l2l_jax.outputs import output_dir
+from l2l_jax.programs import demo_distill, extract, finetune, flags, synth
 from l2l_jax.programs.demo_steps import _header, _run, _run_module, _shown, step_eval, step_train
+from l2l_jax.video import decode
+from l2l_jax.video.finetune import fit_imageaudionet
 
 #: Per preset: the training flags on top of configs/synthetic.py, and the fusion-net fit's settings.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -49,6 +59,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # generated videos + a teacher -> frozen-resnet18 features vs l2l-distill's (l2l_jax.programs.demo_distill)
     "distill": {"train": demo_distill.SETTINGS["train"]},
 }
+TRUTH_TIMELINES = 32  # videos whose timelines the demo draws over their true segments (synthetic presets)
 
 
 def _data_complete(data: Path, preset: str, seed: int) -> bool:
@@ -65,8 +76,6 @@ def _data_complete(data: Path, preset: str, seed: int) -> bool:
 
 def step_data(out: Path, preset: str, seed: int) -> tuple[Path, int]:
     """Step 1: the synthetic dataset; returns (folder, number of classes)."""
-    from l2l_jax.data import synthetic
-    from l2l_jax.programs import synth
 
     data = out / "data"
     _header(1, f"synthetic dataset ({preset} preset) -> {_shown(data)}")
@@ -79,9 +88,6 @@ def step_data(out: Path, preset: str, seed: int) -> tuple[Path, int]:
 
 def step_imageaudionet(out: Path, data: Path, num_classes: int, preset: str, seed: int) -> dict[str, Any]:
     """Step 2: fit the fusion net + classifier, export it to an upstream .pth, convert that back."""
-    from l2l_jax.data.source import open_split
-    from l2l_jax.model_dir import save_model_dir
-    from l2l_jax.video.finetune import fit_imageaudionet
 
     _header(2, "fusion net + classifier on clip-level labels -> upstream-format .pth -> l2l-convert")
     settings = PRESETS[preset]["pretrain"]
@@ -108,10 +114,7 @@ def step_videos(out: Path, seed: int) -> tuple[Path, int, dict[str, Any]]:
     """Steps 1-2 of `--preset videos`: small synthetic videos (`l2l_jax.video.decode.write_synthetic_video`:
     class-specific moving shapes and tones in a few seconds of filler footage, plus a silent distractor) ->
     `l2l-extract` (random networks: nothing is downloaded) -> `l2l-finetune`; returns (data, classes, fit)."""
-    import numpy as np
 
-    from l2l_jax.programs import extract, finetune
-    from l2l_jax.video import decode
 
     spec = PRESETS["videos"]["videos"]
     videos, data, ft = out / "videos", out / "data", out / "finetune"
@@ -124,9 +127,10 @@ def step_videos(out: Path, seed: int) -> tuple[Path, int, dict[str, Any]]:
             label, seconds = i % spec["classes"], int(rng.integers(spec["seconds"][0], spec["seconds"][1] + 1))
             name = f"{split}_{i:03d}_class{label}.mp4"
             if not (videos / name).is_file():
-                decode.write_synthetic_video(videos / f".{name}.tmp.mp4", label, spec["classes"], seconds=seconds,
+                tmp = videos / f".{name}.{os.getpid()}.tmp.mp4"  # one writer's own file until it is complete
+                decode.write_synthetic_video(tmp, label, spec["classes"], seconds=seconds,
                                              seed=seed * 100003 + i + (0 if split == "train" else 50000))
-                (videos / f".{name}.tmp.mp4").replace(videos / name)
+                tmp.replace(videos / name)
             rows.append(f"{name},{label},{split}")
     (videos / "labels.csv").write_text("\n".join(rows) + "\n")
     print(f"{spec['train']} train and {spec['val']} val videos of {spec['classes']} classes in {_shown(videos)}")
@@ -142,6 +146,35 @@ def step_videos(out: Path, seed: int) -> tuple[Path, int, dict[str, Any]]:
            "seconds": time.perf_counter() - t0, "clips": report["train_clips"],
            "train_clip_acc": report["train_clip_acc_last_epoch"]}
     return data, spec["classes"], fit
+
+
+def truth_timelines(data: Path, ev: dict[str, Any], limit: int = TRUTH_TIMELINES) -> Path | None:
+    """The policy's choices over each video's true class segments and distractors (the synthetic dataset's
+    ``segments.json``): OUT/plots/truth/timeline_<id>.png for the first `limit` validation videos; returns the
+    folder (None without ``segments.json``: the videos preset)."""
+    import matplotlib.pyplot as plt
+
+    from l2l_jax.evaluation import plots
+
+    seg = data / "segments.json"
+    if not seg.is_file():
+        return None
+    truth = json.loads(seg.read_text())["val"]
+    folder = ev["plots"] / "truth"
+    folder.mkdir(parents=True, exist_ok=True)
+    records = [json.loads(line) for line in ev["export"].read_text().splitlines()[:limit] if line.strip()]
+    fig = plt.figure(figsize=(8, 2.2))
+    try:
+        for rec in records:
+            t = truth[rec["id"]]
+            spans = [(a, b, "class segment") for a, b in t["segments"]]
+            spans += [(a, b, "distractor") for a, b, _ in t["distractors"]]
+            plots.timeline(folder / f"timeline_{rec['id']:06d}.png", num_clips=rec["num_clips"],
+                           rows={"image": rec["image_idx"], "audio": rec["audio_idx"]}, fig=fig, spans=spans,
+                           title=f"{t['name']}: label {rec['label']}, predicted {rec['prediction']}")
+    finally:
+        plt.close(fig)
+    return folder
 
 
 def final_screen(out: Path, fit: dict[str, Any], trained: dict[str, Any], ev: dict[str, Any],
@@ -180,6 +213,9 @@ def final_screen(out: Path, fit: dict[str, Any], trained: dict[str, Any], ev: di
               f"chosen clips per video:      {_shown(ev['export'])}",
               f"pictures:                    {_shown(trained['dir'] / 'curves.png')}, "
               f"{_shown(ev['plots'] / 'map_vs_steps.png')}, {_shown(ev['plots'])}/timeline_*.png"]
+    if ev.get("truth") is not None:
+        lines.append(f"true segments:               {_shown(ev['truth'])}/timeline_*.png (the policy's choices over "
+                     "each video's class segments and distractors)")
     return "\n".join(lines)
 
 
@@ -202,7 +238,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from l2l_jax.outputs import output_dir
 
     args = build_parser().parse_args(argv)
     compute = ["--precision", args.precision, "--layout", args.layout]
@@ -219,6 +254,7 @@ def _main(argv: Sequence[str] | None) -> int:
         fit = step_imageaudionet(out, data, num_classes, args.preset, args.seed)
     trained = step_train(out, data, num_classes, fit["converted"], PRESETS[args.preset]["train"], args.seed, compute)
     ev = step_eval(out, data, num_classes, trained["dir"], args.seed, compute)
+    ev["truth"] = truth_timelines(data, ev)
     _header(5, "results")
     print(final_screen(out, fit, trained, ev, time.perf_counter() - t0), flush=True)
     return 0

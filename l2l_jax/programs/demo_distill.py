@@ -1,19 +1,21 @@
 """`l2l-demo --preset distill`: frozen-resnet18 features against distilled ones, on the same generated videos.
 
-1. Small synthetic videos (`l2l_jax.video.decode.write_synthetic_video`: a class's moving shape and its tone in
-   a 2-3 s segment of filler footage, the tone heard a little around it, a silent distractor shape of another
+1. Small synthetic videos (`l2l_jax.video.decode.write_synthetic_video`, 32 x 32 pixels, 16-20 s: a class's
+   moving shape and its tone together in a 2-3 s segment of filler footage, a silent distractor shape of another
    class elsewhere) and a teacher in upstream's per-video ``.npy`` layout (`teacher_rows`) that names a clip's
-   class from image *and* sound together: the video's class (logits `TEACHER_SCALE` * one-hot) where the
-   class's shape is seen *and* its tone heard (the segment); everywhere else (filler, the silent distractor, the
-   tone heard without the shape) only a weak guess from the background: the class `scene % C` of the video's
-   scene (logit `SCENE_SCALE`), which says nothing about the video's class (scenes are drawn independently of
-   it). Every clip has a top-1 class, so the student's agreement with the teacher is measured on every clip.
+   class from image *and* sound together: the video's class (logit `TEACHER_SCALE`) where the class's shape is
+   seen *and* its tone heard (the segment); everywhere else (filler and the silent distractor) only a weak
+   guess from the background: the class ``scene % C`` of the video's scene (logit `SCENE_SCALE`), which says
+   nothing about the video's class (scenes are drawn independently of it). Every clip has one top-1 class, so
+   the student's agreement with the teacher is measured on every clip.
 2. Baseline: `l2l-extract` with frozen random resnet18s (``--calibrate_bn``, nothing is downloaded) ->
    `l2l-finetune` -> `l2l-train` -> `l2l-eval`.
 3. `l2l-distill` (the teacher, end to end from the decoded clips) -> `l2l-extract --weights_imageaudionet` (image,
    audio and imageAudio features from the distilled networks) -> `l2l-train` -> `l2l-eval`.
-4. The last screen: the preview policy's and uniform sampling's mAP and accuracy on the same validation videos
-   with both features, and the student's agreement with the teacher on the validation clips beside chance.
+4. The last screen: the preview policy's and uniform sampling's mAP and accuracy at E = 4 (a fifth of a video,
+   so where the policy looks matters) on the same validation videos with both features, and the student's
+   agreement with the teacher on the validation clips beside chance, overall and by kind of clip
+   (`agreement_by_kind`); OUT/distill_demo.json holds the same numbers.
 """
 
 from __future__ import annotations
@@ -26,21 +28,27 @@ from typing import Any
 
 import numpy as np
 
+from l2l_jax import variants
+from l2l_jax.model import ImageAudioClassifier
+from l2l_jax.model_dir import load_model_dir
+from l2l_jax.programs import distill, extract, finetune
 from l2l_jax.programs.demo_steps import _header, _run, _shown, step_eval, step_train
+from l2l_jax.video import decode
 
 #: The preset's sizes and each program's flags. Square 32-pixel frames keep the whole picture (no crop) and the
 #: student cheap enough for a CPU; the preview budget E is a fraction of a video, so where the policy looks
 #: matters.
 SETTINGS: dict[str, Any] = {
-    "videos": {"classes": 4, "train": 64, "val": 48, "seconds": (16, 20), "size": 32},
+    "videos": {"classes": 4, "train": 48, "val": 48, "seconds": (16, 20), "size": 32},
     "extract": ["--frame_size", "32", "--crop", "32", "--batch_size", "64"],
     "finetune": ["--epochs", "20", "--batch_size", "64", "--lr", "1e-3"],
     "distill": ["--frame_size", "32", "--crop", "32", "--flip", "--epochs", "3", "--batch_size", "32",
                 "--lr", "1e-3", "--temperature", "2"],
-    "episode_length": 10,
-    "train": ["--epochs", "10", "--batch_size", "8", "--milestones", "8", "--warmup_epochs", "0",
-              "--checkpoint_freq", "5", "--buckets", "32", "--print_freq", "4"],
+    "episode_length": 4,
+    "train": ["--episode_length", "4", "--epochs", "10", "--batch_size", "8", "--milestones", "8",
+              "--warmup_epochs", "0", "--checkpoint_freq", "5", "--buckets", "32", "--print_freq", "4"],
 }
+KIND_NAMES = {"segment": "class seen and heard", "distractor": "silent distractor", "other": "filler"}
 TEACHER_SCALE = 6.0  # the teacher's logit for the class it sees and hears
 SCENE_SCALE = 2.0  # its logit for the background's class where it sees and hears no class together
 
@@ -72,7 +80,6 @@ def video_specs(seed: int, spec: dict[str, Any] | None = None) -> list[dict[str,
 def write_videos(folder: Path, teacher: Path, seed: int, spec: dict[str, Any] | None = None) -> int:
     """The videos, labels.csv and the teacher's files (a video already there is kept: the writer gives the same
     bytes for the same arguments); returns the number of classes."""
-    from l2l_jax.video import decode
 
     spec = spec or SETTINGS["videos"]
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,6 +98,34 @@ def write_videos(folder: Path, teacher: Path, seed: int, spec: dict[str, Any] | 
     return spec["classes"]
 
 
+def agreement_by_kind(data: Path, net: Path, seed: int) -> dict[str, tuple[int, int]]:
+    """The student's top-1 agreement with the teacher on the validation clips, by kind of clip: ``segment``
+    (the class seen and heard), ``distractor`` (another class seen, nothing heard), ``other`` (filler); as
+    {kind: (agreeing clips, clips)}. The student's logits are its fusion net + classifier (``net``'s
+    ``imageaudionet/``) on the image and audio features `l2l-extract` wrote with its trunks into `data`."""
+
+    spec = SETTINGS["videos"]
+    fusion, meta = load_model_dir(net / "imageaudionet")
+    model = ImageAudioClassifier(int(meta["num_classes"]))
+    image_dir, audio_dir = (data / d for d in variants.TWO.feature_dirs)
+    counts = {"segment": [0, 0], "distractor": [0, 0], "other": [0, 0]}
+    for v in video_specs(seed):
+        if v["split"] != "val" or not (image_dir / f"{v['name']}.npy").is_file():
+            continue
+        plan = decode.synthetic_clip_plan(v["label"], spec["classes"], v["seconds"], v["seed"])
+        want = teacher_rows(plan, spec["classes"], v["seconds"]).argmax(1)
+        _, logits = model.apply(fusion, np.load(image_dir / f"{v['name']}.npy"),
+                                np.load(audio_dir / f"{v['name']}.npy"))
+        got = np.asarray(logits).argmax(1)
+        (s0, s1), d = plan["segment"], plan["distractor"]
+        for t in range(min(len(got), len(want))):
+            kind = ("segment" if s0 <= t < s1 else "distractor" if d is not None and d[0] <= t < d[1]
+                    else "other")
+            counts[kind][0] += int(got[t] == want[t])
+            counts[kind][1] += 1
+    return {k: (a, n) for k, (a, n) in counts.items()}
+
+
 def _features_and_policy(out: Path, data: Path, num_classes: int, weights: Path, seed: int,
                          compute: list[str]) -> dict[str, Any]:
     """l2l-train from the fusion net `weights` on the features in `data`, then l2l-eval; returns the metrics."""
@@ -102,7 +137,6 @@ def _features_and_policy(out: Path, data: Path, num_classes: int, weights: Path,
 
 def run(out: Path, seed: int, compute: list[str]) -> str:
     """Every step of the preset; returns the last screen (and writes OUT/distill_demo.json)."""
-    from l2l_jax.programs import distill, extract, finetune
 
     t_start = time.perf_counter()
     videos, teacher = out / "videos", out / "teacher"
@@ -141,6 +175,7 @@ def run(out: Path, seed: int, compute: list[str]) -> str:
                                        "--weights_imageaudionet", _shown(dist / "net"), *SETTINGS["extract"]])
     rd = _features_and_policy(dist, data, num_classes, dist / "net" / "imageaudionet", seed, compute)
     results["distilled"] = {"result": rd, "seconds": time.perf_counter() - t0}
+    kinds = agreement_by_kind(data, dist / "net", seed)
 
     _header(5, "results")
     last = report.get("last_epoch", {})
@@ -148,6 +183,7 @@ def run(out: Path, seed: int, compute: list[str]) -> str:
     total_s = time.perf_counter() - t_start
     summary = {"seed": seed, "val_videos": rd["num_videos"], "episode_length": rd["episode_length"],
                "agreement": agreement, "chance": 1.0 / num_classes, "seconds": total_s,
+               "agreement_by_kind": {k: a / max(n, 1) for k, (a, n) in kinds.items()},
                **{f"{k}_{m}": results[k]["result"]["avgpool_" + m] for k in results for m in ("map", "acc")},
                **{f"{k}_uniform_{m}": results[k]["result"]["baselines"]["uniform"][m] for k in results
                   for m in ("map", "acc")}}
@@ -168,6 +204,7 @@ def run(out: Path, seed: int, compute: list[str]) -> str:
              "",
              f"the student's top-1 agreement with the teacher on the {report.get('val_clips', 'validation')} "
              f"validation clips: {agreement:.3f} (chance {1.0 / num_classes:.3f})",
+             "  by clip: " + ", ".join(f"{KIND_NAMES[k]} {a / max(n, 1):.3f} of {n}" for k, (a, n) in kinds.items()),
              f"l2l-distill: {report['train_clips']} training clips, {report['epochs']} epochs in "
              f"{distill_s:.1f} s (caching and compiling included); last epoch {last.get('clips_per_s', 0):.1f} "
              "clips/s",

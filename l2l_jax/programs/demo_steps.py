@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from l2l_jax.programs import evaluate, flags, train
+
 #: E of the evaluation (the last screen's comparison).
 EPISODE_LENGTH = 10
 
@@ -73,7 +75,6 @@ def step_train(out: Path, data: Path, num_classes: int, weights: Path, train_fla
     """Step 3 (`step`; None: part of another): l2l-train with configs/synthetic.py (plus the preset's
     `train_flags`) from the converted fusion net into OUT/train; returns the run directory, the seconds, the
     speed and the number of epochs."""
-    from l2l_jax.programs import train
 
     run_dir = out / "train"
     _header(step, f"train the preview policy (configs/synthetic.py) -> {_shown(run_dir)}")
@@ -97,7 +98,6 @@ def step_eval(out: Path, data: Path, num_classes: int, run_dir: Path, seed: int,
               step: int | None = 4, episode_length: int = EPISODE_LENGTH) -> dict[str, Any]:
     """Step 4 (`step`; None: part of another): l2l-eval of the final model at E = `episode_length` with
     baselines, metrics JSON, per-video export and plots."""
-    from l2l_jax.programs import evaluate, flags
 
     _header(step, "evaluate the policy and the baselines (uniform, random, all clips)")
     cfg = flags.load_config_file(str(config_file()))

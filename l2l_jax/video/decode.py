@@ -381,9 +381,11 @@ PALETTE = ((255, 40, 40), (40, 220, 40), (60, 90, 255), (250, 220, 30), (230, 60
            (255, 140, 0), (150, 80, 255))
 
 
-#: The filler footage's backgrounds (left and right colour of a gradient), shared by all classes.
-SCENES = (((60, 70, 90), (110, 100, 80)), ((90, 60, 60), (60, 90, 110)), ((70, 90, 70), (120, 120, 120)),
-          ((110, 90, 50), (50, 50, 60)))
+#: The filler footage's backgrounds (left and right colour of a gradient: a darker and a lighter shade of one
+#: muted hue, so that a mirrored scene is still told from the others), shared by all classes.
+SCENES = (((50, 60, 100), (90, 100, 140)), ((100, 45, 45), (140, 80, 70)), ((55, 85, 50), (95, 125, 80)),
+          ((80, 80, 80), (130, 130, 130)))
+TONE_RAMP = 0.1  # seconds: the class's tone fades in and out this fast at the segment's ends
 
 
 def synthetic_clip_plan(label: int, num_classes: int, seconds: int, seed: int) -> dict:
@@ -408,9 +410,9 @@ def write_synthetic_video(path: str | os.PathLike, label: int, num_classes: int,
     """A demo video of class `label` (`l2l-demo --preset videos` and ``distill``): filler footage (a drifting
     colour gradient of one of the `SCENES`, shared by all classes, with noise; a quiet hum and noise on the sound
     track), one class-specific segment of 2-3 s (a moving shape of the class's colour and kind, and the class's
-    tone, which is audible over a wider window than the shape is visible: a preview of where to look), and a
-    silent distractor (another class's shape, no tone) elsewhere. H.264 (or MPEG-4) + AAC. Returns
-    `synthetic_clip_plan`; the same arguments give the same file, byte for byte."""
+    tone, heard exactly while the shape is seen), and a silent distractor (another class's shape, no tone)
+    elsewhere. H.264 (or MPEG-4) + AAC. Returns `synthetic_clip_plan`; the same arguments give the same file,
+    byte for byte."""
     plan = synthetic_clip_plan(label, num_classes, seconds, seed)
     rng = np.random.default_rng(seed + 7919)
     rng.integers(len(SCENES))  # the plan's draw of the scene: the frames' noise follows it in this stream
@@ -448,13 +450,14 @@ def write_synthetic_video(path: str | os.PathLike, label: int, num_classes: int,
         return np.clip(img, 0, 255).astype(np.uint8)
 
     s0, s1 = plan["segment"]
-    centre, width_s = (s0 + s1) / 2, 0.75 * (s1 - s0)
     tone = 330.0 * 2 ** (label * 5 / 12)  # the class's note: a fourth apart
 
     noise_rng = np.random.default_rng(seed + 104729)
 
     def sound(t):
-        env = np.exp(-((t - centre) ** 2) / (2 * width_s ** 2))
+        # the tone exactly while the shape is seen, faded in and out over TONE_RAMP seconds inside the segment
+        env = np.clip(np.minimum(t - s0, s1 - t) / TONE_RAMP, 0.0, 1.0)
+        env = 0.5 - 0.5 * np.cos(np.pi * env)
         x = 0.05 * np.sin(2 * np.pi * hum * t) + 0.03 * noise_rng.standard_normal(t.shape)
         return (x + 0.4 * env * np.sin(2 * np.pi * tone * t)).astype(np.float32)
 
