@@ -137,7 +137,6 @@ def _features_and_policy(out: Path, data: Path, num_classes: int, weights: Path,
 
 def run(out: Path, seed: int, compute: list[str]) -> str:
     """Every step of the preset; returns the last screen (and writes OUT/distill_demo.json)."""
-
     t_start = time.perf_counter()
     videos, teacher = out / "videos", out / "teacher"
     _header(1, f"synthetic videos -> {_shown(videos)}, teacher logits -> {_shown(teacher)}")
@@ -188,6 +187,15 @@ def run(out: Path, seed: int, compute: list[str]) -> str:
                **{f"{k}_uniform_{m}": results[k]["result"]["baselines"]["uniform"][m] for k in results
                   for m in ("map", "acc")}}
     (out / "distill_demo.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+    return _screen(out, base, dist, data, rf, rd, report, kinds, num_classes, distill_s, total_s)
+
+
+def _screen(out: Path, base: Path, dist: Path, data: Path, rf: dict, rd: dict, report: dict,
+            kinds: dict[str, tuple[int, int]], num_classes: int, distill_s: float, total_s: float) -> str:
+    """The preset's last screen: both feature kinds' policy and uniform rows, the agreement, where things are."""
+    last = report.get("last_epoch", {})
+    agreement = last.get("val_top1", float("nan"))
 
     def row(name: str, r: dict) -> str:
         u = r["baselines"]["uniform"]
