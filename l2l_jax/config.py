@@ -26,14 +26,13 @@ Facts decided here, once:
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 
-from l2l_jax import layouts, variants
+from l2l_jax import checks, layouts, variants
 from l2l_jax import numerics as numerics_policy
 from l2l_jax.data.pipeline import BatchLoader
 from l2l_jax.data.source import FeatureSource
@@ -45,7 +44,7 @@ from l2l_jax.recipe import Recipe
 #: Upper bound of data-loading threads: more only contend for the GIL and the disk.
 MAX_THREADS = 16
 #: Upper bound of --batch_size: far above any device's memory for one batch, and below int32 trouble.
-MAX_BATCH = 65536
+MAX_BATCH = checks.MAX_BATCH
 #: The programs whose flags become settings.
 TRAIN, EVAL = "train", "eval"
 
@@ -278,10 +277,8 @@ def check(cfg: Flags, program: str) -> None:
 
     positive("batch_size", "episode_length", "num_classes", "subsample_factor", "decode_threads", "print_freq",
              "embedding_size")
-    if int(cfg["batch_size"]) > MAX_BATCH:
-        raise ConfigError(f"--batch_size {cfg['batch_size']}: must be at most {MAX_BATCH}")
-    if not 0 <= int(cfg["seed"]) < 2**32:  # numpy's generators refuse negative seeds, jax wraps large ones
-        raise ConfigError(f"--seed {cfg['seed']}: must be in [0, 2**32)")
+    checks.count_in("--batch_size", int(cfg["batch_size"]), MAX_BATCH)
+    checks.seed("--seed", int(cfg["seed"]))  # numpy's generators refuse negative seeds, jax wraps large ones
     check_buckets(cfg["buckets"])
     _variant(cfg)
     _layout(cfg)
@@ -309,28 +306,21 @@ def check(cfg: Flags, program: str) -> None:
     output_dir(cfg["checkpoint_path"], "--checkpoint_path")  # a file, FIFO or read-only place: refused
 
 
-#: l2l-train's float flags: (name, lowest allowed, whether the lowest is allowed, highest excluded or None)
-_RATES: tuple[tuple[str, float, bool, float | None], ...] = (
-    ("lr", 0.0, False, None),
-    ("momentum", 0.0, True, 1.0),
-    ("weight_decay", 0.0, True, None),
-    ("avgpool_ce_loss_weight", 0.0, True, None),
-    ("lstm_ce_loss_weight", 0.0, True, None),
-)
+#: l2l-train's float flags: name -> `checks.number_in` bounds (lr > 0, momentum in [0, 1), the rest >= 0).
+_RATES: dict[str, dict[str, Any]] = {
+    "lr": {"lo": 0.0, "hi": None, "lo_open": True},
+    "momentum": {"lo": 0.0, "hi": 1.0, "hi_open": True},
+    "weight_decay": {"lo": 0.0, "hi": None},
+    "avgpool_ce_loss_weight": {"lo": 0.0, "hi": None},
+    "lstm_ce_loss_weight": {"lo": 0.0, "hi": None},
+}
 
 
 def _check_rates(cfg: Flags) -> None:
-    """Every float flag of l2l-train finite and in its range: lr > 0, momentum in [0, 1), weight decay and
-    loss weights >= 0."""
-    for name, low, closed, high in _RATES:
-        if name not in cfg:
-            continue
-        value = float(cfg[name])
-        ok = math.isfinite(value) and (value >= low if closed else value > low) and (high is None or value < high)
-        if not ok:
-            where = (f"in [{low:g}, {high:g})" if high is not None else
-                     f"{'at least' if closed else 'above'} {low:g}")
-            raise ConfigError(f"--{name} {cfg[name]}: must be a finite number {where}")
+    """Every float flag of l2l-train finite and in its range (`_RATES`)."""
+    for name, bounds in _RATES.items():
+        if name in cfg:
+            checks.number_in(f"--{name}", float(cfg[name]), **bounds)
 
 
 def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:

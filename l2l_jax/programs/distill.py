@@ -73,13 +73,13 @@ from typing import Any
 
 import numpy as np
 
+from l2l_jax import checks
 from l2l_jax.errors import ConfigError
 from l2l_jax.outputs import output_dir, writing
 from l2l_jax.programs import flags
 from l2l_jax.runkit.checkpoints import RunCheckpoints
 from l2l_jax.runkit.metrics import MetricsFile
 from l2l_jax.runkit.run import epochs_bar, open_run
-from l2l_jax.video import checks
 from l2l_jax.video import distill as DL
 from l2l_jax.video.clip_cache import ClipSelection, build_cache
 from l2l_jax.video.distill_step import split_variables
@@ -88,7 +88,6 @@ from l2l_jax.video.labels import Entry, read_labels
 from l2l_jax.video.teacher import check_teacher, read_head, teacher_logits
 from l2l_jax.video.trunks import RandomWeightsWarning
 
-MAX_BATCH = 1 << 16  # clips per step
 MAX_COUNT = 1 << 20  # --epochs, --num_classes
 MAX_FRAME = 4096  # pixels: --frame_size, --crop
 MAX_WORKERS = 256
@@ -139,7 +138,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Flag checks before anything is read or compiled (ConfigError naming the flag)."""
     if not Path(args.videos).is_dir():
         raise ConfigError(f"VIDEOS {args.videos}: not a directory")
-    for flag, hi in (("epochs", MAX_COUNT), ("batch_size", MAX_BATCH), ("frame_size", MAX_FRAME),
+    for flag, hi in (("epochs", MAX_COUNT), ("batch_size", checks.MAX_BATCH), ("frame_size", MAX_FRAME),
                      ("crop", MAX_FRAME), ("keep_checkpoints", MAX_KEEP), ("workers", MAX_WORKERS)):
         checks.count_in(f"--{flag}", getattr(args, flag), hi)
     if args.crop > args.frame_size:

@@ -68,14 +68,13 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from l2l_jax import variants
+from l2l_jax import checks, variants
 from l2l_jax.data.collate import MIN_CLIPS
 from l2l_jax.data.source import open_split
 from l2l_jax.errors import ConfigError
 from l2l_jax.integrity import tensor_checksum
 from l2l_jax.outputs import atomic_write_text, output_dir, output_file, writing
 from l2l_jax.programs import flags
-from l2l_jax.video import checks
 from l2l_jax.video.decode import MAX_SECONDS
 from l2l_jax.video.distilled import load_distilled
 from l2l_jax.video.extract import MAX_SEED, WIDTH, Extractor, Summary, extract, write_pickle
@@ -95,7 +94,6 @@ from l2l_jax.video.manifest import (
 )
 from l2l_jax.video.trunks import Networks, calibrate_batchnorm, load_networks
 
-MAX_BATCH = 1 << 16  # clips per network batch
 MAX_WORKERS = 256
 MAX_FRAME = 4096  # pixels: --frame_size and --crop
 
@@ -141,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check_flags(args: argparse.Namespace) -> None:
     """Every flag, before anything is read or written."""
-    for flag, hi in (("batch_size", MAX_BATCH), ("workers", MAX_WORKERS), ("frame_size", MAX_FRAME),
+    for flag, hi in (("batch_size", checks.MAX_BATCH), ("workers", MAX_WORKERS), ("frame_size", MAX_FRAME),
                      ("crop", MAX_FRAME)):
         checks.count_in(f"--{flag}", getattr(args, flag), hi)
     if args.crop > args.frame_size:

@@ -51,6 +51,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from l2l_jax import checks
 from l2l_jax.data.source import FileSource, open_split
 from l2l_jax.errors import ConfigError
 from l2l_jax.model_dir import is_model_dir, save_model_dir
@@ -61,15 +62,14 @@ from l2l_jax.runkit.checkpoints import CHECKPOINT_DIR
 from l2l_jax.runkit.run import open_run
 from l2l_jax.runkit.settings import SETTINGS_FILE
 from l2l_jax.torch_io import write_torch_file
-from l2l_jax.video import checks
-from l2l_jax.video.finetune import MAX_BATCH, WIDTH, FusedFeatures, fit_imageaudionet, fit_settings, write_fused
+from l2l_jax.video.finetune import WIDTH, FusedFeatures, fit_imageaudionet, fit_settings, write_fused
 
 MAX_COUNT = 1 << 20  # --num_classes, --epochs
 
 
 def _checked_args(args: argparse.Namespace) -> None:
     """Every flag before anything is read: counts, a finite positive --lr, the seed's range, a plain --name."""
-    for flag, hi in (("num_classes", MAX_COUNT), ("epochs", MAX_COUNT), ("batch_size", MAX_BATCH)):
+    for flag, hi in (("num_classes", MAX_COUNT), ("epochs", MAX_COUNT), ("batch_size", checks.MAX_BATCH)):
         value = getattr(args, flag)
         if value < 1:
             raise ConfigError(f"--{flag} {value}: must be at least 1")

@@ -35,7 +35,6 @@ from l2l_jax.runkit.checkpoints import RunCheckpoints
 from l2l_jax.runkit.run import epochs_bar
 
 WIDTH = 512
-MAX_BATCH = 1 << 16
 # the flags whose values shape the checkpoints (--epochs only says where the fit stops)
 FIT_SETTINGS = ("num_classes", "lr", "batch_size", "clips_per_video", "seed", "skip_bad_videos")
 # the facts of the data recorded with them: the train pickle's SHA-256 and its features' digest
@@ -221,5 +220,5 @@ def fit_settings(train_pkl: Path, source: FileSource, flags: dict[str, Any]) -> 
     return settings, {"pickle": str(train_pkl), "videos": len(source)}
 
 
-__all__ = ["FEATURES_KEY", "FIT_SETTINGS", "MAX_BATCH", "PICKLE_KEY", "WIDTH", "FusedFeatures", "features_digest",
+__all__ = ["FEATURES_KEY", "FIT_SETTINGS", "PICKLE_KEY", "WIDTH", "FusedFeatures", "features_digest",
            "fit_imageaudionet", "fit_settings", "sample_clips", "write_fused"]
