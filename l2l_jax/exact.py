@@ -65,6 +65,15 @@ def tree_sum(x: Array, axis: int = -1, where: Array | None = None) -> Array:
     return jnp.squeeze(x, axis)
 
 
+def gradient_sum(x: Array, axis: int = -1) -> Array:
+    """A sum for objectives that are only differentiated: its derivative is bitwise `tree_sum`'s (each
+    summand gets the cotangent through the same `_no_contract` select), but its value is XLA's own
+    reduction, so over a device-sharded axis it is one all-reduce instead of a tree of point-to-point
+    transfers. (XLA:CPU sends every collective-permute of a multi-process run on one gloo slot: two such
+    trees that may run at the same time can pair the wrong messages.)"""
+    return jnp.sum(_no_contract(x), axis=axis)
+
+
 def position_sum(x: Array, lead: int, where: Array | None = None) -> Array:
     """Sum over the `lead` leading axes (rows, then time), innermost first, each by `tree_sum`; `where`
     selects the entries that count (the others must be zero or are zeroed)."""

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from l2l_jax import variants
-from l2l_jax.exact import tree_sum
+from l2l_jax.exact import gradient_sum, tree_sum
 
 #: Label of the parameters that the optimizer never touches (no group, or no gradient path).
 FROZEN = "frozen"
@@ -115,15 +115,28 @@ def warmup_multistep_lr(
     return base_lr * factor * gamma**drops
 
 
+def row_nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Each row's cross entropy, -log softmax(logits)[label] (float32)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(logp, labels.astype(jnp.int32)[:, None], axis=-1)[:, 0]
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, valid: jax.Array | None = None) -> jax.Array:
     """Mean cross entropy over the rows with ``valid == 1`` (torch's ``CrossEntropyLoss()`` on those rows). The
     sums over rows are fixed halving trees (`exact.tree_sum`), so filler rows change no bit of the loss."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, labels.astype(jnp.int32)[:, None], axis=-1)[:, 0]
+    nll = row_nll(logits, labels)
     if valid is None:
         return jnp.mean(nll)
     valid = valid.astype(jnp.float32)
     return tree_sum(nll * valid, axis=0) / tree_sum(valid, axis=0)
+
+
+def cross_entropy_objective(logits: jax.Array, labels: jax.Array, valid: jax.Array) -> jax.Array:
+    """`cross_entropy` with ``valid`` for differentiation only: the same gradient bit for bit, but the sums
+    over rows are XLA's own (`exact.gradient_sum`; the count of valid rows is exact in any order), so its
+    value may differ from `cross_entropy`'s in the last bits and is not reported."""
+    valid = valid.astype(jnp.float32)
+    return gradient_sum(row_nll(logits, labels) * valid, axis=0) / jnp.sum(valid)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,15 +297,17 @@ class Recipe:
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """The configured loss and both cross entropies (``avgpool_ce``, ``lstm_ce``), from the model's
         outputs (``avgpool_logits``, ``lstm_logits``)."""
-        return compute_loss(
-            outputs,
-            labels,
-            valid,
-            with_avgpool_ce_loss=self.with_avgpool_ce_loss,
-            with_lstm_ce_loss=self.with_lstm_ce_loss,
-            avgpool_ce_loss_weight=self.avgpool_ce_loss_weight,
-            lstm_ce_loss_weight=self.lstm_ce_loss_weight,
-        )
+        return compute_loss(outputs, labels, valid, **self._loss_terms())
+
+    def objective(self, outputs: Mapping[str, jax.Array], labels: jax.Array, valid: jax.Array) -> jax.Array:
+        """The loss to differentiate: `loss`'s gradient bit for bit, from `cross_entropy_objective` (no
+        point-to-point transfers over a sharded batch); report `loss`, not its value."""
+        return weighted_loss(cross_entropy_objective(outputs["avgpool_logits"], labels, valid),
+                             cross_entropy_objective(outputs["lstm_logits"], labels, valid), **self._loss_terms())
+
+    def _loss_terms(self) -> dict[str, Any]:
+        return {"with_avgpool_ce_loss": self.with_avgpool_ce_loss, "with_lstm_ce_loss": self.with_lstm_ce_loss,
+                "avgpool_ce_loss_weight": self.avgpool_ce_loss_weight, "lstm_ce_loss_weight": self.lstm_ce_loss_weight}
 
 
 def compute_loss(
@@ -306,16 +321,30 @@ def compute_loss(
     lstm_ce_loss_weight: float = 1.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """``loss = [avgpool]*w_a*CE(avgpool_logits) + [lstm]*w_l*CE(lstm_logits)``; both CEs returned in aux."""
+    if valid is None:
+        avgpool_ce = cross_entropy(outputs["avgpool_logits"], labels)
+        lstm_ce = cross_entropy(outputs["lstm_logits"], labels)
+    else:  # cross_entropy's trees for both, as one tree over (B, 3) columns: the same bits, one pass over rows
+        valid = valid.astype(jnp.float32)
+        columns = [row_nll(outputs[k], labels) * valid for k in ("avgpool_logits", "lstm_logits")] + [valid]
+        sums = tree_sum(jnp.stack(columns, axis=-1), axis=0)
+        avgpool_ce, lstm_ce = sums[0] / sums[2], sums[1] / sums[2]
+    loss = weighted_loss(avgpool_ce, lstm_ce, with_avgpool_ce_loss=with_avgpool_ce_loss,
+                         with_lstm_ce_loss=with_lstm_ce_loss, avgpool_ce_loss_weight=avgpool_ce_loss_weight,
+                         lstm_ce_loss_weight=lstm_ce_loss_weight)
+    return loss, {"avgpool_ce": avgpool_ce, "lstm_ce": lstm_ce}
+
+
+def weighted_loss(avgpool_ce: jax.Array, lstm_ce: jax.Array, *, with_avgpool_ce_loss: bool, with_lstm_ce_loss: bool,
+                  avgpool_ce_loss_weight: float = 1.0, lstm_ce_loss_weight: float = 1.0) -> jax.Array:
+    """The configured terms, weighted and added in upstream's order."""
     _require_a_loss(with_avgpool_ce_loss, with_lstm_ce_loss)
-    avgpool_ce = cross_entropy(outputs["avgpool_logits"], labels, valid)
-    lstm_ce = cross_entropy(outputs["lstm_logits"], labels, valid)
     terms = []
     if with_avgpool_ce_loss:
         terms.append(avgpool_ce_loss_weight * avgpool_ce)
     if with_lstm_ce_loss:
         terms.append(lstm_ce_loss_weight * lstm_ce)
-    loss = terms[0] if len(terms) == 1 else terms[0] + terms[1]
-    return loss, {"avgpool_ce": avgpool_ce, "lstm_ce": lstm_ce}
+    return terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
 
 __all__ = [
@@ -324,7 +353,10 @@ __all__ = [
     "Recipe",
     "compute_loss",
     "cross_entropy",
+    "cross_entropy_objective",
     "no_grad_modules",
     "param_groups",
+    "row_nll",
     "warmup_multistep_lr",
+    "weighted_loss",
 ]

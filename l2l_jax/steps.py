@@ -90,10 +90,13 @@ def make_train_step(model: nn.Module, recipe: Recipe) -> Callable[[TrainState, B
             params = {m: jax.lax.stop_gradient(p) if m in constant else p for m, p in params.items()}
             out, updates = apply_model(model, {"params": params, "batch_stats": state.batch_stats}, batch, start,
                                        train=True, hard=train_hard)
-            loss, aux = recipe.loss(out, batch["label"], batch["valid"])
-            return loss, (aux, updates["batch_stats"], out)
+            return recipe.objective(out, batch["label"], batch["valid"]), (updates["batch_stats"], out)
 
-        (loss, (aux, batch_stats, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grads, (batch_stats, out) = jax.grad(loss_fn, has_aux=True)(state.params)
+        # The reported losses sum rows by exact trees, which over a sharded batch are point-to-point transfers:
+        # they start once every gradient is done, so that no two such transfer trees can run at once.
+        out, grads = jax.lax.optimization_barrier((out, grads))
+        loss, aux = recipe.loss(out, batch["label"], batch["valid"])
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         valid = batch["valid"].astype(jnp.float32)

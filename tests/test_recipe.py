@@ -214,6 +214,33 @@ def test_losses_match_torch_cross_entropy(flags):
         R.compute_loss(outputs, jnp.asarray(labels), with_avgpool_ce_loss=False, with_lstm_ce_loss=False)
 
 
+@pytest.mark.parametrize("flags", [(True, False, 1.0, 1.0), (False, True, 1.0, 1.0), (True, True, 0.5, 2.0)])
+def test_objective_has_the_reported_losss_gradient_bit_for_bit(flags):
+    """The train step differentiates `Recipe.objective` (XLA's sums over rows) and reports `Recipe.loss`
+    (exact trees): the gradients with respect to the logits must be identical, and the reported cross
+    entropies, summed as one tree over both, identical to `cross_entropy`'s."""
+    avg, lstm, wa, wl = flags
+    rec = R.Recipe("two", with_avgpool_ce_loss=avg, with_lstm_ce_loss=lstm, avgpool_ce_loss_weight=wa,
+                   lstm_ce_loss_weight=wl)
+    rng = np.random.default_rng(5)
+    rows = 37  # not a power of two: the trees pad
+    outputs = {k: jnp.asarray(rng.standard_normal((rows, 9)).astype(np.float32) * 4)
+               for k in ("avgpool_logits", "lstm_logits")}
+    labels = jnp.asarray(rng.integers(0, 9, rows))
+    valid = jnp.asarray((rng.random(rows) < 0.8).astype(np.float32))
+
+    exact = jax.jit(jax.grad(lambda o: rec.loss(o, labels, valid)[0]))(outputs)
+    plain = jax.jit(jax.grad(lambda o: rec.objective(o, labels, valid)))(outputs)
+    for k in outputs:
+        np.testing.assert_array_equal(np.asarray(plain[k]), np.asarray(exact[k]), err_msg=k)
+    assert np.any(np.asarray(exact["avgpool_logits" if avg else "lstm_logits"]) != 0)
+
+    _, aux = jax.jit(lambda o: rec.loss(o, labels, valid))(outputs)
+    for k, name in (("avgpool_logits", "avgpool_ce"), ("lstm_logits", "lstm_ce")):
+        alone = jax.jit(R.cross_entropy)(outputs[k], labels, valid)
+        assert np.asarray(aux[name]).tobytes() == np.asarray(alone).tobytes(), name
+
+
 def test_single_has_no_loss_weights():
     with pytest.raises(ValueError, match="no loss weights"):
         R.Recipe("single", avgpool_ce_loss_weight=0.5)
