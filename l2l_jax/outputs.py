@@ -15,12 +15,12 @@ import contextlib
 import io
 import os
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from l2l_jax import storage
 from l2l_jax.errors import ConfigError
 
 _SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
@@ -138,27 +138,10 @@ def output_dir(path: str | os.PathLike, flag: str, *, advice: str | None = None)
     return path
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes `data` to a temporary file beside `path`, then renames it over `path` (mode: 0666 less the
-    umask, as ``open(path, "wb")`` would give a new file)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    umask, as ``open(path, "wb")`` would give a new file); a URL is one object upload (`storage.write_bytes`)."""
+    storage.write_bytes(path, data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

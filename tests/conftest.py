@@ -33,3 +33,14 @@ def unwritable_dir(tmp_path: Path) -> Iterator[Callable[..., Path]]:
     yield make
     for d in made:
         d.chmod(0o700)
+
+
+@pytest.fixture
+def gcs(monkeypatch: pytest.MonkeyPatch):
+    """An in-memory Cloud Storage emulator on 127.0.0.1 (tests/gcs_emulator.py) with its bucket, used by this
+    process (gcsfs, TensorStore); `child_env(gcs)` gives the environment for programs run as subprocesses."""
+    from gcs_emulator import Emulator, use_in_process
+
+    with Emulator() as emulator:
+        use_in_process(emulator, monkeypatch)
+        yield emulator

@@ -1,0 +1,188 @@
+"""Where bytes live: local paths and URLs (``gs://bucket/...``, any scheme `etils.epath` knows), one API.
+
+Every path a program takes goes through `path`: a local path stays a `pathlib.Path` (so local runs behave
+exactly as before: atomic renames, locks, memory maps), a URL becomes an `etils.epath.Path`, which reads and
+writes objects through fsspec (gcsfs for ``gs://``). The few things a bucket does differently live here:
+
+- `is_url`: whether a path is an object-store URL (no rename, no append, no memory map, no ``fcntl``);
+- `write_bytes`: a whole object or file at once; on a bucket one upload is atomic by itself (readers see the
+  old object or the new one), locally it is a temporary file renamed over the target;
+- `create_exclusive`: create only if absent (a bucket's ``ifGenerationMatch=0`` precondition; locally
+  ``O_CREAT | O_EXCL`` through a hard link), for locks;
+- `read_ranges`: several byte ranges of one file in one request batch (a pack on a bucket), counted in
+  `REQUESTS` so benchmarks and tests can see how many requests a batch costs;
+- `remove_tree` / `move_tree`: folders (prefixes on a bucket).
+
+Against a local emulator (``STORAGE_EMULATOR_HOST``, ``TENSORSTORE_GCS_HTTP_URL``) nothing here changes.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from etils import epath
+
+#: A local `pathlib.Path` or an `etils.epath.Path` for a URL; both have the pathlib API used here.
+AnyPath = Path | epath.Path
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+#: Requests made by `read_ranges`, by URL scheme (a bucket: one batch of ranged GETs is counted per range).
+REQUESTS: collections.Counter[str] = collections.Counter()
+_requests_lock = threading.Lock()
+
+
+def is_url(p: str | os.PathLike | AnyPath) -> bool:
+    """True for ``scheme://...`` (``gs://``, ``s3://``, ...), False for a local path (``file://`` included)."""
+    s = os.fspath(p) if not isinstance(p, epath.Path) else str(p)
+    return bool(_URL.match(s)) and not s.startswith("file://")
+
+
+def path(p: str | os.PathLike | AnyPath) -> AnyPath:
+    """The path object for a flag's value: `etils.epath.Path` for a URL, `pathlib.Path` otherwise."""
+    if isinstance(p, epath.Path) and not isinstance(p, Path):
+        return p
+    if is_url(p):
+        return epath.Path(os.fspath(p) if not isinstance(p, epath.Path) else str(p))
+    s = os.fspath(p)
+    return Path(s[len("file://"):] if s.startswith("file://") else s)
+
+
+def absolute(p: str | os.PathLike | AnyPath) -> AnyPath:
+    """`path`, made absolute when local (a URL is absolute already)."""
+    q = path(p)
+    return q if is_url(q) else q.absolute()
+
+
+def display(p: str | os.PathLike | AnyPath) -> str:
+    """The text that names a path in messages and records: the URL as given, or the absolute local path."""
+    return str(absolute(p))
+
+
+def _fs(p: AnyPath) -> tuple[Any, str]:
+    """(fsspec file system, path within it) of a URL."""
+    fs, key = fsspec.core.url_to_fs(str(p))
+    return fs, key
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_bytes(p: str | os.PathLike | AnyPath, data: bytes) -> None:
+    """Write a whole file atomically: a reader sees the old content or the new, never part of it. Locally a
+    temporary file beside it renamed over it, with the mode ``open(path, "wb")`` would give a new file (0666
+    less the umask)."""
+    q = path(p)
+    if is_url(q):
+        q.write_bytes(data)  # one object upload: atomic on an object store
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{q.name}.", suffix=".tmp", dir=q.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, q)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(p: str | os.PathLike | AnyPath, text: str) -> None:
+    """`write_bytes` of UTF-8 text."""
+    write_bytes(p, text.encode("utf-8"))
+
+
+def create_exclusive(p: str | os.PathLike | AnyPath, data: bytes) -> bool:
+    """Create `p` holding `data` if nothing is there; False (nothing written) if it exists. Atomic with its
+    content: no one ever sees it empty. On a bucket: an upload with ``ifGenerationMatch=0``."""
+    q = path(p)
+    if is_url(q):
+        fs, key = _fs(q)
+        try:
+            fs.pipe_file(key, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+    tmp = q.with_name(f"{q.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, q)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def read_ranges(p: str | os.PathLike | AnyPath, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    """The bytes ``[start, stop)`` of each range of one file. On a bucket the ranges go out together as
+    concurrent ranged GETs (fsspec ``cat_ranges``); locally they are ``pread`` calls."""
+    q = path(p)
+    if not ranges:
+        return []
+    if is_url(q):
+        fs, key = _fs(q)
+        with _requests_lock:
+            REQUESTS[str(q).split("://", 1)[0]] += len(ranges)
+        out = fs.cat_ranges([key] * len(ranges), [a for a, _ in ranges], [b for _, b in ranges])
+        for (a, b), chunk in zip(ranges, out, strict=True):
+            if isinstance(chunk, BaseException):
+                raise chunk
+            if len(chunk) != b - a:
+                raise OSError(f"{q}: asked for bytes {a}:{b}, got {len(chunk)} (the object is shorter)")
+        return list(out)
+    fd = os.open(q, os.O_RDONLY)
+    try:
+        return [os.pread(fd, b - a, a) for a, b in ranges]
+    finally:
+        os.close(fd)
+
+
+def remove_tree(p: str | os.PathLike | AnyPath) -> None:
+    """Remove a folder (every object under a prefix) if it exists."""
+    q = path(p)
+    if is_url(q):
+        if q.exists():
+            q.rmtree()
+        return
+    if q.exists():
+        shutil.rmtree(q)
+
+
+def move_tree(src: str | os.PathLike | AnyPath, dst: str | os.PathLike | AnyPath) -> None:
+    """Move a folder to `dst` (which must not exist). Locally one rename; on a bucket a copy of every object
+    then their removal (no atomic rename exists there)."""
+    s, d = path(src), path(dst)
+    if is_url(s):
+        fs, key = _fs(s)
+        _, dkey = _fs(d)
+        fs.copy(key, dkey, recursive=True)
+        fs.rm(key, recursive=True)
+        return
+    os.replace(s, d)
+
+
+__all__ = ["REQUESTS", "AnyPath", "absolute", "create_exclusive", "display", "is_url", "move_tree", "path",
+           "read_ranges", "remove_tree", "write_bytes", "write_text"]
