@@ -96,10 +96,27 @@ def _check_creatable(path: Path, flag: str, advice: str | None = None) -> None:
                           f"{advice or 'choose a writable place'}")
 
 
-def output_file(path: str | os.PathLike, flag: str, *, advice: str | None = None) -> Path:
+def _check_url(path: storage.AnyPath, flag: str, want_dir: bool, advice: str | None) -> storage.AnyPath:
+    """A URL output: its bucket exists and answers, and nothing of the other kind is in the way (an object
+    where a folder goes, or a folder where an object goes). Write permission shows only when writing
+    (`writing` turns a refusal into one line)."""
+    problem = storage.url_problem(path)
+    if problem is not None:
+        raise ConfigError(f"{flag} {path}: {problem}")
+    if want_dir and path.is_file():
+        raise ConfigError(f"{flag} {path}: is an object, not a folder; {advice or 'name a folder'}")
+    if not want_dir and path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; {advice or 'give a file name'}")
+    return path
+
+
+def output_file(path: str | os.PathLike, flag: str, *, advice: str | None = None) -> storage.AnyPath:
     """Checks that `path` can take a file written by the program (flag: e.g. ``--export``): not a directory,
     FIFO, device or socket; writable where it exists; else creatable. Returns it as a `Path`. `advice`
-    replaces the default "what to do" (for a file whose name the program fixes inside a ``--out`` folder)."""
+    replaces the default "what to do" (for a file whose name the program fixes inside a ``--out`` folder).
+    A URL (``gs://...``) is checked by `_check_url` and returned as an `etils.epath.Path`."""
+    if storage.is_url(path):
+        return _check_url(storage.path(path), flag, False, advice)
     path = Path(path)
     _refuse_kernel_place(path, flag, advice)
     try:
@@ -120,10 +137,12 @@ def output_file(path: str | os.PathLike, flag: str, *, advice: str | None = None
     return path
 
 
-def output_dir(path: str | os.PathLike, flag: str, *, advice: str | None = None) -> Path:
+def output_dir(path: str | os.PathLike, flag: str, *, advice: str | None = None) -> storage.AnyPath:
     """Checks that `path` is, or can become, a directory the program writes into: an existing writable
     directory, or a path whose nearest existing ancestor is a writable directory. Returns it as a `Path`.
-    `advice` replaces the default "what to do" (see `output_file`)."""
+    `advice` replaces the default "what to do" (see `output_file`); a URL as there."""
+    if storage.is_url(path):
+        return _check_url(storage.path(path), flag, True, advice)
     path = Path(path)
     _refuse_kernel_place(path, flag, advice)
     if os.path.lexists(path):

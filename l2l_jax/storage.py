@@ -80,6 +80,17 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+def url_problem(p: str | os.PathLike | AnyPath) -> str | None:
+    """Why a URL cannot be used (its bucket does not exist, or the storage does not answer), or None."""
+    fs, key = _fs(path(p))
+    bucket = key.split("/", 1)[0]
+    try:
+        found = fs.exists(bucket)
+    except Exception as e:  # a network or service error, whatever the client library calls it
+        return f"the storage does not answer ({type(e).__name__}: {e})"
+    return None if found else f"bucket {bucket} does not exist (or these credentials cannot see it)"
+
+
 def write_bytes(p: str | os.PathLike | AnyPath, data: bytes) -> None:
     """Write a whole file atomically: a reader sees the old content or the new, never part of it. Locally a
     temporary file beside it renamed over it, with the mode ``open(path, "wb")`` would give a new file (0666
@@ -185,4 +196,4 @@ def move_tree(src: str | os.PathLike | AnyPath, dst: str | os.PathLike | AnyPath
 
 
 __all__ = ["REQUESTS", "AnyPath", "absolute", "create_exclusive", "display", "is_url", "move_tree", "path",
-           "read_ranges", "remove_tree", "write_bytes", "write_text"]
+           "read_ranges", "remove_tree", "url_problem", "write_bytes", "write_text"]

@@ -64,3 +64,17 @@ def test_write_create_exclusive_ranges_and_trees(where, tmp_path, request):
     assert (root / "moved" / "e" / "x.txt").read_text() == "x" and not (root / "d" / "e" / "x.txt").exists()
     storage.remove_tree(root / "moved")
     assert not (root / "moved" / "e" / "x.txt").exists()
+
+
+def test_output_checks_on_a_bucket(gcs):
+    from l2l_jax.errors import ConfigError
+    from l2l_jax.outputs import output_dir, output_file
+
+    assert str(output_dir(gcs.gs("run"), "--workdir")) == gcs.gs("run")
+    storage.write_text(gcs.gs("run", "a.json"), "{}")
+    with pytest.raises(ConfigError, match=r"^--export gs://l2l-test/run: is a folder"):
+        output_file(gcs.gs("run"), "--export")
+    with pytest.raises(ConfigError, match=r"is an object, not a folder"):
+        output_dir(gcs.gs("run", "a.json"), "--plot")
+    with pytest.raises(ConfigError, match=r"^--workdir gs://no-such-bucket/run: bucket no-such-bucket does not exist"):
+        output_dir("gs://no-such-bucket/run", "--workdir")
