@@ -3,8 +3,8 @@ r2plus1d_18, and VideoResNet with any block and layer counts).
 
 torchvision from PyPI does not install beside torch 2.13 here, so this is our own code written from the published
 definition, with torchvision's module names: its ``state_dict()`` has exactly torchvision's keys and shapes, in
-the same order (tests/fixtures/videoresnet/state_dicts.json). Layout NCTHW as torch's. Used only by
-tests/test_video_resnet.py.
+the same order (tests/fixtures/videoresnet/state_dicts.json). Layout NCTHW as torch's. Used by
+tests/test_video_resnet.py and tests/test_extract_video_model.py.
 """
 
 from __future__ import annotations

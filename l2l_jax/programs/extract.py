@@ -3,7 +3,8 @@
     l2l-extract VIDEOS --labels CSV --out ROOT [--label_kind auto|int|name] [--split train val]
                 [--weights_resnet18 resnet18.pth] [--seed 0] [--batch_size 64] [--workers 4] [--frame_size 256]
                 [--crop 224] [--max_seconds 10800] [--precision exact|fast] [--calibrate_bn] [--overwrite]
-                [--debug]
+                [--video_model r3d_18|mc3_18|r2plus1d_18 [--weights_video_model PTH] [--video_size 128]
+                [--video_crop 112]] [--debug]
 
 For every video named in the labels CSV (a file under the VIDEOS folder): decode it (`l2l_jax.video.decode`:
 each 1 s clip's first frame, RGB, and its mono 16 kHz audio), run the frames through
@@ -18,7 +19,23 @@ normalisation) + `VisualNet`, and the audio through `audio.log_mel_spectrogram` 
 - ``ROOT/classes.json`` when the labels are class names (index = position in the sorted list of names);
 - ``ROOT/extract.json``: how the features were made (the weights' tensor checksum, seed, ``--calibrate_bn``,
   the networks' checksum, frame size, crop, precision, clip and audio settings, label kind and class names,
-  the package version).
+  the video model, its weights' and variables' checksums and its clip settings, the package version).
+
+Video model: ``--video_model r3d_18|mc3_18|r2plus1d_18`` (torchvision's video ResNets,
+`l2l_jax.video.video_networks`) also runs each 1 s clip as 16 frames evenly spaced in it (taken in the same
+decoding pass), resized (shorter side ``--video_size``, 128, bilinear without antialiasing), centre-cropped
+(``--video_crop``, 112) and normalised with Kinetics' mean and std, as torchvision's video models expect
+(`l2l_jax.video.video_clips`), and writes
+
+- ``ROOT/r2plus1d152_features/<name>.npy``: float32 (T, 512), the pooled clip features: the folder the
+  single-modality variant reads (``--variant single --embedding_size 512``, with the same pickles; the folder
+  keeps upstream's name whatever network made it);
+- ``ROOT/video_logits/<name>.npy``: float32 (T, C), the clip logits: a teacher folder for ``l2l-distill
+  --teacher ROOT/video_logits``.
+
+``--weights_video_model PTH`` is a torchvision state dict of that network (e.g. its Kinetics-400 weights; read
+weights-only, strictly, C from its ``fc``); without it the network is freshly initialised from ``--seed`` with a
+warning (testing only; ``--calibrate_bn`` does not touch it).
 
 The labels CSV (UTF-8, a BOM is ignored): ``video,label[,split]`` per line, with no header or exactly the
 header ``video,label`` / ``video,label,split`` (a first line like ``filename,label`` is refused, never read as a
@@ -46,16 +63,16 @@ and data-parallel (batches of ``--batch_size`` clips split over all devices, ``P
 one batch while the host decodes and fills the next. Frames of different sizes go into different batches
 (one compilation per frame size); a last partial batch is padded.
 
-Resumable: a video whose two .npy files are present and valid (float32 (T, 512), equal T, finite) is not
-decoded again, provided ROOT's ``extract.json`` records the same settings. A rerun with other settings (or into
-a ROOT holding features without a manifest) is refused naming every difference; ``--overwrite`` deletes the
-old feature files and extracts again. Every file is written atomically (temporary file + ``os.replace``, the
-umask's mode: `l2l_jax.outputs`). A video that cannot be read, holds less than one clip, is longer than
-``--max_seconds`` or has implausible timing (more than 4 clips per clip holding a frame of its own:
-`l2l_jax.video.decode`) is listed at the end with its reason and left out of the pickles; a video without an
-audio track gets silence (counted at the end). Flags, the labels CSV, the output paths (``--out``, its
-folders and files) and the weights (readable, dense, finite) are checked before any work; each problem exits
-with one line and status 2 (``--debug``: traceback).
+Resumable: a video whose .npy files are all present and valid (float32 (T, 512), the logits (T, C), equal T,
+finite) is not decoded again, provided ROOT's ``extract.json`` records the same settings. A rerun with other
+settings (or into a ROOT holding features without a manifest) is refused naming every difference; ``--overwrite``
+deletes the old feature files and extracts again. Every file is written atomically (temporary file +
+``os.replace``, the umask's mode: `l2l_jax.outputs`). A video that cannot be read, holds less than one clip, is
+longer than ``--max_seconds`` or has implausible timing (more than 4 clips per clip holding a frame of its own:
+`l2l_jax.video.decode`) is listed at the end with its reason and left out of the pickles; a video without an audio
+track gets silence (counted at the end). Flags, the labels CSV, the output paths (``--out``, its folders and
+files) and the weights (readable, dense, finite) are checked before any work; each problem exits with one line and
+status 2 (``--debug``: traceback).
 """
 
 from __future__ import annotations
@@ -93,6 +110,7 @@ from l2l_jax.video.manifest import (
     remove_features,
 )
 from l2l_jax.video.trunks import Networks, calibrate_batchnorm, load_networks
+from l2l_jax.video.video_clips import LOGITS_DIR, VIDEO_DIR, VIDEO_MODELS, ClipConfig, VideoModel, load_video_model
 
 MAX_WORKERS = 256
 MAX_FRAME = 4096  # pixels: --frame_size and --crop
@@ -125,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate_bn", action="store_true",
                    help="random networks only: BatchNorm statistics from the first 64 clips of the CSV's videos")
     flags.add_common(p, "precision")
+    p.add_argument("--video_model", choices=VIDEO_MODELS, default=None,
+                   help="also a torchvision video network's clip features (r2plus1d152_features/, what --variant "
+                        "single reads) and logits (video_logits/, an l2l-distill --teacher folder)")
+    p.add_argument("--weights_video_model", default=None,
+                   help="the --video_model's torchvision state dict .pth (e.g. Kinetics-400); default: random")
+    p.add_argument("--video_size", type=int, default=128,
+                   help="--video_model: shorter side of its frames after resizing (default 128)")
+    p.add_argument("--video_crop", type=int, default=112, help="--video_model: centre crop (default 112)")
     p.add_argument("--overwrite", action="store_true",
                    help=f"--out holds features made with other settings ({MANIFEST}): delete them and extract again")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -140,10 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check_flags(args: argparse.Namespace) -> None:
     """Every flag, before anything is read or written."""
     for flag, hi in (("batch_size", checks.MAX_BATCH), ("workers", MAX_WORKERS), ("frame_size", MAX_FRAME),
-                     ("crop", MAX_FRAME)):
+                     ("crop", MAX_FRAME), ("video_size", MAX_FRAME), ("video_crop", MAX_FRAME)):
         checks.count_in(f"--{flag}", getattr(args, flag), hi)
     if args.crop > args.frame_size:
         raise ConfigError(f"--crop {args.crop} is larger than --frame_size {args.frame_size}")
+    if args.video_crop > args.video_size:
+        raise ConfigError(f"--video_crop {args.video_crop} is larger than --video_size {args.video_size}")
+    if args.weights_video_model and not args.video_model:
+        raise ConfigError("--weights_video_model needs --video_model (the network the weights are for)")
     if not 0 <= args.seed <= MAX_SEED:
         raise ConfigError(f"--seed {args.seed}: must be between 0 and {MAX_SEED}")
     if not (math.isfinite(args.max_seconds) and args.max_seconds > 0):
@@ -155,11 +185,11 @@ def _check_flags(args: argparse.Namespace) -> None:
                           "nor --calibrate_bn")
 
 
-def _check_outputs(root: Path, splits: Iterable[str], class_names: bool) -> None:
+def _check_outputs(root: Path, splits: Iterable[str], class_names: bool, video: bool = False) -> None:
     """--out and every path this run writes in it can take what goes there (nothing is created yet)."""
     advice = "move it away or choose another --out"
     output_dir(root, "--out")
-    for d in (IMAGE_DIR, AUDIO_DIR):
+    for d in (IMAGE_DIR, AUDIO_DIR, *((VIDEO_DIR, LOGITS_DIR) if video else ())):
         output_dir(root / d, "--out", advice=advice)
     names = [MANIFEST, *(f"{s}.pkl" for s in sorted(set(splits)))] + (["classes.json"] if class_names else [])
     for name in names:
@@ -186,6 +216,15 @@ def _write_fused(root: Path, written: dict[str, int], entries: list[Entry], fusi
             write_fused(source, fused, progress=progress)
 
 
+def _video_record(model: VideoModel | None, weights: str | None, cfg: ClipConfig) -> dict | None:
+    """The manifest's video model keys (None without ``--video_model``)."""
+    if model is None:
+        return None
+    return {"video_model": model.arch, "video_weights": str(Path(weights).absolute()) if weights else None,
+            "video_weights_sha256": model.weights_sha256, "video_networks_sha256": model.networks_sha256,
+            "video_clips": cfg.record()}
+
+
 def _prepare_root(root: Path, record: dict, stale: bool, relabel: bool, old: dict | None) -> None:
     """Inside `writing`: the feature folders, ``--overwrite``'s deletion, the manifest (or a note)."""
     if stale:
@@ -207,15 +246,19 @@ def _main(argv: Sequence[str] | None) -> int:
         raise ConfigError(f"VIDEOS {videos}: not a directory")
     table = parse_labels(args.labels, args.split, args.label_kind)
     entries, class_names = table.entries, table.class_names
-    _check_outputs(root, (e.split for e in entries), class_names is not None)
+    _check_outputs(root, (e.split for e in entries), class_names is not None, video=bool(args.video_model))
     print(describe_labels(table))
     distilled = _distilled(args.weights_imageaudionet) if args.weights_imageaudionet else None
     nets = distilled[0] if distilled else load_networks(args.weights_resnet18, args.seed)
+    clip_cfg = ClipConfig(resize=args.video_size, crop=args.video_crop)
+    video_model = (load_video_model(args.video_model, args.weights_video_model, args.seed)
+                   if args.video_model else None)
     weights = args.weights_resnet18 or args.weights_imageaudionet
     record = manifest_record(weights=str(Path(weights).absolute()) if weights else None,
                              weights_sha256=nets.weights_sha256, seed=args.seed, calibrate_bn=args.calibrate_bn,
                              networks_sha256="", frame_size=args.frame_size, crop=args.crop,
-                             precision=args.precision, label_kind=table.kind, classes=class_names)
+                             precision=args.precision, label_kind=table.kind, classes=class_names,
+                             video=_video_record(video_model, args.weights_video_model, clip_cfg))
     # the settings first (nothing decoded yet), then the networks themselves (after --calibrate_bn)
     early = [k for k in FEATURE_KEYS if k != "networks_sha256"]
     stale = check_manifest(root, record, early, overwrite=args.overwrite)
@@ -230,14 +273,14 @@ def _main(argv: Sequence[str] | None) -> int:
     stale = check_manifest(root, record, ["networks_sha256"], overwrite=args.overwrite) or stale
     old = read_manifest(root) if not (stale or relabel) else None
     try:
-        for d in (IMAGE_DIR, AUDIO_DIR):
+        for d in (IMAGE_DIR, AUDIO_DIR, *((VIDEO_DIR, LOGITS_DIR) if video_model else ())):
             (root / d).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"--out {root}: cannot create ({e.strerror or e})") from None
     with writing(root, "--out"):  # a disk that fills up mid-way is one line too
         _prepare_root(root, record, stale, relabel, old)
         extractor = Extractor(nets.visual, nets.audio, batch_size=args.batch_size, frame_size=args.frame_size,
-                              crop=args.crop, precision=args.precision)
+                              crop=args.crop, precision=args.precision, video_model=video_model, clip_cfg=clip_cfg)
         summary = extract(videos, entries, root, extractor, workers=args.workers, progress=not args.no_progress,
                           max_seconds=args.max_seconds)
         if class_names is not None:
@@ -250,6 +293,8 @@ def _main(argv: Sequence[str] | None) -> int:
             written[split] = len(rows)
         if distilled:
             _write_fused(root, written, entries, distilled[1], distilled[2], not args.no_progress)
+    if video_model is not None:
+        desc += f"; video model: {video_model.description}"
     _report(summary, root, written, desc)
     return 0
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from fractions import Fraction
 
 import numpy as np
@@ -195,9 +196,12 @@ def _open(path: str):
 
 
 def _demux(container, path: str, *, clip_seconds: float, sample_rate: int, threads: bool,
-           max_seconds: float) -> tuple[_VideoTrack, _AudioTrack | None, float]:
+           max_seconds: float, track: Callable[..., _VideoTrack] = _VideoTrack
+           ) -> tuple[_VideoTrack, _AudioTrack | None, float]:
     """One pass over the open `container`'s first video and audio streams: (video track, audio track or None,
-    the nominal frame rate). A video longer than `max_seconds` is refused as soon as that is known."""
+    the nominal frame rate). A video longer than `max_seconds` is refused as soon as that is known. `track`
+    makes the video track from (path, clip_seconds, max_seconds, fps, container seconds): a subclass of
+    `_VideoTrack` may keep more of each frame in the same pass."""
     import av
 
     if not container.streams.video:
@@ -212,7 +216,7 @@ def _demux(container, path: str, *, clip_seconds: float, sample_rate: int, threa
         vstream.thread_type = "AUTO"
     astream = container.streams.audio[0] if container.streams.audio else None
     fps, nominal_rate = _rate(vstream), _nominal_rate(vstream)  # read while the container is open
-    video = _VideoTrack(path, clip_seconds, max_seconds, fps, container_s)
+    video = track(path, clip_seconds, max_seconds, fps, container_s)
     sound = (_AudioTrack(av.AudioResampler(format="flt", layout="mono", rate=sample_rate), max_samples)
              if astream is not None else None)
     streams = [vstream] + ([astream] if astream is not None else [])
@@ -275,6 +279,15 @@ def decode_video(path: str | os.PathLike, *, clip_seconds: float = 1.0, sample_r
     """Decode `path` (see the module docstring). `threads`: let FFmpeg decode with its own frame threads.
     `max_seconds`: the longest video accepted (a longer one is a `DecodeError`, found before the memory for
     it is taken)."""
+    return decode_with_track(path, clip_seconds=clip_seconds, sample_rate=sample_rate, threads=threads,
+                             max_seconds=max_seconds)[0]
+
+
+def decode_with_track(path: str | os.PathLike, *, clip_seconds: float = 1.0, sample_rate: int = 16000,
+                      threads: bool = True, max_seconds: float = MAX_SECONDS,
+                      track: Callable[..., _VideoTrack] = _VideoTrack) -> tuple[DecodedVideo, _VideoTrack, int]:
+    """`decode_video` that also returns its video track (made by `track`, see `_demux`) and the clip count,
+    for callers that keep more of each frame in the same pass."""
     import av
 
     path = os.fspath(path)
@@ -283,7 +296,7 @@ def decode_video(path: str | os.PathLike, *, clip_seconds: float = 1.0, sample_r
     try:
         with container:
             video, sound, nominal_rate = _demux(container, path, clip_seconds=clip_seconds, sample_rate=sample_rate,
-                                                threads=threads, max_seconds=max_seconds)
+                                                threads=threads, max_seconds=max_seconds, track=track)
     except DecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError, MemoryError, EOFError) as e:
@@ -294,7 +307,7 @@ def decode_video(path: str | os.PathLike, *, clip_seconds: float = 1.0, sample_r
     num_clips = _clip_count(path, video, duration, clip_seconds, max_seconds)
     frames = _frame_rows(video.picked, num_clips)
     audio = _audio_rows(sound, video.t0, num_clips, clip_samples, sample_rate)
-    return DecodedVideo(path, frames, audio, sound is not None, video.fps, duration)
+    return DecodedVideo(path, frames, audio, sound is not None, video.fps, duration), video, num_clips
 
 
 def _why(e: BaseException) -> str:

@@ -5,9 +5,12 @@ upstream's layout.
 16 kHz audio) in ``workers`` threads ahead of the networks, runs the frames through
 `frames.preprocess_frames` + `VisualNet` and the audio through `audio.log_mel_spectrogram` + `AudioNet`
 (`Extractor`: jitted and data-parallel, batches split over all devices, ``P("data")``), and writes
-``ROOT/image_features/<name>.npy`` and ``ROOT/audio_features/<name>.npy`` (float32 (T, 512), atomically). A
-video whose two files are present and valid (`finished_length`) is not decoded again. Frames of different sizes
-go into different batches (one compilation per frame size); a last partial batch is padded.
+``ROOT/image_features/<name>.npy`` and ``ROOT/audio_features/<name>.npy`` (float32 (T, 512), atomically). With
+a video model (`l2l_jax.video.video_clips`: ``l2l-extract --video_model``) the same single decoding pass also
+gives each clip's 16 frames, and the video network's features and logits go to
+``ROOT/r2plus1d152_features/<name>.npy`` (float32 (T, 512)) and ``ROOT/video_logits/<name>.npy`` (float32
+(T, C)). A video whose files are all present and valid (`finished_length`) is not decoded again. Frames of
+different sizes go into different batches (one compilation per frame size); a last partial batch is padded.
 
 The labels CSV (`l2l_jax.video.labels`), the manifest (`l2l_jax.video.manifest`) and the networks' weights
 (`l2l_jax.video.trunks`) have their own modules; import their names from there.
@@ -37,6 +40,8 @@ from l2l_jax.video.decode import MAX_SECONDS, DecodeError, decode_video
 from l2l_jax.video.labels import Entry
 from l2l_jax.video.manifest import AUDIO_DIR, IMAGE_DIR
 from l2l_jax.video.networks import AudioNet, VisualNet
+from l2l_jax.video.video_clips import DEFAULT as CLIPS
+from l2l_jax.video.video_clips import LOGITS_DIR, VIDEO_DIR, ClipConfig, VideoExtractor, VideoModel, decode_with_clips
 
 WIDTH = variants.FUSION_WIDTH  # the networks' clip features: the fusion net's image and audio inputs
 MAX_SEED = 2**31 - 2  # AudioNet's fresh variables use seed + 1; JAX keys take 32 bits
@@ -45,20 +50,21 @@ MAX_SEED = 2**31 - 2  # AudioNet's fresh variables use seed + 1; JAX keys take 3
 # ------------------------------------------------------------------------------------------------ files
 
 
-def finished_length(root: Path, name: str) -> int | None:
-    """T when both feature files of `name` are present and valid (float32 (T, 512), equal T >= 1, finite)."""
-    lengths = []
-    for d in (IMAGE_DIR, AUDIO_DIR):
+def finished_length(root: Path, name: str, widths: dict[str, int] | None = None) -> int | None:
+    """T when every feature file of `name` is present and valid: float32 (T, width), equal T >= 1, finite.
+    `widths`: folder -> width (default: the image and audio folders, 512 each)."""
+    lengths = set()
+    for d, width in (widths or {IMAGE_DIR: WIDTH, AUDIO_DIR: WIDTH}).items():
         try:
             x = np.load(root / d / f"{name}.npy", mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError):
             return None
-        if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != WIDTH or x.shape[0] < 1:
+        if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != width or x.shape[0] < 1:
             return None
         if not np.isfinite(x).all():
             return None
-        lengths.append(x.shape[0])
-    return lengths[0] if lengths[0] == lengths[1] else None
+        lengths.add(x.shape[0])
+    return lengths.pop() if len(lengths) == 1 else None
 
 
 def write_pickle(path: Path, feature_paths: list[str], labels: list[int]) -> None:
@@ -71,10 +77,12 @@ def write_pickle(path: Path, feature_paths: list[str], labels: list[int]) -> Non
 
 class Extractor:
     """VisualNet + AudioNet, jitted and data-parallel over `jax.devices()`: `images(frames)` and
-    `audio(waveforms)` take host batches of exactly `batch_size` rows and return device arrays (B, 512)."""
+    `audio(waveforms)` take host batches of exactly `batch_size` rows and return device arrays (B, 512). With
+    `video_model`, `video` is its `VideoExtractor` (clips preprocessed as `clip_cfg` says), else None."""
 
     def __init__(self, visual_vars, audio_vars, *, batch_size: int, frame_size: int = 256, crop: int = 224,
-                 precision: str = numerics.DEFAULT.name, devices=None):
+                 precision: str = numerics.DEFAULT.name, devices=None, video_model: VideoModel | None = None,
+                 clip_cfg: ClipConfig = CLIPS):
         devices = list(devices if devices is not None else jax.devices())
         n = len(devices)
         self.batch_size = -(-batch_size // n) * n  # a multiple of the device count
@@ -97,6 +105,15 @@ class Extractor:
 
         self._image = jax.jit(image_features, out_shardings=self.data)
         self._audio = jax.jit(audio_features, out_shardings=self.data)
+        self.video = (VideoExtractor(video_model, batch_size=batch_size, cfg=clip_cfg, precision=precision,
+                                     devices=devices) if video_model is not None else None)
+
+    def widths(self) -> dict[str, int]:
+        """The folders this extractor writes, with their feature widths."""
+        out = {IMAGE_DIR: WIDTH, AUDIO_DIR: WIDTH}
+        if self.video is not None:
+            out |= {VIDEO_DIR: WIDTH, LOGITS_DIR: self.video.num_classes}
+        return out
 
     def images(self, frames: np.ndarray) -> jax.Array:
         return self._image(self.visual_vars, jax.device_put(frames, self.data))
@@ -114,9 +131,8 @@ class _Pending:
 
     entry: Entry
     num_clips: int
-    image: np.ndarray
-    audio: np.ndarray
-    left: int  # rows not yet filled (image + audio)
+    outputs: dict[str, np.ndarray]  # folder -> (num_clips, width)
+    left: int  # rows not yet filled (image + audio + video)
 
 
 @dataclasses.dataclass
@@ -144,10 +160,12 @@ class _Batcher:
         self.inflight: collections.deque = collections.deque()
         self.done_names: list[str] = []
 
-    def add(self, p: _Pending, frames: np.ndarray, waves: np.ndarray) -> None:
+    def add(self, p: _Pending, frames: np.ndarray, waves: np.ndarray, clips: np.ndarray | None = None) -> None:
         for r in range(p.num_clips):
             self.queues[("image", frames.shape[1:])].append((p, "image", r, frames[r]))
             self.queues[("audio", waves.shape[1:])].append((p, "audio", r, waves[r]))
+            if clips is not None:
+                self.queues[("video", clips.shape[1:])].append((p, "video", r, clips[r]))
         for key in list(self.queues):
             while len(self.queues[key]) >= self.x.batch_size:
                 self._run(key, self.queues[key][:self.x.batch_size])
@@ -166,36 +184,42 @@ class _Batcher:
         data = np.stack([it[3] for it in items])
         if len(items) < b:
             data = np.concatenate([data, np.zeros((b - len(items), *data.shape[1:]), data.dtype)])
-        out = self.x.images(data) if key[0] == "image" else self.x.audio(data)
-        self.inflight.append((out, items))
+        run = {"image": self.x.images, "audio": self.x.audio, "video": self.x.video}[key[0]]
+        self.inflight.append((run(data), items))
         while len(self.inflight) > self.depth:
             self._collect()
 
     def _collect(self) -> None:
         out, items = self.inflight.popleft()
-        out = np.asarray(out)
+        out = [np.asarray(o) for o in out] if isinstance(out, tuple) else np.asarray(out)
         for k, (p, kind, r, _) in enumerate(items):
-            (p.image if kind == "image" else p.audio)[r] = out[k]
+            if kind == "video":
+                p.outputs[VIDEO_DIR][r], p.outputs[LOGITS_DIR][r] = out[0][k], out[1][k]
+            else:
+                p.outputs[IMAGE_DIR if kind == "image" else AUDIO_DIR][r] = out[k]
             p.left -= 1
             if p.left == 0:
                 self._write(p)
 
     def _write(self, p: _Pending) -> None:
-        for d, x in ((IMAGE_DIR, p.image), (AUDIO_DIR, p.audio)):
+        for d, x in p.outputs.items():
             if not np.isfinite(x).all():
                 self.summary.skipped[p.entry.video] = f"non-finite {d} (the networks' output)"
                 return
-        atomic_save(self.root / AUDIO_DIR / f"{p.entry.name}.npy", p.audio)
-        atomic_save(self.root / IMAGE_DIR / f"{p.entry.name}.npy", p.image)
+        for d, x in p.outputs.items():
+            atomic_save(self.root / d / f"{p.entry.name}.npy", x)
         self.summary.extracted.append(p.entry.video)
         self.summary.lengths[p.entry.name] = p.num_clips
         self.summary.clips += p.num_clips
 
 
-def _decode(path: Path, entry: Entry, max_seconds: float = MAX_SECONDS):
+def _decode(path: Path, entry: Entry, max_seconds: float = MAX_SECONDS, clip_cfg: ClipConfig | None = None):
+    """(entry, (decoded video, video model clips or None) or None, reason, seconds): one pass over the file."""
     t0 = time.perf_counter()
     try:
-        return entry, decode_video(path, max_seconds=max_seconds), None, time.perf_counter() - t0
+        decoded = (decode_with_clips(path, clip_cfg, max_seconds=max_seconds) if clip_cfg is not None
+                   else (decode_video(path, max_seconds=max_seconds), None))
+        return entry, decoded, None, time.perf_counter() - t0
     except DecodeError as e:
         return entry, None, e.reason, time.perf_counter() - t0
     except Exception as e:  # a decoder bug on one file must not stop the others: listed with the skipped
@@ -208,11 +232,13 @@ def extract(videos: Path, entries: Iterable[Entry], root: Path, extractor: Extra
     longer than `max_seconds`, or with implausible timing (`l2l_jax.video.decode`), is skipped with its reason."""
     summary = Summary()
     t_start = time.perf_counter()
-    for d in (IMAGE_DIR, AUDIO_DIR):
+    widths = extractor.widths()
+    clip_cfg = extractor.video.cfg if extractor.video is not None else None
+    for d in widths:
         (root / d).mkdir(parents=True, exist_ok=True)
     todo = []
     for e in entries:
-        t = finished_length(root, e.name)
+        t = finished_length(root, e.name, widths)
         if t is not None:
             summary.resumed.append(e.video)
             summary.lengths[e.name] = t
@@ -229,23 +255,25 @@ def extract(videos: Path, entries: Iterable[Entry], root: Path, extractor: Extra
         it = iter(todo)
         futures: collections.deque = collections.deque()
         for path, e in it:
-            futures.append(pool.submit(_decode, path, e, max_seconds))
+            futures.append(pool.submit(_decode, path, e, max_seconds, clip_cfg))
             if len(futures) >= ahead:
                 break
         while futures:
-            entry, video, reason, seconds = futures.popleft().result()
+            entry, decoded, reason, seconds = futures.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
-                futures.append(pool.submit(_decode, *nxt, max_seconds))
+                futures.append(pool.submit(_decode, *nxt, max_seconds, clip_cfg))
             summary.decode_s += seconds
-            if video is None:
+            if decoded is None:
                 summary.skipped[entry.video] = reason
             else:
+                video, clips = decoded
                 if not video.has_audio:
                     summary.silent.append(entry.video)
                 n = video.num_clips
-                p = _Pending(entry, n, np.zeros((n, WIDTH), np.float32), np.zeros((n, WIDTH), np.float32), 2 * n)
-                batcher.add(p, video.frames, video.audio)
+                p = _Pending(entry, n, {d: np.zeros((n, w), np.float32) for d, w in widths.items()},
+                             (2 if clips is None else 3) * n)
+                batcher.add(p, video.frames, video.audio, clips)
             bar.update(1)
             bar.set_postfix(clips=summary.clips, skipped=len(summary.skipped))
         batcher.flush()

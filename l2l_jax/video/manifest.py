@@ -3,8 +3,10 @@ how a rerun's settings are compared with it, and the refusal that names every di
 
 A rerun into the same ROOT resumes only when the manifest records the same settings; otherwise it is refused
 (or, with ``--overwrite``, the old feature files are deleted: `remove_features`). The feature folders the
-manifest speaks for are the two-modality variant's (`IMAGE_DIR`, `AUDIO_DIR`) and the fused features'
-(`TEMPLATE_DIR`), as `l2l_jax.variants` names them.
+manifest speaks for are the two-modality variant's (`IMAGE_DIR`, `AUDIO_DIR`), the fused features'
+(`TEMPLATE_DIR`), as `l2l_jax.variants` names them, and the ``--video_model``'s clip features (`VIDEO_DIR`, the
+single-modality variant's folder) and logits (`LOGITS_DIR`). Without ``--video_model`` its keys are recorded as
+null, so a manifest written before they existed reads as one without a video model.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from l2l_jax import __version__, variants
 from l2l_jax.errors import ConfigError, first_line
 from l2l_jax.video import audio as A
+from l2l_jax.video.video_clips import LOGITS_DIR, VIDEO_DIR
 
 IMAGE_DIR, AUDIO_DIR = variants.TWO.feature_dirs
 TEMPLATE_DIR = variants.TEMPLATE_DIR
@@ -25,32 +28,48 @@ MANIFEST = "extract.json"
 MANIFEST_FORMAT = "l2l-extract features"
 # what the feature values depend on (a difference means the old files are not what this run would write)
 FEATURE_KEYS = ("weights_sha256", "seed", "calibrate_bn", "networks_sha256", "frame_size", "crop", "precision",
-                "clip_seconds", "sample_rate", "log_mel")
+                "clip_seconds", "sample_rate", "log_mel", "video_model", "video_weights_sha256",
+                "video_networks_sha256", "video_clips")
+#: the --video_model keys (null without one)
+VIDEO_KEYS = ("video_model", "video_weights", "video_weights_sha256", "video_networks_sha256", "video_clips")
 # what the pickles' labels depend on
 LABEL_KEYS = ("label_kind", "classes")
+#: the folders of feature files the manifest speaks for (`remove_features` deletes their files)
+FEATURE_DIRS = (IMAGE_DIR, AUDIO_DIR, TEMPLATE_DIR, VIDEO_DIR, LOGITS_DIR)
 
 
 def manifest_record(*, weights: str | None, weights_sha256: str | None, seed: int, calibrate_bn: bool,
                     networks_sha256: str, frame_size: int, crop: int, precision: str, label_kind: str,
-                    classes: list[str] | None) -> dict:
-    """What ``ROOT/extract.json`` records: how the features in ROOT were made (and the package version)."""
+                    classes: list[str] | None, video: dict | None = None) -> dict:
+    """What ``ROOT/extract.json`` records: how the features in ROOT were made (and the package version).
+    `video`: the `VIDEO_KEYS` of a ``--video_model`` run (None: all null)."""
+    video = video or {}
+    unknown = set(video) - set(VIDEO_KEYS)
+    if unknown:
+        raise ValueError(f"unknown video manifest keys {sorted(unknown)}")
     return {"format": MANIFEST_FORMAT, "package_version": __version__, "weights": weights,
             "weights_sha256": weights_sha256, "seed": seed, "calibrate_bn": calibrate_bn,
             "networks_sha256": networks_sha256, "frame_size": frame_size, "crop": crop, "precision": precision,
             "clip_seconds": 1.0, "sample_rate": A.DEFAULT.sample_rate,
             "log_mel": json.loads(json.dumps(dataclasses.asdict(A.DEFAULT))), "label_kind": label_kind,
-            "classes": classes}
+            "classes": classes, **{k: video.get(k) for k in VIDEO_KEYS}}
 
 
 _NAMES = {"weights_sha256": "--weights_resnet18 (tensor checksum)", "seed": "--seed", "calibrate_bn": "--calibrate_bn",
           "networks_sha256": "the networks' variables", "frame_size": "--frame_size", "crop": "--crop",
           "precision": "--precision", "clip_seconds": "clip length", "sample_rate": "audio sample rate",
-          "log_mel": "log-mel settings", "label_kind": "label kind", "classes": "class names"}
+          "log_mel": "log-mel settings", "label_kind": "label kind", "classes": "class names",
+          "video_model": "--video_model", "video_weights_sha256": "--weights_video_model (tensor checksum)",
+          "video_networks_sha256": "the video network's variables",
+          "video_clips": "video clip settings (--video_size, --video_crop, frames, normalisation)"}
 
 
 def _shown(key: str, value) -> str:
     if value is None:
-        return "none (random networks)" if key == "weights_sha256" else "none"
+        return {"weights_sha256": "none (random networks)",
+                "video_weights_sha256": "none (random network)"}.get(key, "none")
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items() if not isinstance(v, str | list))
     if key.endswith("sha256"):
         return str(value)[:12]
     if isinstance(value, list):
@@ -82,7 +101,7 @@ def manifest_differences(old: dict, new: dict, keys: Sequence[str]) -> list[str]
 
 
 def _old_features(root: Path) -> list[Path]:
-    return [p for d in (IMAGE_DIR, AUDIO_DIR, TEMPLATE_DIR) if (root / d).is_dir()
+    return [p for d in FEATURE_DIRS if (root / d).is_dir()
             for p in (root / d).iterdir() if p.suffix == ".npy" or p.name.endswith(".tmp")]
 
 
@@ -113,13 +132,14 @@ def check_manifest(root: Path, new: dict, keys: Sequence[str], *, overwrite: boo
 
 
 def remove_features(root: Path) -> int:
-    """Deletes the feature files (and leftover temporary files) of ROOT's image, audio and imageAudio folders
-    (``--overwrite`` of features made otherwise). Returns how many."""
+    """Deletes the feature files (and leftover temporary files) of ROOT's image, audio, imageAudio and video
+    model folders (``--overwrite`` of features made otherwise). Returns how many."""
     old = _old_features(root)
     for p in old:
         p.unlink(missing_ok=True)
     return len(old)
 
 
-__all__ = ["AUDIO_DIR", "FEATURE_KEYS", "IMAGE_DIR", "LABEL_KEYS", "MANIFEST", "MANIFEST_FORMAT", "TEMPLATE_DIR",
-           "check_manifest", "manifest_differences", "manifest_record", "read_manifest", "remove_features"]
+__all__ = ["AUDIO_DIR", "FEATURE_DIRS", "FEATURE_KEYS", "IMAGE_DIR", "LABEL_KEYS", "LOGITS_DIR", "MANIFEST",
+           "MANIFEST_FORMAT", "TEMPLATE_DIR", "VIDEO_DIR", "VIDEO_KEYS", "check_manifest", "manifest_differences",
+           "manifest_record", "read_manifest", "remove_features"]
