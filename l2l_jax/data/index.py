@@ -13,6 +13,11 @@ truncated, garbage, a hostile global, a label too large for int64) is a `Dataset
 Feature files are opened only through `open_regular`, which checks `os.stat` first: a FIFO, device, socket
 or directory in place of a `.npy` is reported ("not a regular file") and never opened, so nothing can hang
 waiting on it.
+
+A pickle, a --feature_root or a feature path may be a URL (``gs://bucket/...``): the pickle's bytes are read
+through `l2l_jax.storage` and go through the same restricted unpickler; relative feature paths inside it
+resolve against the pickle's URL folder; objects are read with `read_object` / `object_info` (whole or ranged
+reads, nothing memory-mapped), whose failures are a `BadFileError` naming the URL.
 """
 
 from __future__ import annotations
@@ -20,14 +25,16 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import posixpath
 import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fsspec
 import numpy as np
 
-from l2l_jax import variants
+from l2l_jax import storage, variants
 from l2l_jax.errors import L2LError
 
 Variant = str  # a --variant name (`l2l_jax.variants`)
@@ -98,6 +105,65 @@ def open_regular(path: str | os.PathLike, buffering: int = -1) -> io.BufferedRea
     except BaseException:
         os.close(fd)
         raise
+
+
+def _url_fs(path: str | os.PathLike) -> tuple[object, str]:
+    """(fsspec file system, key) of a URL."""
+    return fsspec.core.url_to_fs(str(path))
+
+
+def one_line(e: BaseException, limit: int = 240) -> str:
+    """``Type: message`` of an exception on one line (a storage client's message may span many)."""
+    text = " ".join(f"{type(e).__name__}: {e}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _url_reason(path: str | os.PathLike, e: BaseException) -> str:
+    """The one-line reason an object could not be read: missing (or its bucket missing), or the error."""
+    if isinstance(e, FileNotFoundError):
+        try:
+            bucket = storage.url_problem(path)
+        except Exception:  # noqa: BLE001 - the reason stays "missing object"
+            bucket = None
+        return bucket or "missing object"
+    if isinstance(e, IsADirectoryError):
+        return "a folder, not an object"
+    return f"cannot read ({one_line(e)})"
+
+
+def object_info(path: str | os.PathLike) -> dict:
+    """The storage's record of the object at a URL (size, generation, md5Hash, ...); `BadFileError` when it is
+    missing, its bucket is missing, it is a folder, or the storage does not answer."""
+    try:
+        fs, key = _url_fs(path)
+        info = fs.info(key)
+    except Exception as e:  # noqa: BLE001 - whatever the client raises, one line naming the URL
+        raise BadFileError(path, _url_reason(path, e)) from None
+    if info.get("type") != "file":
+        raise BadFileError(path, "a folder, not an object")
+    return info
+
+
+def read_object(path: str | os.PathLike, start: int | None = None, stop: int | None = None) -> bytes:
+    """The bytes of the object at a URL, all of it or `[start, stop)` (one request); `BadFileError` naming the
+    URL when it cannot be read."""
+    try:
+        fs, key = _url_fs(path)
+        return fs.cat_file(key, start, stop)
+    except Exception as e:  # noqa: BLE001 - whatever the client raises, one line naming the URL
+        raise BadFileError(path, _url_reason(path, e)) from None
+
+
+def join_path(base: str | os.PathLike, rel: str) -> str:
+    """`rel` resolved against the folder `base`: `os.path.join` locally; on a URL a normalised key (``..``
+    and ``.`` removed, as an object name cannot hold them)."""
+    base = str(base)
+    if not storage.is_url(base):
+        return os.path.join(base, rel)
+    scheme, rest = base.split("://", 1)
+    bucket, _, key = rest.partition("/")
+    joined = posixpath.normpath(posixpath.join("/", key, rel)).lstrip("/")
+    return f"{scheme}://{bucket}/{joined}"
 
 
 def _safe_dtype(spec, align=False, copy=True):
@@ -171,7 +237,8 @@ def remap_root(path: str, feature_root: str | os.PathLike | None) -> str:
     pos = path.find(variants.TEMPLATE_DIR)
     if pos < 0:
         raise DatasetError(f"path {path!r} has no '{variants.TEMPLATE_DIR}' component to remap with --feature_root")
-    return os.path.join(os.fspath(feature_root), path[pos:])
+    root = str(feature_root) if storage.is_url(feature_root) else os.fspath(feature_root)
+    return join_path(root, path[pos:])
 
 
 def modality_paths(template: str, variant: Variant) -> tuple[str, ...]:
@@ -249,8 +316,8 @@ def parse_index(obj: object, *, variant: Variant = variants.DEFAULT.name, featur
         if variants.TEMPLATE_DIR not in p:
             raise DatasetError(f"{source}: path {i} ({p!r}) has no '{variants.TEMPLATE_DIR}' component")
         p = remap_root(p, feature_root)
-        if not os.path.isabs(p) and base_dir is not None:
-            p = os.path.join(os.fspath(base_dir), p)
+        if not (os.path.isabs(p) or storage.is_url(p)) and base_dir is not None:
+            p = join_path(base_dir, p)
         templates.append(p)
     labs = [_as_label(x, i, source) for i, x in enumerate(labels)]
     return VideoIndex(variant, templates, np.array(labs, np.int64), np.arange(len(labs)), source)
@@ -260,9 +327,20 @@ def load_index(pickle_path: str | os.PathLike, *, variant: Variant = variants.DE
                feature_root: str | os.PathLike | None = None) -> VideoIndex:
     """Read an upstream dataset pickle safely; remap its prefix with `feature_root` (--feature_root).
 
-    Relative paths in the pickle (our synthetic set writes them) are taken relative to the pickle's folder.
+    Relative paths in the pickle (our synthetic set writes them) are taken relative to the pickle's folder (its
+    URL folder for a pickle on a bucket, whose bytes are read through `l2l_jax.storage`).
     Any problem with the file is a `DatasetError` naming it (`UnsafePickleError` for a refused global).
     """
+    if storage.is_url(pickle_path):
+        url = str(storage.path(pickle_path))
+        try:
+            object_info(url)  # a folder in its place is named as such
+            data = read_object(url)
+        except BadFileError as e:
+            raise BadFileError(url, f"cannot read the dataset pickle: {e.reason}") from None
+        obj = safe_load_pickle(data, source=url)
+        return parse_index(obj, variant=variant, feature_root=feature_root, base_dir=url.rsplit("/", 1)[0],
+                           source=url)
     pickle_path = Path(pickle_path)
     try:
         with open_regular(pickle_path) as f:
@@ -277,7 +355,10 @@ def load_index(pickle_path: str | os.PathLike, *, variant: Variant = variants.DE
 
 
 def write_index(pickle_path: str | os.PathLike, feature_paths: list[str], labels: list[int]) -> None:
-    """Write `(feature_paths, labels)` as upstream does (a pickled tuple of two lists)."""
+    """Write `(feature_paths, labels)` as upstream does (a pickled tuple of two lists); a URL is one upload."""
+    if storage.is_url(pickle_path):
+        storage.write_bytes(pickle_path, pickle.dumps((list(feature_paths), [int(x) for x in labels]), protocol=2))
+        return
     with open(pickle_path, "wb") as f:
         pickle.dump((list(feature_paths), [int(x) for x in labels]), f, protocol=2)
 
@@ -293,18 +374,42 @@ def npy_header(path: str) -> tuple[int, tuple[int, ...], np.dtype, bool]:
     threaded reader of this package goes through this function. Only a regular file is opened
     (`open_regular`); any problem is a `BadFileError` ("not a .npy file", "unreadable .npy header ...").
     The header is parsed as a literal, so an object dtype is only reported, never unpickled.
+    A URL's header is read with one ranged read of its first `URL_HEAD_BYTES` (a second one if it is longer).
     """
+    if storage.is_url(path):
+        head = read_object(path, 0, URL_HEAD_BYTES)
+        need = _npy_header_end(head)
+        if need is not None and need > len(head):
+            head = read_object(path, 0, need)
+        return parse_npy_header(io.BytesIO(head), path)
     with open_regular(path) as f:
-        if f.read(6) != b"\x93NUMPY":
-            raise BadFileError(path, "not a .npy file")
-        f.seek(0)
-        try:
-            with _HEADER_LOCK:
-                version = np.lib.format.read_magic(f)
-                if version == (1, 0):
-                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-                else:
-                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        except (ValueError, TypeError, OSError, SyntaxError, MemoryError, RecursionError) as e:
-            raise BadFileError(path, f"unreadable .npy header ({type(e).__name__}: {e})") from None
-        return f.tell(), tuple(shape), dtype, bool(fortran)
+        return parse_npy_header(f, path)
+
+
+URL_HEAD_BYTES = 4096
+
+
+def _npy_header_end(head: bytes) -> int | None:
+    """Where the data of a `.npy` starts, from its first bytes (None: not a .npy, or too short to say)."""
+    if head[:6] != b"\x93NUMPY" or len(head) < 12:
+        return None
+    if head[6] == 1:
+        return 10 + int.from_bytes(head[8:10], "little")
+    return 12 + int.from_bytes(head[8:12], "little")
+
+
+def parse_npy_header(f, path: str | os.PathLike) -> tuple[int, tuple[int, ...], np.dtype, bool]:
+    """`npy_header` of an open binary file (at its start) or a `BytesIO` of a URL's first bytes."""
+    if f.read(6) != b"\x93NUMPY":
+        raise BadFileError(path, "not a .npy file")
+    f.seek(0)
+    try:
+        with _HEADER_LOCK:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except (ValueError, TypeError, OSError, SyntaxError, MemoryError, RecursionError) as e:
+        raise BadFileError(path, f"unreadable .npy header ({type(e).__name__}: {e})") from None
+    return f.tell(), tuple(shape), dtype, bool(fortran)

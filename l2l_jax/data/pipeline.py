@@ -317,19 +317,30 @@ class BatchLoader:
             reads.append(r)
             first_real.setdefault(i, r)
 
-        def read_rows(part: Sequence[int]) -> None:
-            sub = self.subsample
-            for r in part:
-                dests = rows_out[r]
-                n_raw = int(d.lengths[r])
-                s, n = int(d.plan.starts[r]), min(n_raw, L)
-                src.read_into(int(d.lpos[r]), s * sub, (s + n - 1) * sub + 1, sub, [x[:n] for x in dests])
-                for p in range(n_raw, self.min_clips):
-                    for x in dests:
-                        x[p] = x[d.plan.fill_src[r, p]]
+        sub = self.subsample
 
-        workers = self._workers()
-        if workers is None or len(reads) < 2:
+        def request(r: int) -> tuple[int, int, int, int, list[np.ndarray]]:
+            """Row r's read: (video, first raw clip, stop, step, its destinations)."""
+            s, n = int(d.plan.starts[r]), min(int(d.lengths[r]), L)
+            return int(d.lpos[r]), s * sub, (s + n - 1) * sub + 1, sub, [x[:n] for x in rows_out[r]]
+
+        def fill(r: int) -> None:
+            """Row r's fill positions (a video shorter than E_c clips), from its own rows."""
+            for p in range(int(d.lengths[r]), self.min_clips):
+                for x in rows_out[r]:
+                    x[p] = x[d.plan.fill_src[r, p]]
+
+        def read_rows(part: Sequence[int]) -> None:
+            for r in part:
+                src.read_into(*request(r))
+                fill(r)
+
+        workers = None if src.reads_whole_batch else self._workers()
+        if src.reads_whole_batch:  # a pack on a bucket: the whole batch in one ranged read per modality
+            src.read_many([request(r) for r in reads])
+            for r in reads:
+                fill(r)
+        elif workers is None or len(reads) < 2:
             read_rows(reads)
         else:  # contiguous shares, one per thread; every share ends before the batch is returned or fails
             k = min(self.num_threads, len(reads))

@@ -13,11 +13,20 @@ that fails any of these is not used: a `StalePackWarning` names it and the first
 validated per-file features are read instead (re-run `l2l-pack` to refresh the pack; nothing is rebuilt on
 its own). A pack the caller names explicitly (a pack directory, `packed=<dir>` or `packed=True`) that fails
 them is a `DatasetError`, since the caller asked for exactly that pack.
+
+On a URL (``gs://...``) nothing is memory-mapped. Per-file features are read with one ranged read per file
+and video. A pack on a bucket is read with ranged reads too, and the loader hands it a whole batch at once
+(`PackedSource.read_many`): one `storage.read_ranges` call per modality array per batch, carrying every
+video's rows of the batch as ranges (ranges closer than `MERGE_GAP` bytes merged into one), so a batch costs
+at most K calls (K modality arrays) and at most K requests per batch of videos that lie together in the pack
+(evaluation in the split's order). A folder on a bucket without `meta.json` is not a pack (`l2l-pack` writes
+it last).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import threading
@@ -28,10 +37,20 @@ from pathlib import Path
 
 import numpy as np
 
-from l2l_jax import variants
+from l2l_jax import storage, variants
 
-from .fingerprint import FINGERPRINT_VERSION, Fingerprint, what_changed
-from .index import BadFileError, DatasetError, Variant, load_index, npy_header, open_regular
+from .fingerprint import FINGERPRINT_VERSION, Fingerprint, fingerprints, url_change, what_changed
+from .index import (
+    BadFileError,
+    DatasetError,
+    Variant,
+    load_index,
+    npy_header,
+    object_info,
+    one_line,
+    open_regular,
+    read_object,
+)
 from .validate import ScanResult, check_split
 
 PACK_FORMAT = "l2l-pack"
@@ -39,6 +58,11 @@ PACK_VERSION = 2  # 2: sources.json records each source file's fingerprint (v1 p
 SOURCES_FILE = "sources.json"
 SHOW_CHANGED = 5  # how many changed source files a message names
 _HAS_PREADV = hasattr(os, "preadv")
+#: Ranges of one batch closer than this many bytes are read as one (a request costs about as much as this).
+MERGE_GAP = 1 << 20
+
+#: One video's read: (video, start row, stop row, step, destination per modality), as `read_into` takes it.
+ReadRequest = tuple[int, int, int, int, Sequence[np.ndarray]]
 
 
 class StalePackWarning(UserWarning):
@@ -58,6 +82,9 @@ class FeatureSource:
     lengths: np.ndarray
     names: list[str]  # video names (stem of the feature file), for exports and plots
     kind: str
+    #: True where `read_many` reads a whole batch in fewer requests than `read_into` per video (a pack on a
+    #: bucket); the loader then hands it each batch at once instead of reading rows on its threads.
+    reads_whole_batch: bool = False
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -65,6 +92,11 @@ class FeatureSource:
     def read_into(self, i: int, start: int, stop: int, step: int, dests: Sequence[np.ndarray]) -> None:
         """Copy rows `[start:stop:step]` of video `i` into `dests` (one (n, width) view per modality)."""
         raise NotImplementedError
+
+    def read_many(self, requests: Sequence[ReadRequest]) -> None:
+        """`read_into` of each request (a source on a bucket reads them together)."""
+        for i, start, stop, step, dests in requests:
+            self.read_into(i, start, stop, step, dests)
 
     def read(self, i: int, start: int = 0, stop: int | None = None, step: int = 1) -> tuple[np.ndarray, ...]:
         """Rows `[start:stop:step]` of video `i`, one array per modality."""
@@ -104,7 +136,7 @@ class FileSource(FeatureSource):
         self.labels = scan.index.labels
         self.ids = scan.index.ids
         self.lengths = np.asarray(scan.lengths, np.int64)
-        self.names = [Path(t).stem for t in scan.index.templates]
+        self.names = [Path(t).stem for t in scan.index.templates]  # a URL's stem too
         self.fingerprints = dict(scan.fingerprints)  # as scanned; a pack records them for its sources
         self._headers: dict[str, tuple[int, tuple[int, ...], np.dtype, bool]] = {}
 
@@ -125,6 +157,9 @@ class FileSource(FeatureSource):
     def read_into(self, i: int, start: int, stop: int, step: int, dests: Sequence[np.ndarray]) -> None:
         for path, dest in zip(self.index.paths[i], dests, strict=True):
             offset, shape, dtype, fortran = self._header(path)
+            if storage.is_url(path):
+                self._read_url(path, offset, shape, dtype, fortran, start, stop, step, dest)
+                continue
             try:
                 # open_regular stats the path first: a file replaced by a FIFO or device is never opened
                 with open_regular(path, buffering=0) as f:
@@ -149,6 +184,45 @@ class FileSource(FeatureSource):
             if not direct:
                 dest[...] = buf[::step]
 
+    def _read_url(self, path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype, fortran: bool,
+                  start: int, stop: int, step: int, dest: np.ndarray) -> None:
+        """Rows `[start:stop:step]` of an object on a URL: one ranged read (the whole array when Fortran-ordered)."""
+        rows, row_bytes = stop - start, shape[1] * dtype.itemsize
+        if rows <= 0:
+            return
+        first, last = (0, shape[0] * row_bytes) if fortran else (start * row_bytes, stop * row_bytes)
+        try:
+            (data,) = storage.read_ranges(path, [(offset + first, offset + last)])
+        except Exception as e:  # noqa: BLE001 - whatever the client raises, one line naming the URL
+            raise DatasetError(f"{path}: cannot read ({one_line(e)}); file changed?") from None
+        if fortran:
+            dest[...] = np.frombuffer(data, dtype).reshape(shape, order="F")[start:stop:step]
+        else:
+            dest[...] = np.frombuffer(data, dtype).reshape(rows, shape[1])[::step]
+
+
+class _ObjectArray:
+    """The header facts of a pack's `.npy` object on a bucket (read with ranged reads, never mapped)."""
+
+    def __init__(self, url: str, offset: int, shape: tuple[int, ...], dtype: np.dtype):
+        self.url, self.offset, self.shape, self.dtype = url, offset, shape, dtype
+        self.ndim = len(shape)
+
+
+def _merge_ranges(ranges: list[tuple[int, int]], gap: int) -> tuple[list[tuple[int, int]], list[int]]:
+    """Ranges closer than `gap` bytes merged: (merged ranges, which merged range holds each input range)."""
+    order = sorted(range(len(ranges)), key=lambda j: ranges[j])
+    merged: list[list[int]] = []
+    where = [0] * len(ranges)
+    for j in order:
+        a, b = ranges[j]
+        if merged and a <= merged[-1][1] + gap:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+        where[j] = len(merged) - 1
+    return [(a, b) for a, b in merged], where
+
 
 class PackedSource(FeatureSource):
     """A split packed by `l2l-pack`: one memory-mapped (total_clips, width) array per modality plus offsets.
@@ -157,7 +231,9 @@ class PackedSource(FeatureSource):
     kind = "packed"
 
     def __init__(self, pack_dir: str | os.PathLike):
-        self.dir = Path(pack_dir)
+        self.dir = storage.path(pack_dir)
+        self.remote = storage.is_url(self.dir)
+        self.reads_whole_batch = self.remote
         self.meta = read_pack_meta(self.dir)
         self.variant = self.meta["variant"]
         self.keys = tuple(self.meta["keys"])
@@ -177,14 +253,27 @@ class PackedSource(FeatureSource):
                 or self.offsets[-1] != self.arrays[0].shape[0]):
             raise DatasetError(f"{self.dir}: offsets, labels, ids, names and the packed arrays do not agree; "
                                "the pack is damaged: re-run l2l-pack")
+        self._row_bytes = self.width * self.dtype.itemsize
+        if self.remote:
+            for a in self.arrays:
+                try:
+                    size = int(object_info(a.url)["size"])
+                except BadFileError as e:
+                    raise DatasetError(f"{e}; the pack is damaged: re-run l2l-pack") from None
+                if size < a.offset + a.shape[0] * self._row_bytes:
+                    raise DatasetError(f"{a.url}: object truncated ({size} bytes for {a.shape} {a.dtype}); the pack "
+                                       "is damaged: re-run l2l-pack")
+            return
         # reads go through the files (pread), not the memory maps: a mapping's touched pages count as the
         # process's resident memory (and the kernel maps far more than the rows read, about 12x measured),
         # so an epoch over a memory-mapped pack grew the resident set by the whole pack
         self._files = [open_regular(self.dir / f"{k}.npy", buffering=0) for k in self.keys]
         self._data_offsets = [int(a.offset) for a in self.arrays]
-        self._row_bytes = self.width * self.dtype.itemsize
 
     def read_into(self, i: int, start: int, stop: int, step: int, dests: Sequence[np.ndarray]) -> None:
+        if self.remote:
+            self.read_many([(i, start, stop, step, dests)])
+            return
         base = int(self.offsets[i])
         rows = stop - start
         if rows <= 0:
@@ -204,14 +293,47 @@ class PackedSource(FeatureSource):
             if not direct:
                 dest[...] = buf[:nbytes].view(self.dtype).reshape(rows, self.width)[::step]
 
+    def read_many(self, requests: Sequence[ReadRequest]) -> None:
+        """`read_into` of every request; on a bucket one `storage.read_ranges` call per modality array, with
+        every request's rows as one range (ranges closer than `MERGE_GAP` merged)."""
+        if not self.remote:
+            super().read_many(requests)
+            return
+        todo = [(int(self.offsets[i]) + start, stop - start, step, dests)
+                for i, start, stop, step, dests in requests if stop > start]
+        if not todo:
+            return
+        rb = self._row_bytes
+        for k, arr in enumerate(self.arrays):
+            ranges = [(arr.offset + first * rb, arr.offset + (first + rows) * rb) for first, rows, _, _ in todo]
+            merged, where = _merge_ranges(ranges, MERGE_GAP)
+            try:
+                chunks = storage.read_ranges(arr.url, merged)
+            except Exception as e:  # noqa: BLE001 - whatever the client raises, one line naming the URL
+                raise DatasetError(f"{arr.url}: cannot read ({one_line(e)}); the pack is damaged or "
+                                   "the storage does not answer") from None
+            for (a, _), j, (_, rows, step, dests) in zip(ranges, where, todo, strict=True):
+                lo = a - merged[j][0]
+                rows_k = np.frombuffer(chunks[j], self.dtype, count=rows * self.width, offset=lo)
+                dests[k][...] = rows_k.reshape(rows, self.width)[::step]
 
-def _pack_array(path: Path, *, kinds: str, ndim: int, mmap: bool = False) -> np.ndarray:
-    """One `.npy` of a pack (never unpickled; a non-regular file is not opened)."""
+
+def _pack_array(path: storage.AnyPath, *, kinds: str, ndim: int, mmap: bool = False) -> np.ndarray | _ObjectArray:
+    """One `.npy` of a pack (never unpickled; a non-regular file is not opened). On a bucket `mmap` gives the
+    header's facts (`_ObjectArray`), else the object is read whole."""
     try:
-        _, _, dtype, _ = npy_header(path)  # a regular .npy file (np.load would try other formats)
+        offset, shape, dtype, fortran = npy_header(path)  # a regular .npy file (np.load would try other formats)
         if dtype.hasobject:
             raise BadFileError(path, "an object array (pickled Python objects), refused without unpickling")
-        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        if storage.is_url(path):
+            if mmap:
+                if fortran:
+                    raise BadFileError(path, "Fortran-ordered, not what l2l-pack writes")
+                arr = _ObjectArray(str(path), offset, shape, dtype)
+            else:
+                arr = np.load(io.BytesIO(read_object(path)), allow_pickle=False)
+        else:
+            arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except BadFileError as e:
         raise DatasetError(f"{path}: {e.reason}; the pack is damaged: re-run l2l-pack") from None
     except Exception as e:  # noqa: BLE001 - any failure to load is a damaged pack
@@ -223,8 +345,10 @@ def _pack_array(path: Path, *, kinds: str, ndim: int, mmap: bool = False) -> np.
     return arr
 
 
-def _pack_json(path: Path) -> object:
+def _pack_json(path: storage.AnyPath) -> object:
     try:
+        if storage.is_url(path):
+            return json.loads(read_object(path))
         with open_regular(path) as f:
             return json.loads(f.read())
     except BadFileError as e:
@@ -235,7 +359,9 @@ def _pack_json(path: Path) -> object:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a whole regular file (`BadFileError` for anything else)."""
+    """SHA-256 of a whole regular file or object on a URL (`BadFileError` for anything else)."""
+    if storage.is_url(path):
+        return hashlib.sha256(read_object(path)).hexdigest()
     h = hashlib.sha256()
     with open_regular(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -247,7 +373,7 @@ class _Unusable(Exception):
     """Why a pack cannot be used (a reason without the pack's name)."""
 
 
-def _read_meta(pack_dir: Path) -> dict:
+def _read_meta(pack_dir: storage.AnyPath) -> dict:
     try:
         meta = _pack_json(pack_dir / "meta.json")
     except DatasetError as e:
@@ -271,14 +397,14 @@ def read_pack_meta(pack_dir: str | os.PathLike) -> dict:
     """A pack's meta.json, checked: `DatasetError` for anything that is not a current-format pack (an older
     pack without source fingerprints cannot be verified and is refused with a message to re-run l2l-pack)."""
     try:
-        return _read_meta(Path(pack_dir))
+        return _read_meta(storage.path(pack_dir))
     except _Unusable as e:
         raise DatasetError(f"{pack_dir}: {e}") from None
 
 
 def read_pack_sources(pack_dir: str | os.PathLike) -> dict[str, Fingerprint]:
     """The source feature files of a pack and their fingerprints as packed (`DatasetError` if unreadable)."""
-    path = Path(pack_dir) / SOURCES_FILE
+    path = storage.path(pack_dir) / SOURCES_FILE
     data = _pack_json(path)
     try:
         if not isinstance(data, dict) or data.get("fingerprint") != FINGERPRINT_VERSION:
@@ -289,10 +415,18 @@ def read_pack_sources(pack_dir: str | os.PathLike) -> dict[str, Fingerprint]:
 
 
 def write_pack_sources(pack_dir: str | os.PathLike, fingerprints: dict[str, Fingerprint]) -> None:
-    """Record the pack's source files (absolute paths) and their fingerprints."""
-    files = {os.path.abspath(p): fp.to_json() for p, fp in sorted(fingerprints.items())}
+    """Record the pack's source files (absolute paths, or URLs) and their fingerprints."""
+    files = {_abs(p): fp.to_json() for p, fp in sorted(fingerprints.items())}
     data = {"fingerprint": FINGERPRINT_VERSION, "files": files}
+    if storage.is_url(pack_dir):
+        storage.write_text(storage.path(pack_dir) / SOURCES_FILE, json.dumps(data))
+        return
     (Path(pack_dir) / SOURCES_FILE).write_text(json.dumps(data))
+
+
+def _abs(p: str | os.PathLike) -> str:
+    """A local path made absolute; a URL as it is."""
+    return str(storage.path(p)) if storage.is_url(p) else os.path.abspath(p)
 
 
 def stale_sources(pack_dir: str | os.PathLike, *, num_threads: int = 8) -> str | None:
@@ -302,8 +436,15 @@ def stale_sources(pack_dir: str | os.PathLike, *, num_threads: int = 8) -> str |
     sources = list(read_pack_sources(pack_dir).items())
     if not sources:
         return "it records no source files, so it cannot be checked; re-run l2l-pack to rebuild it"
+    now = fingerprints([p for p, _ in sources if storage.is_url(p)], num_threads)  # a listing per folder
+
+    def why(p: str, recorded: Fingerprint) -> str | None:
+        if p not in now:
+            return what_changed(p, recorded)
+        return now[p] if isinstance(now[p], str) else url_change(now[p], recorded)
+
     with ThreadPoolExecutor(max_workers=num_threads) as pool:
-        whys = list(pool.map(lambda kv: what_changed(*kv), sources))
+        whys = list(pool.map(lambda kv: why(*kv), sources))
     changed = [(p, why) for (p, _), why in zip(sources, whys, strict=True) if why is not None]
     if not changed:
         return None
@@ -313,21 +454,22 @@ def stale_sources(pack_dir: str | os.PathLike, *, num_threads: int = 8) -> str |
             f"{shown}{more}")
 
 
-def default_pack_dir(pickle_path: str | os.PathLike) -> Path:
-    """Where `l2l-pack` puts a pickle's packed copy by default: `<dir>/<stem>.pack`."""
-    p = Path(pickle_path)
+def default_pack_dir(pickle_path: str | os.PathLike) -> storage.AnyPath:
+    """Where `l2l-pack` puts a pickle's packed copy by default: `<dir>/<stem>.pack` (a URL beside a pickle on a
+    bucket)."""
+    p = storage.path(pickle_path) if storage.is_url(pickle_path) else Path(pickle_path)
     return p.parent / f"{p.stem}.pack"
 
 
 def _root_key(feature_root) -> str | None:
-    return None if feature_root is None else os.path.abspath(os.fspath(feature_root))
+    return None if feature_root is None else _abs(feature_root)
 
 
 def pack_problem(pack_dir: str | os.PathLike, pickle_path: str | os.PathLike, variant: Variant,
                  feature_root) -> str | None:
     """Why `pack_dir` cannot stand for this pickle (None: it can): not a current-format pack, another
     variant or --feature_root, another pickle (by content), or source feature files changed since packing."""
-    pack_dir = Path(pack_dir)
+    pack_dir = storage.path(pack_dir)
     try:
         meta = _read_meta(pack_dir)
     except _Unusable as e:
@@ -369,10 +511,10 @@ def open_split(path: str | os.PathLike, *, variant: Variant = variants.DEFAULT.n
     per-file reading; a path names the pack directory to use, which must match its source files. Labels are
     checked against `num_classes`; the feature width against `width` (None: any, consistent).
     """
-    path = Path(path)
-    pack_dir: Path | None = None
+    path = storage.path(path)
+    pack_dir: storage.AnyPath | None = None
     if path.is_dir() or packed not in (None, False, True):
-        pack_dir = path if path.is_dir() else Path(packed)
+        pack_dir = path if path.is_dir() else storage.path(packed)
         meta = read_pack_meta(pack_dir)
         why = stale_sources(pack_dir)
         if why is not None:

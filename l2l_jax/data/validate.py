@@ -8,11 +8,18 @@ Per-file facts are cached in a JSON file keyed by path and the file's fingerprin
 digest of its header and sampled blocks: `fingerprint.py`), so a second scan of unchanged files reads only a
 few small blocks per file, and a file rewritten with its size and mtime restored is still scanned again.
 After a clean scan no batch built from the split can make a jitted step fail.
+
+Feature files on a URL (``gs://...``) are scanned the same way: each object is read whole in one request and
+checked from memory (never memory-mapped), and keyed by its fingerprint from the storage's record (size,
+generation, MD5: `fingerprint.py`). The cache may be a URL too (`cache="gs://.../scan.json"`): it is written
+in one upload (`storage.write_bytes`), which a reader sees whole or not at all. The default cache stays on
+the local disk, keyed by the pickle's URL.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -23,8 +30,19 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .fingerprint import Fingerprint, fingerprint
-from .index import BadFileError, DatasetError, VideoIndex, npy_header, open_regular
+from l2l_jax import storage
+
+from .fingerprint import Fingerprint, fingerprint, fingerprints
+from .index import (
+    BadFileError,
+    DatasetError,
+    VideoIndex,
+    npy_header,
+    one_line,
+    open_regular,
+    parse_npy_header,
+    read_object,
+)
 
 ALLOWED_DTYPES = ("float32", "float16")
 CACHE_VERSION = 2  # 2: keyed by (size, mtime_ns, content digest)
@@ -73,16 +91,22 @@ def default_cache_dir() -> Path:
 
 
 def _cache_file_for(index: VideoIndex) -> Path:
-    key = hashlib.sha1(f"{os.path.abspath(index.source)}|{index.variant}".encode()).hexdigest()[:16]
+    source = index.source if storage.is_url(index.source) else os.path.abspath(index.source)
+    key = hashlib.sha1(f"{source}|{index.variant}".encode()).hexdigest()[:16]
     return default_cache_dir() / f"{key}.json"
 
 
-def _read_cache(path: Path | None) -> dict:
-    if path is None or not path.exists():
+def _read_cache(path: storage.AnyPath | None) -> dict:
+    if path is None:
         return {}
     try:
-        with open_regular(path) as f:
-            data = json.loads(f.read())
+        if storage.is_url(path):
+            data = json.loads(read_object(path))  # a missing object is a BadFileError: no cache
+        else:
+            if not path.exists():
+                return {}
+            with open_regular(path) as f:
+                data = json.loads(f.read())
     except (OSError, ValueError):  # BadFileError is a ValueError: a cache that is not a plain file is ignored
         return {}
     if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("files"), dict):
@@ -90,8 +114,14 @@ def _read_cache(path: Path | None) -> dict:
     return data["files"]
 
 
-def _write_cache(path: Path | None, files: dict) -> None:
+def _write_cache(path: storage.AnyPath | None, files: dict) -> None:
     if path is None:
+        return
+    if storage.is_url(path):  # one upload: readers see the old cache or the new one
+        try:
+            storage.write_text(path, json.dumps({"version": CACHE_VERSION, "files": files}))
+        except Exception as e:  # noqa: BLE001 - whatever the client raises, one line naming the URL
+            raise DatasetError(f"{path}: the validation scan's cache could not be written ({one_line(e)})") from None
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -102,7 +132,9 @@ def _write_cache(path: Path | None, files: dict) -> None:
 def inspect_file(path: str) -> dict:
     """Facts about one .npy file: shape, dtype, whether every value is finite, or a load error.
     Only a regular file is opened; the header goes through `index.npy_header` (thread-safe); the data is
-    memory-mapped, never unpickled."""
+    memory-mapped, never unpickled. An object on a URL is read whole (one request) and checked in memory."""
+    if storage.is_url(path):
+        return _inspect_url(path)
     try:
         try:
             offset, shape, dtype, fortran = npy_header(path)
@@ -125,11 +157,39 @@ def inspect_file(path: str) -> dict:
         return {"error": e.reason}
     except Exception as e:  # noqa: BLE001 - any failure to load is reported, not raised
         return {"error": f"cannot load ({type(e).__name__}: {e})"}
+    info["finite"] = _all_finite(arr, shape)
+    del arr
+    return info
+
+
+def _all_finite(arr: np.ndarray, shape: tuple[int, ...]) -> bool:
+    """Whether every value of `arr` (of `shape`) is finite, checked in blocks of about 4 M values."""
+    size = math.prod(shape)
     rows = shape[0] if len(shape) else 1
     flat = arr.reshape(rows, size // max(rows, 1)) if len(shape) else arr.reshape(1, 1)
     step = max(1, (1 << 22) // max(1, flat.shape[1]))
-    info["finite"] = all(bool(np.isfinite(flat[s : s + step]).all()) for s in range(0, rows, step))
-    del arr, flat
+    return all(bool(np.isfinite(flat[s : s + step]).all()) for s in range(0, rows, step))
+
+
+def _inspect_url(path: str) -> dict:
+    """`inspect_file` of an object on a URL: read whole, header parsed as a literal, values checked in memory."""
+    try:
+        data = read_object(path)
+        offset, shape, dtype, fortran = parse_npy_header(io.BytesIO(data), path)
+        if dtype.hasobject:
+            return {"error": f"cannot load ({OBJECT_ARRAY})"}
+        info = {"shape": list(shape), "dtype": dtype.name}
+        if dtype.kind != "f":
+            return info
+        size = math.prod(shape)
+        if len(data) < offset + size * dtype.itemsize:
+            return {"error": f"cannot load (object truncated: {shape} {dtype.name} needs more bytes)"}
+        arr = np.frombuffer(data, dtype=dtype, count=size, offset=offset).reshape(shape, order="F" if fortran else "C")
+    except BadFileError as e:
+        return {"error": e.reason}
+    except Exception as e:  # noqa: BLE001 - any failure to load is reported, not raised
+        return {"error": f"cannot load ({type(e).__name__}: {e})"}
+    info["finite"] = True if size == 0 else _all_finite(arr, shape)
     return info
 
 
@@ -184,7 +244,7 @@ def _cached_info(entry: object, key: Fingerprint) -> dict | None:
 
 def _scan(index: VideoIndex, *, num_classes: int, width: int | None, cache, progress: bool,
           num_threads: int) -> tuple[np.ndarray, int, list[Problem], dict[str, Fingerprint]]:
-    cache_path = _cache_file_for(index) if cache is True else (Path(cache) if cache else None)
+    cache_path = _cache_file_for(index) if cache is True else (storage.path(cache) if cache else None)
     cached = _read_cache(cache_path)
     files = sorted({p for paths in index.paths for p in paths})
     infos: dict[str, dict] = {}
@@ -192,7 +252,9 @@ def _scan(index: VideoIndex, *, num_classes: int, width: int | None, cache, prog
     todo = []
     with ThreadPoolExecutor(max_workers=num_threads) as pool:
         # the fingerprint is taken before the file is inspected: a file changed in between is scanned again
-        for p, key in zip(files, pool.map(_fingerprint_or_problem, files), strict=True):
+        remote = fingerprints([p for p in files if storage.is_url(p)], num_threads)  # a listing per folder
+        for p, key in zip(files, pool.map(lambda p: remote[p] if p in remote else _fingerprint_or_problem(p), files),
+                          strict=True):
             if isinstance(key, str):
                 infos[p] = {"error": key}
                 continue

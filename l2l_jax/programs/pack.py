@@ -4,7 +4,8 @@
 
 writes `<stem>.pack/` beside each pickle (or `--out DIR` for a single pickle), where the loader finds it on its
 own. What a pack holds and when it is used: `l2l_jax.data.pack`. Errors are one line naming the file and exit
-status 2 (`l2l_jax.programs.flags.run_program`).
+status 2 (`l2l_jax.programs.flags.run_program`). Pickles, --feature_root and --out may be URLs (``gs://...``):
+a pack on a bucket is uploaded with its `meta.json` last.
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ import argparse
 import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
-from l2l_jax import variants
+from l2l_jax import storage, variants
 from l2l_jax.data.pack import pack_pickle
 from l2l_jax.data.source import PACK_FORMAT, default_pack_dir
 from l2l_jax.errors import ConfigError
 from l2l_jax.outputs import output_dir
 from l2l_jax.programs import flags
+
+#: The files a pack holds (`l2l_jax.data.pack`).
+PACK_FILES = frozenset({"meta.json", "sources.json", "offsets.npy", "labels.npy", "ids.npy", "names.json",
+                        *(f"{k}.npy" for keys in variants.MODALITY_KEYS.values() for k in keys)})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,18 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def check_pack_out(out: Path) -> None:
+def check_pack_out(out: storage.AnyPath) -> None:
     """`out` can become the pack (`l2l_jax.outputs.output_dir`) and is not a directory of something else that
-    packing would replace; its temporary sibling is not a file."""
-    output_dir(out, "--out")
+    packing would replace; its temporary sibling is not a file (a bucket has none: the pack is built locally)."""
+    out = output_dir(out, "--out")
     if out.is_dir() and any(out.iterdir()):
         try:
             meta = json.loads((out / "meta.json").read_text())
         except (OSError, ValueError):
             meta = None
-        if not isinstance(meta, dict) or meta.get("format") != PACK_FORMAT:
+        # on a bucket, an upload that failed leaves a pack's files without meta.json: packing again replaces it
+        half_written = storage.is_url(out) and all(p.name in PACK_FILES for p in out.iterdir())
+        if (not isinstance(meta, dict) or meta.get("format") != PACK_FORMAT) and not half_written:
             raise ConfigError(f"--out {out}: exists and is not a pack directory; refusing to replace it (choose "
                               "another --out)")
+    if storage.is_url(out):
+        return
     tmp = out.with_name(out.name + ".tmp")
     if os.path.lexists(tmp) and not tmp.is_dir():
         raise ConfigError(f"--out {out}: {tmp} is in the way (packing writes there first); move it away")
@@ -68,7 +76,7 @@ def _main(argv: Sequence[str] | None) -> None:
     if args.out and len(args.pickles) > 1:
         ap.error("--out needs a single pickle")
     for p in args.pickles:  # every output before any work
-        check_pack_out(Path(args.out) if args.out else default_pack_dir(p))
+        check_pack_out(storage.path(args.out) if args.out else default_pack_dir(p))
     for p in args.pickles:
         out = pack_pickle(p, args.out, variant=args.variant, feature_root=args.feature_root,
                           num_classes=args.num_classes, width=args.width or None, float16=args.float16,
