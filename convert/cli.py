@@ -5,6 +5,7 @@
     l2l-convert export --flax DIR --out model.pth                               # back to upstream's format
 
 The directory format is documented in `l2l_jax.model_dir`; the checks and the exported file in `l2l_jax.pth_convert`.
+Any of --torch, --flax and --out may be a URL (``gs://bucket/...``, `l2l_jax.storage`).
 Bad input (a flag, an output path that cannot take the result, a file that is not a checkpoint or not a
 model) ends the program with one line naming the file and exit status 2, before anything is written.
 """
@@ -14,11 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from l2l_jax import variants
+from l2l_jax import storage, variants
 from l2l_jax.errors import ConfigError
-from l2l_jax.model_dir import is_model_dir
+from l2l_jax.model_dir import is_interrupted_write, is_model_dir
 from l2l_jax.outputs import output_dir, output_file, writing
 from l2l_jax.programs.flags import add_common, run_program
 from l2l_jax.pth_convert import convert_file, export_file
@@ -54,21 +54,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 def check_out(args: argparse.Namespace) -> None:
     """Before anything is read: --out can take what the subcommand writes (a .pth file for export, a model
     directory otherwise), and an existing --out is replaced only with --overwrite, and only if it is of that
-    kind (`l2l_jax.outputs`)."""
-    out = Path(args.out)
+    kind (`l2l_jax.outputs`; on a bucket also a folder an interrupted write left without its meta.json)."""
+    given, out = storage.path(args.out), storage.absolute(args.out)
     if args.command == "export":
-        output_file(out, "--out")
+        output_file(given, "--out")
         if out.exists() and not args.overwrite:
-            raise ConfigError(f"--out {out.absolute()}: already exists (pass --overwrite to replace it)")
+            raise ConfigError(f"--out {out}: already exists (pass --overwrite to replace it)")
         return
-    output_dir(out, "--out")
+    output_dir(given, "--out")
     if out.exists():
         if not args.overwrite:
-            raise ConfigError(f"--out {out.absolute()}: already exists (pass --overwrite to replace it)")
-        if not is_model_dir(out):
-            raise ConfigError(f"--out {out.absolute()}: exists and is not a model directory; refusing to replace "
+            raise ConfigError(f"--out {out}: already exists (pass --overwrite to replace it)")
+        if not (is_model_dir(out) or is_interrupted_write(out)):
+            raise ConfigError(f"--out {out}: exists and is not a model directory; refusing to replace "
                               "it (choose another --out)")
-    output_dir(out.absolute().parent, "--out")
+    if not storage.is_url(out):
+        output_dir(out.parent, "--out")
 
 
 def _main(argv: Sequence[str] | None) -> int:

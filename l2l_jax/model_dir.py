@@ -17,7 +17,11 @@ flags, JSON-able ones only) when the ``.pth`` has them; ``source`` is the absolu
 
 `save_model_dir` writes everything into a temporary sibling
 directory and renames it into place, so a reader never sees a half-written model; it replaces an existing
-directory only when asked and only if that directory is itself a model directory. It is a one-process writer:
+directory only when asked and only if that directory is itself a model directory. On a bucket (a ``gs://``
+URL; there is no rename there) ``meta.json`` is written last and a reader refuses a folder without it: a new
+model is written in place, a replaced one into a fresh sibling prefix first, then the old folder is removed
+and the new one copied over, ``meta.json`` last (an interrupted write leaves a folder without ``meta.json``,
+which is refused by name and which ``--overwrite`` may replace). It is a one-process writer:
 in a multi-process run the calling process alone writes it (orbax's barriers are confined to that process).
 `load_model_dir` returns numpy arrays, bit for bit what was saved: it recomputes the checksum (a ``meta.json``
 without one is refused: the tensors could not be verified), and refuses non-finite tensors, a
@@ -41,7 +45,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from l2l_jax import torch_names, variants
+from l2l_jax import storage, torch_names, variants
 from l2l_jax.errors import WeightsError
 from l2l_jax.integrity import leaf_names, nonfinite_tensors, tensor_checksum
 
@@ -99,7 +103,8 @@ def _to_numpy(tree: Any) -> Any:
 
 def is_model_dir(path: str | os.PathLike) -> bool:
     """Whether ``path`` holds a converted-model directory (meta.json of this format + variables/)."""
-    p = Path(path)
+    p = storage.path(path)
+    storage.forget_listings(p)
     try:
         meta = json.loads((p / META_FILE).read_text())
     except (OSError, ValueError):
@@ -107,13 +112,55 @@ def is_model_dir(path: str | os.PathLike) -> bool:
     return isinstance(meta, dict) and meta.get("format") == FORMAT and (p / VARIABLES_DIR).is_dir()
 
 
+def is_interrupted_write(path: str | os.PathLike) -> bool:
+    """Whether a bucket folder is what an interrupted `save_model_dir` leaves there: ``variables/`` and nothing
+    else (no ``meta.json``), so ``--overwrite`` may replace it. Always False for a local path (a local write
+    never leaves its target half-written)."""
+    p = storage.path(path)
+    if not storage.is_url(p):
+        return False
+    storage.forget_listings(p)
+    try:
+        names = {q.name for q in p.iterdir()}
+    except OSError:
+        return False
+    return names == {VARIABLES_DIR}
+
+
+def _save_variables(where: storage.AnyPath, variables: Mapping[str, Any]) -> None:
+    """The orbax checkpoint of `variables` at `where` (written by this process alone)."""
+    # this process only: orbax's default checkpointer would wait at barriers for every process of the run
+    me = jax.process_index()
+    solo = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
+                                              barrier_sync_key_prefix=f"model_dir_{uuid.uuid4().hex[:8]}")
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=solo),
+                          multiprocessing_options=solo) as ckptr:
+        ckptr.save(where, args=ocp.args.PyTreeSave(_to_numpy(dict(variables))))
+
+
+def _save_variables_url(where: storage.AnyPath, variables: Mapping[str, Any]) -> None:
+    """`_save_variables` on a bucket; TensorStore's failures (a refused or failed upload), which orbax passes on
+    as `ValueError`, become the `OSError` any other failed write is (`l2l_jax.outputs.writing`: one line)."""
+    try:
+        _save_variables(where, variables)
+    except ValueError as e:
+        raise OSError(f"{where}: {str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from e
+
+
+def _meta_text(meta: Mapping[str, Any]) -> str:
+    return json.dumps(meta, indent=1, sort_keys=True) + "\n"
+
+
 def save_model_dir(path: str | os.PathLike, variables: Mapping[str, Any], meta: Mapping[str, Any], *,
-                   overwrite: bool = False) -> Path:
-    """Writes ``variables`` and ``meta`` as a model directory at ``path`` (atomically); returns the path."""
-    path = Path(path).absolute()
+                   overwrite: bool = False) -> storage.AnyPath:
+    """Writes ``variables`` and ``meta`` as a model directory at ``path`` (atomically locally; on a bucket
+    ``meta.json`` last, see the module docstring); returns the path."""
     meta = _check_meta(meta)
     _check_variables(variables, meta)
     meta["tensors_sha256"] = tensor_checksum(_to_numpy(dict(variables)))
+    if storage.is_url(path):
+        return _save_url(storage.path(path), variables, meta, overwrite)
+    path = Path(path).absolute()
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
@@ -122,14 +169,8 @@ def save_model_dir(path: str | os.PathLike, variables: Mapping[str, Any], meta: 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        # this process only: orbax's default checkpointer would wait at barriers for every process of the run
-        me = jax.process_index()
-        solo = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
-                                                  barrier_sync_key_prefix=f"model_dir_{uuid.uuid4().hex[:8]}")
-        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=solo),
-                              multiprocessing_options=solo) as ckptr:
-            ckptr.save(tmp / VARIABLES_DIR, args=ocp.args.PyTreeSave(_to_numpy(dict(variables))))
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        _save_variables(tmp / VARIABLES_DIR, variables)
+        (tmp / META_FILE).write_text(_meta_text(meta))
         if path.exists():
             old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
             os.rename(path, old)
@@ -143,17 +184,62 @@ def save_model_dir(path: str | os.PathLike, variables: Mapping[str, Any], meta: 
     return path
 
 
+def _save_url(path: storage.AnyPath, variables: Mapping[str, Any], meta: dict[str, Any],
+              overwrite: bool) -> storage.AnyPath:
+    """`save_model_dir` on a bucket: ``meta.json`` is always the last object written, so a folder without it
+    (being written, or left by an interrupted write) is never read as a model. A new folder is written in
+    place; a replaced one first into a fresh sibling prefix, which is kept (complete, with its ``meta.json``)
+    if copying it over fails."""
+    storage.forget_listings(path)
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
+        if not (is_model_dir(path) or is_interrupted_write(path)):
+            raise FileExistsError(f"{path} exists and is not a model directory; refusing to replace it")
+        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            _save_variables_url(tmp / VARIABLES_DIR, variables)
+            storage.write_text(tmp / META_FILE, _meta_text(meta))
+        except BaseException:
+            storage.forget_listings(tmp)
+            storage.remove_tree(tmp)
+            raise
+        # the new model is complete in `tmp`: only now is the old one taken away (meta.json first, so no
+        # reader takes the folder for a model while it is removed or refilled)
+        if (path / META_FILE).exists():
+            (path / META_FILE).unlink()
+        storage.forget_listings(path)
+        storage.remove_tree(path)
+        storage.copy_tree(tmp / VARIABLES_DIR, path / VARIABLES_DIR)
+        storage.write_text(path / META_FILE, _meta_text(meta))
+        storage.forget_listings(tmp)
+        storage.remove_tree(tmp)
+        return path
+    try:
+        _save_variables_url(path / VARIABLES_DIR, variables)
+        storage.write_text(path / META_FILE, _meta_text(meta))
+    except BaseException:
+        storage.forget_listings(path)
+        storage.remove_tree(path)
+        raise
+    return path
+
+
 def load_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The ``meta.json`` of a model directory; `NotAModelDirError` naming the path when it is not one."""
-    p = Path(path).absolute()
+    p = storage.absolute(path)
+    storage.forget_listings(p)
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no such model directory")
+        problem = storage.url_problem(p) if storage.is_url(p) else None
+        raise FileNotFoundError(f"{p}: {problem or 'no such model directory'}")
     if not p.is_dir():
         raise NotAModelDirError(f"{p} is not an l2l-jax model directory (it is a file, not a directory)")
     try:
         meta = json.loads((p / META_FILE).read_text())
     except FileNotFoundError:
-        raise NotAModelDirError(f"{p} is not an l2l-jax model directory (no {META_FILE})") from None
+        why = ("no meta.json: an unfinished or interrupted write; write it again (l2l-convert --overwrite)"
+               if is_interrupted_write(p) else f"no {META_FILE}")
+        raise NotAModelDirError(f"{p} is not an l2l-jax model directory ({why})") from None
     except ValueError as e:
         raise NotAModelDirError(f"{p / META_FILE} is not valid JSON: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -170,7 +256,7 @@ def load_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_model_dir(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     """Reads a model directory: (variables as nested dicts of numpy arrays, meta)."""
-    p = Path(path).absolute()
+    p = storage.absolute(path)
     meta = load_meta(p)
     want = meta.get("tensors_sha256")
     if not isinstance(want, str):

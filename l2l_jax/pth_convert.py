@@ -20,12 +20,11 @@ import argparse
 import json
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from l2l_jax import model_dir, torch_names, variants
+from l2l_jax import model_dir, storage, torch_names, variants
 from l2l_jax.torch_io import ConversionError, read_state_dict, write_torch_file
 
 PREFIX = "module."
@@ -188,7 +187,7 @@ def detect_variant(sd: Mapping[str, np.ndarray]) -> str | None:
 def load_upstream(torch_path: str | os.PathLike, variant: str | None = None) -> tuple[dict, dict[str, Any]]:
     """Upstream ``.pth`` -> (variables, meta) in memory (what `convert_file` would save). ``variant=None``
     detects it from the key set."""
-    source = str(Path(torch_path).absolute())
+    source = storage.display(torch_path)
     sd, extras = read_state_dict(torch_path)
     if variant is None:
         variant = detect_variant(sd)
@@ -198,7 +197,7 @@ def load_upstream(torch_path: str | os.PathLike, variant: str | None = None) -> 
 
 
 def convert_file(torch_path: str | os.PathLike, out_dir: str | os.PathLike, variant: str, *,
-                 overwrite: bool = False) -> tuple[Path, dict[str, Any]]:
+                 overwrite: bool = False) -> tuple[storage.AnyPath, dict[str, Any]]:
     """Upstream ``.pth`` -> model directory. Returns (directory, meta)."""
     variables, meta = load_upstream(torch_path, variant)
     return model_dir.save_model_dir(out_dir, variables, meta, overwrite=overwrite), meta
@@ -217,11 +216,12 @@ def export_checkpoint(variables: Mapping, meta: Mapping[str, Any]) -> dict[str, 
     return {"model": sd, "epoch": int(meta.get("epoch", 0)), "namespace": argparse.Namespace(**args)}
 
 
-def export_file(flax_dir: str | os.PathLike, out_path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Model directory -> upstream-format ``.pth``."""
-    out = Path(out_path)
+def export_file(flax_dir: str | os.PathLike, out_path: str | os.PathLike, *,
+                overwrite: bool = False) -> storage.AnyPath:
+    """Model directory -> upstream-format ``.pth`` (either may be a URL)."""
+    out = storage.absolute(out_path)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out.absolute()} already exists (pass --overwrite to replace it)")
+        raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
     variables, meta = model_dir.load_model_dir(flax_dir)
     ckpt = export_checkpoint(variables, meta)
     return write_torch_file(out, ckpt.pop("model"), **ckpt)

@@ -11,7 +11,8 @@ writes objects through fsspec (gcsfs for ``gs://``). The few things a bucket doe
   ``O_CREAT | O_EXCL`` through a hard link), for locks;
 - `read_ranges`: several byte ranges of one file in one request batch (a pack on a bucket), counted in
   `REQUESTS` so benchmarks and tests can see how many requests a batch costs;
-- `remove_tree` / `move_tree`: folders (prefixes on a bucket).
+- `remove_tree` / `copy_tree` / `move_tree`: folders (prefixes on a bucket), listed afresh;
+- `forget_listings`: fsspec caches listings, which objects orbax writes through TensorStore never enter.
 
 Against a local emulator (``STORAGE_EMULATOR_HOST``, ``TENSORSTORE_GCS_HTTP_URL``) nothing here changes.
 """
@@ -171,29 +172,62 @@ def read_ranges(p: str | os.PathLike | AnyPath, ranges: Sequence[tuple[int, int]
         os.close(fd)
 
 
+def forget_listings(p: str | os.PathLike | AnyPath) -> None:
+    """Drop the cached listings of a URL's file system (nothing to do locally): fsspec caches listings, and
+    objects written by TensorStore, which orbax uses, never enter that cache, so a check for existence or a
+    listing after such a write must be fetched anew."""
+    q = path(p)
+    if is_url(q):
+        _fs(q)[0].invalidate_cache()
+
+
+def _objects_under(fs: Any, key: str) -> list[str]:
+    """Every object under a prefix, listed afresh."""
+    fs.invalidate_cache()
+    return fs.find(key.rstrip("/") + "/")
+
+
 def remove_tree(p: str | os.PathLike | AnyPath) -> None:
     """Remove a folder (every object under a prefix) if it exists."""
     q = path(p)
     if is_url(q):
-        if q.exists():
-            q.rmtree()
+        fs, key = _fs(q)
+        files = _objects_under(fs, key)
+        if files:
+            fs.rm(files)
+        fs.invalidate_cache()
         return
     if q.exists():
         shutil.rmtree(q)
 
 
-def move_tree(src: str | os.PathLike | AnyPath, dst: str | os.PathLike | AnyPath) -> None:
-    """Move a folder to `dst` (which must not exist). Locally one rename; on a bucket a copy of every object
-    then their removal (no atomic rename exists there)."""
+def copy_tree(src: str | os.PathLike | AnyPath, dst: str | os.PathLike | AnyPath) -> None:
+    """Copy a folder to `dst`: every file or object to its exact new name (on a bucket no "into an existing
+    folder" guess, which a stale listing could mislead)."""
     s, d = path(src), path(dst)
-    if is_url(s):
-        fs, key = _fs(s)
-        _, dkey = _fs(d)
-        fs.copy(key, dkey, recursive=True)
-        fs.rm(key, recursive=True)
+    if not is_url(s):
+        shutil.copytree(s, d)
         return
-    os.replace(s, d)
+    fs, key = _fs(s)
+    _, dkey = _fs(d)
+    files = _objects_under(fs, key)
+    if not files:
+        raise FileNotFoundError(f"{s}: no such folder")
+    prefix = key.rstrip("/")
+    fs.copy(files, [dkey.rstrip("/") + f[len(prefix):] for f in files])
+    fs.invalidate_cache()
 
 
-__all__ = ["REQUESTS", "AnyPath", "absolute", "create_exclusive", "display", "is_url", "move_tree", "path",
-           "read_ranges", "remove_tree", "url_problem", "write_bytes", "write_text"]
+def move_tree(src: str | os.PathLike | AnyPath, dst: str | os.PathLike | AnyPath) -> None:
+    """Move a folder to `dst` (which must not exist). Locally one rename; on a bucket `copy_tree`, then the
+    removal of the originals (no atomic rename exists there)."""
+    s = path(src)
+    if not is_url(s):
+        os.replace(s, path(dst))
+        return
+    copy_tree(s, dst)
+    remove_tree(s)
+
+
+__all__ = ["REQUESTS", "AnyPath", "absolute", "copy_tree", "create_exclusive", "display", "forget_listings", "is_url",
+           "move_tree", "path", "read_ranges", "remove_tree", "url_problem", "write_bytes", "write_text"]

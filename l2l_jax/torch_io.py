@@ -5,12 +5,14 @@ class (upstream saves its flags in the checkpoint). A file that needs any other 
 refused and never executed; ``weights_only=False`` is never used.
 
 torch itself is imported when a file is read or written (`_torch`), not with this module: the programs that
-never touch a ``.pth`` file do not pay for it.
+never touch a ``.pth`` file do not pay for it. A URL (``gs://...``, `l2l_jax.storage`) is read whole into memory
+and loaded from there by the same safe loader; written, it is saved to memory and uploaded as one object.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import pickle
 import re
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from l2l_jax import storage
 from l2l_jax.errors import L2LError
 
 if TYPE_CHECKING:
@@ -48,16 +51,22 @@ def _why_refused(message: str) -> str | None:
 
 
 def load_torch_file(path: str | os.PathLike) -> Any:
-    """``torch.load`` of ``path`` on the CPU with ``weights_only=True`` (plus ``argparse.Namespace``)."""
-    path = Path(path)
-    if not path.exists():
-        raise ConversionError(f"{path}: no such file")
-    if not path.is_file():
-        raise ConversionError(f"{path} is not a file")
+    """``torch.load`` of ``path`` on the CPU with ``weights_only=True`` (plus ``argparse.Namespace``); a URL's
+    object is read into memory first."""
+    path = storage.path(path)
+    try:
+        if not path.exists():
+            problem = storage.url_problem(path) if storage.is_url(path) else None
+            raise ConversionError(f"{path}: {problem or 'no such file'}")
+        if not path.is_file():
+            raise ConversionError(f"{path} is not a file")
+        source: Any = io.BytesIO(path.read_bytes()) if storage.is_url(path) else path
+    except OSError as e:  # a bucket that refuses or does not answer
+        raise ConversionError(f"{path}: cannot be read ({e.strerror or e})") from None
     torch = _torch()
     try:
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
         culprit = _why_refused(text)
@@ -129,11 +138,18 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     return state_dict_of(load_torch_file(path), path)
 
 
-def write_torch_file(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray], **extras: Any) -> Path:
-    """``torch.save`` of ``{"model": OrderedDict of tensors (given order), **extras}``, atomically."""
+def write_torch_file(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray],
+                     **extras: Any) -> storage.AnyPath:
+    """``torch.save`` of ``{"model": OrderedDict of tensors (given order), **extras}``, atomically (a URL: saved
+    to memory, then one upload)."""
     torch = _torch()
-    path = Path(path).absolute()
     model = OrderedDict((k, torch.from_numpy(np.array(v, copy=True))) for k, v in state_dict.items())
+    if storage.is_url(path):
+        buf = io.BytesIO()
+        torch.save({"model": model, **extras}, buf)
+        storage.write_bytes(path, buf.getvalue())
+        return storage.path(path)
+    path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

@@ -10,6 +10,10 @@ the benchmarks' ``--model``) may name:
   one step's directory ``checkpoints/<step>`` (that step). Restored on the host, on any device count;
 * any other directory holding ``*.pth`` files: the newest by ctime (upstream's rule for a checkpoint folder).
 
+Any of them may be a URL (``gs://bucket/...``, `l2l_jax.storage`): a ``.pth`` object is read into memory and
+loaded as safely as a file; a "newest" ``.pth`` in a bucket folder is the newest by modification time (a
+bucket keeps no ctime).
+
 `resolve` says which (`WeightsRef`), `load` reads it; both raise `WeightsError` with the path and what to do.
 What the programs start from: `initial_variables` (l2l-train: fresh, then its weights flags over them) and
 `eval_weights` (l2l-eval, checked against the model's settings).
@@ -22,10 +26,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import fsspec
 import jax
 import numpy as np
 
-from l2l_jax import model_dir, variants
+from l2l_jax import model_dir, storage, variants
 from l2l_jax.config import Settings
 from l2l_jax.errors import WeightsError
 from l2l_jax.model import init_variables
@@ -43,11 +48,11 @@ class WeightsRef:
     """What a weights argument names: ``kind``, the file or directory, and for a run the checkpoint step."""
 
     kind: Kind
-    path: Path
+    path: storage.AnyPath
     step: int | None = None
 
     @property
-    def where(self) -> Path:
+    def where(self) -> storage.AnyPath:
         """The exact file or directory the weights come from (a run's step directory for runs)."""
         if self.kind == "run" and self.step is not None:
             return self.path / CHECKPOINT_DIR / str(self.step)
@@ -67,9 +72,29 @@ class Weights:
 def resolve(path: str | Path, flag: str = "weights") -> WeightsRef:
     """The `WeightsRef` of a weights argument (see the module docstring). `flag` names the argument in
     errors (e.g. ``--pretrained_model``)."""
-    p = Path(path).absolute()
+    p = storage.absolute(path)
+    try:
+        return _resolve(p, flag)
+    except OSError as e:  # a bucket that refuses or does not answer
+        raise WeightsError(f"{flag} {p}: cannot be read ({e.strerror or e})") from None
+
+
+def _newest_pth(p: storage.AnyPath) -> storage.AnyPath | None:
+    """The newest ``*.pth`` directly in folder `p` (ctime locally, upstream's rule; on a bucket the update time,
+    to the microsecond, from one listing)."""
+    if storage.is_url(p):
+        fs, key = fsspec.core.url_to_fs(str(p))
+        found = [(str(e.get("mtime") or e.get("updated") or ""), e["name"].rsplit("/", 1)[-1])
+                 for e in fs.ls(key, detail=True) if e.get("type") == "file" and e["name"].endswith(".pth")]
+        return p / max(found)[1] if found else None
+    pths = sorted(p.glob("*.pth"), key=lambda q: q.stat().st_ctime)
+    return pths[-1] if pths else None
+
+
+def _resolve(p: storage.AnyPath, flag: str) -> WeightsRef:
     if not p.exists():
-        raise WeightsError(f"{flag} {p}: no such file or directory")
+        problem = storage.url_problem(p) if storage.is_url(p) else None
+        raise WeightsError(f"{flag} {p}: {problem or 'no such file or directory'}")
     if p.is_file():
         return WeightsRef("pth", p)
     if model_dir.is_model_dir(p):
@@ -84,9 +109,12 @@ def resolve(path: str | Path, flag: str = "weights") -> WeightsRef:
             finally:
                 ckpts.close()
         return WeightsRef("run", run_dir, step)
-    pths = sorted(p.glob("*.pth"), key=lambda q: q.stat().st_ctime)
-    if pths:
-        return WeightsRef("pth", pths[-1])
+    pth = _newest_pth(p)
+    if pth is not None:
+        return WeightsRef("pth", pth)
+    if model_dir.is_interrupted_write(p):
+        raise WeightsError(f"{flag} {p}: a model directory without its meta.json (an unfinished or interrupted "
+                           "write); write it again")
     raise WeightsError(f"{flag} {p}: not an upstream .pth, a converted-model directory or a training run "
                        "directory, and no *.pth file there")
 

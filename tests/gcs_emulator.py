@@ -9,6 +9,9 @@ What the emulator lacks, and what is done about it here:
 - it ignores upload preconditions: ``ifGenerationMatch=0`` ("create only if absent", which the run lock
   relies on) is added here for uploads in one request (media and multipart, what gcsfs uses for small
   objects such as the lock) and for resumable uploads at their start, answering 412 as the service does;
+- its downloads leave out the object's generation (``x-goog-generation``), which the service sends and
+  TensorStore reads when orbax rewrites its manifest conditionally (without it about one checkpoint write in
+  three failed with "Malformed StorageGeneration"): added here;
 - no IAM: a denied write is simulated by `deny_writes`, which answers 403 to every upload.
 """
 
@@ -71,14 +74,30 @@ def _patch() -> None:
 
         return wrapper
 
+    original_download = _objects.download
+
+    def download(request, response, store, *args, **kwargs):
+        try:
+            obj = store.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+        except Exception:  # not found: the original handler answers 404
+            obj = None
+        if obj is not None and obj.get("generation"):
+            response["x-goog-generation"] = str(obj["generation"])
+            response["x-goog-metageneration"] = str(obj.get("metageneration") or 1)
+        return original_download(request, response, store, *args, **kwargs)
+
+    download._sends_generation = True
     _storage.Storage.create_file = guarded(create_file)
     _storage.Storage.create_resumable_upload = guarded(create_resumable)
     _objects.insert = insert
+    _objects.download = download  # objects.get calls the module's name
+    replaced = {original_insert: insert, original_download: download}
     for _, handlers in _server.HANDLERS:
         for method, fn in list(handlers.items()):
-            if fn is original_insert:
-                handlers[method] = insert
+            if fn in replaced:
+                handlers[method] = replaced[fn]
     _objects._l2l_patched = True
+    _objects._l2l_generation = True
 
 
 def free_port() -> int:

@@ -8,13 +8,16 @@
   (`l2l_jax.evaluation.baselines` says how the k-step logits are formed).
 * ``curves.png`` of a training run (`training_curves`, written by `l2l-train`): training loss and accuracy
   and the validation accuracy/mAP per epoch.
+
+Every file may be a URL (``gs://...``, e.g. a training run directory on a bucket): a figure is rendered into
+memory and written whole (`l2l_jax.storage.write_bytes`: one upload, or locally a temporary file renamed).
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -23,7 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from l2l_jax import variants  # noqa: E402
+from l2l_jax import storage, variants  # noqa: E402
 
 #: Step labels on a timeline: font size (points), the height of one stacking level and the first label's
 #: offset above its point (points), and the gap kept between two labels on one level (points).
@@ -55,7 +58,7 @@ def _text_width(text: str, size: float = LABEL_SIZE) -> float:
 
 def timeline(path: str | os.PathLike, *, num_clips: int, rows: Mapping[str, Sequence[int]],
              start: int | None = None, title: str = "", fig: Any = None,
-             spans: Sequence[tuple[float, float, str]] = ()) -> Path:
+             spans: Sequence[tuple[float, float, str]] = ()) -> storage.AnyPath:
     """One video's timeline: for each named row (e.g. "image", "audio") the clip chosen at each step, numbered
     by step; labels of neighbouring or repeated clips are staggered upwards (`label_levels`). `spans` shades
     clip ranges ``(first, stop, text)`` (e.g. a dataset's true class segment), named in a legend."""
@@ -109,14 +112,15 @@ def timeline(path: str | os.PathLike, *, num_clips: int, rows: Mapping[str, Sequ
         if short <= 0.01:
             break
         fig.set_size_inches(width_in, fig.get_size_inches()[1] + short)
-    path = Path(path)
-    fig.savefig(path, dpi=80)
-    if own:
-        plt.close(fig)
-    return path
+    try:
+        return write_figure(fig, path, dpi=80)
+    finally:
+        if own:
+            plt.close(fig)
 
 
-def map_vs_steps(path: str | os.PathLike, curves: Mapping[str, Sequence[float | None]], title: str = "") -> Path:
+def map_vs_steps(path: str | os.PathLike, curves: Mapping[str, Sequence[float | None]],
+                 title: str = "") -> storage.AnyPath:
     """mAP against the number of steps (1..E), one line per curve."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, ys in curves.items():
@@ -131,10 +135,11 @@ def map_vs_steps(path: str | os.PathLike, curves: Mapping[str, Sequence[float | 
 
 
 def write_all(result: Any, out_dir: str | os.PathLike, names: Mapping[int, str] | None = None,
-              max_videos: int | None = None) -> list[Path]:
+              max_videos: int | None = None) -> list[storage.AnyPath]:
     """Every video's timeline and the mAP-vs-steps summary for an `EvalResult`; returns the files."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.path(out_dir)
+    if not storage.is_url(out):  # a bucket has no folders to make
+        out.mkdir(parents=True, exist_ok=True)
     v, spec = result.videos, variants.get(result.variant)
     written = []
     curves = {"policy": result.steps_map.get("policy", []), "uniform sampling": result.steps_map.get("uniform", [])}
@@ -158,7 +163,7 @@ def write_all(result: Any, out_dir: str | os.PathLike, names: Mapping[int, str] 
     return written
 
 
-def training_curves(path: str | os.PathLike, epochs: Sequence[Mapping[str, Any]]) -> Path | None:
+def training_curves(path: str | os.PathLike, epochs: Sequence[Mapping[str, Any]]) -> storage.AnyPath | None:
     """The training loss, the training accuracy and the validation accuracy/mAP per epoch, from a run's
     ``"kind": "epoch"`` records (``metrics.jsonl``, `l2l_jax.training.log`); None without records."""
     if not epochs:
@@ -186,10 +191,20 @@ def training_curves(path: str | os.PathLike, epochs: Sequence[Mapping[str, Any]]
     return _save(fig, path)
 
 
-def _save(fig: Any, path: str | os.PathLike) -> Path:
+def write_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 100) -> storage.AnyPath:
+    """Renders `fig` into memory in the format of `path`'s suffix (PNG without one) and writes it whole to
+    `path`, a local file or a URL (`l2l_jax.storage.write_bytes`); returns the path."""
+    p = storage.path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format=p.suffix[1:].lower() or "png")
+    storage.write_bytes(p, buf.getvalue())
+    return p
+
+
+def _save(fig: Any, path: str | os.PathLike) -> storage.AnyPath:
     """Lays out, writes (100 dpi) and closes a figure."""
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        fig.tight_layout()
+        return write_figure(fig, path, dpi=100)
+    finally:
+        plt.close(fig)

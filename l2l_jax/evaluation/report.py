@@ -1,5 +1,6 @@
 """What an evaluation shows and writes, apart from computing it: upstream's summary lines, the comparison
-table, the metrics JSON, the per-video export (JSON lines) and the video names they carry.
+table, the metrics JSON, the per-video export (JSON lines) and the video names they carry. The files may be URLs
+(``gs://...``): each is one whole-object write (`l2l_jax.outputs.atomic_write_text`).
 """
 
 from __future__ import annotations
@@ -7,12 +8,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from l2l_jax import variants
+from l2l_jax import storage, variants
 from l2l_jax.evaluation import baselines
 from l2l_jax.evaluation.evaluator import EvalResult
 from l2l_jax.outputs import atomic_write_text
@@ -58,21 +58,28 @@ def video_names(source: Any) -> dict[int, str] | None:
     return {int(i): str(name) for i, name in zip(source.ids, names, strict=True)}
 
 
-def write_metrics_json(result: EvalResult, path: str | os.PathLike, **extra: Any) -> Path:
+def _file(path: str | os.PathLike) -> storage.AnyPath:
+    """`path` as a path object, its local parent directory made (a bucket has no folders to make)."""
+    p = storage.path(path)
+    if not storage.is_url(p):
+        p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def write_metrics_json(result: EvalResult, path: str | os.PathLike, **extra: Any) -> storage.AnyPath:
     """The summary (`EvalResult.metrics`) and `extra` (e.g. ``checkpoint=``) as an indented JSON object."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _file(path)
     atomic_write_text(path, json.dumps({**result.metrics(), **extra}, indent=1) + "\n")
     return path
 
 
-def write_export(result: EvalResult, path: str | os.PathLike, names: Mapping[int, str] | None = None) -> Path:
+def write_export(result: EvalResult, path: str | os.PathLike,
+                 names: Mapping[int, str] | None = None) -> storage.AnyPath:
     """One JSON line per video: id, name (when `names` has it), label, prediction (avgpool head), LSTM
     prediction, start clip, clip count, per-step clip indices and (two-modality) modality weights. Written
     atomically (`l2l_jax.outputs.atomic_write_text`)."""
     v = result.videos
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _file(path)
     pred = np.argmax(v["avgpool_logits"], axis=1)
     lstm_pred = np.argmax(v["lstm_logits"], axis=1)
     lines = []

@@ -14,7 +14,8 @@ result does not depend on its batch (§7 "Eval determinism"), so the loader visi
 
 ``--start_idx_file F.json`` (``{"<dataset index>": start, ...}``) feeds given start clips instead of the
 seeded draws (the tests feed upstream's recorded ones). Input errors (flags, output paths, weights, the
-split) end the program with one line and exit status 2 (``--debug``: the traceback).
+split) end the program with one line and exit status 2 (``--debug``: the traceback). The weights, --metrics_json,
+--export, --plot and --start_idx_file may be URLs (``gs://bucket/...``, `l2l_jax.storage`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ import os
 import pickle
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from l2l_jax import config, parallel, weights
+from l2l_jax import config, parallel, storage, weights
 from l2l_jax.config import EvalOutputs, Settings
 from l2l_jax.data.index import DatasetError
 from l2l_jax.data.source import FeatureSource, open_split
@@ -96,7 +96,7 @@ def check_output_paths(outputs: EvalOutputs) -> None:
 def read_start_file(path: str | os.PathLike) -> dict[int, int]:
     """``{"<dataset index>": start clip}`` from a JSON file (test-only: feeds recorded upstream starts)."""
     try:
-        raw = json.loads(Path(path).read_text())
+        raw = json.loads(storage.path(path).read_text())
         return {int(k): int(v) for k, v in raw.items()}
     except (OSError, ValueError, AttributeError, TypeError) as e:
         raise ConfigError(f"--start_idx_file {path}: cannot read a JSON object of index -> start ({e})") from None
