@@ -2,6 +2,7 @@
 
     JAX_PLATFORMS=cpu python benchmarks/aot.py [--targets v5e:2x2 v6e:2x2 h100] [--batch_size 256]
         [--length 512] [--layouts dense chunk] [--precisions exact fast] [--json OUT]
+        [--steps train eval eval+baselines distill video] [--video_model r2plus1d_18] [--video_batch 64]
 
 Shows, without any accelerator, that the steps lower and compile through XLA's TPU and GPU pipelines, how much
 memory a device needs, and how many kernels a step launches. Install, in a virtual environment of its own (the
@@ -26,13 +27,16 @@ What is compiled is what the programs build, from the published flags (`flags.re
 model config and recipe): the train step (`steps.make_train_step` on a `TrainState`, state donated and replicated,
 as `l2l-train` and `train_speed.py` jit it), the eval step (`steps.make_eval_step`, policy only, from the published
 `l2l-eval` flags: interpolation, s = 1) and the evaluator's per-batch function with baselines and k-step curves
-(`make_eval_fn`, what `l2l-eval` runs). Inputs are abstract (`jax.ShapeDtypeStruct` with `NamedSharding`s on a mesh
-over the target's devices: batch arrays on ``P("data")``, state and variables replicated), so nothing is allocated:
-ActivityNet-sized, C = 200 classes, bucket length Lb = --length, 512-wide image and audio features; in the chunk
-layout a chunk index at the capacity a full batch of length-Lb rows needs (`layouts.chunk.chunk_index(...,
-full=True)`: B/G * ceil(Lb/32) chunks per device group). Precisions: ``exact``, and ``fast`` when
-`l2l_jax.programs.flags.FLAGS` has ``precision``. Features come in the dtype the loader hands them over in
-(`config.Settings.loader`: float32, or float16 in the fast precision).
+(`make_eval_fn`, what `l2l-eval` runs), l2l-distill's train step (--distill_batch clips) and the video model's
+forward of ``l2l-extract --video_model`` (--video_model on --video_batch clips of 16 x 112 x 112, Kinetics
+normalisation inside, features and logits out, as `l2l_jax.video.video_clips.VideoExtractor` jits it; the
+two clip steps have no layout and compile once per precision). Inputs are abstract (`jax.ShapeDtypeStruct` with
+`NamedSharding`s on a mesh over the target's devices: batch arrays on ``P("data")``, state and variables
+replicated), so nothing is allocated: ActivityNet-sized, C = 200 classes, bucket length Lb = --length, 512-wide
+image and audio features; in the chunk layout a chunk index at the capacity a full batch of length-Lb rows needs
+(`layouts.chunk.chunk_index(..., full=True)`: B/G * ceil(Lb/32) chunks per device group). Precisions: ``exact``,
+and ``fast`` when `l2l_jax.programs.flags.FLAGS` has ``precision``. Features come in the dtype the loader hands
+them over in (`config.Settings.loader`: float32, or float16 in the fast precision).
 
 Per target x layout x precision x step one row: compiled or not (the error's first line), compile seconds
 (lowering + compilation), memory per device from `memory_analysis()` (arguments + outputs + temporaries, less
@@ -71,6 +75,7 @@ from l2l_jax.layouts import chunk as chunk_layout  # noqa: E402
 from l2l_jax.model import build_model, init_variables  # noqa: E402
 from l2l_jax.programs import flags as program_flags  # noqa: E402
 from l2l_jax.steps import create_train_state, make_eval_step, make_train_step  # noqa: E402
+from l2l_jax.video.video_networks import ARCHS as VIDEO_ARCHS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 C, F = 200, 512
@@ -87,7 +92,9 @@ EVAL_FLAGS = ["--num_classes", str(C), "--scheduler", "--episode_length", "10", 
               "--mean_feature_as_start", "--feature_interpolate", "--subsample_factor", "1"]
 
 DEFAULT_TARGETS = ["v5e:2x2", "v6e:2x2", "h100"]
-STEPS = ("train", "eval", "eval+baselines", "distill")
+STEPS = ("train", "eval", "eval+baselines", "distill", "video")
+#: steps without a feature layout: compiled once per precision (with the first layout), on clips
+CLIP_STEPS = ("distill", "video")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -174,10 +181,29 @@ def eval_fn_factory():
     return make_eval_fn
 
 
+def video_forward(mesh: Mesh, arch: str, batch: int, precision: str) -> tuple[Any, tuple]:
+    """(jitted forward, (abstract variables, abstract clips)) of ``l2l-extract --video_model arch``: the function
+    `video_clips.VideoExtractor` jits (normalise, the network, features and logits, both on ``P("data")``),
+    variables replicated, clips (batch, 16, 112, 112, 3) float32 on ``P("data")``."""
+    from l2l_jax import numerics
+    from l2l_jax.video import video_clips as VCL
+    from l2l_jax.video import video_networks as V
+
+    cfg = VCL.DEFAULT
+    net = V.video_resnet(arch, V.NUM_CLASSES, numerics.get(precision))
+    rep, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    forward = VCL.video_forward(arch, V.NUM_CLASSES, precision, cfg)
+    variables = abstract(jax.eval_shape(lambda: V.init_variables(net)), rep)
+    clips = jax.ShapeDtypeStruct((batch, cfg.frames, cfg.crop, cfg.crop, 3), jnp.float32, sharding=data)
+    return jax.jit(forward, out_shardings=(data, data)), (variables, clips)
+
+
 def build_steps(mesh: Mesh, batch: int, length: int, layout: str, precision: str,
-                distill_batch: int | None = None, backend: str = "cpu") -> dict[str, tuple]:
+                distill_batch: int | None = None, backend: str = "cpu",
+                video: tuple[str, int] | None = None) -> dict[str, tuple]:
     """step name -> (jitted function, abstract arguments), built as the programs build them; with
-    `distill_batch`, also l2l-distill's train step on that many clips (it has no feature layout)."""
+    `distill_batch`, also l2l-distill's train step on that many clips, and with `video` (arch, clips) the video
+    model's forward (neither has a feature layout)."""
     rep = parallel.replicated(mesh)
     steps = {}
 
@@ -207,6 +233,8 @@ def build_steps(mesh: Mesh, batch: int, length: int, layout: str, precision: str
         from l2l_jax.video.distill_step import abstract_train_step
 
         steps["distill"] = abstract_train_step(mesh, distill_batch, numerics.get(precision))
+    if video:
+        steps["video"] = video_forward(mesh, video[0], video[1], precision)
     return steps
 
 
@@ -271,7 +299,7 @@ def _cells(r: dict[str, Any], *, compile_fmt: str, number_fmt: str) -> list[str]
     """The cells of a compiled row, for the plain table and the Markdown one (which groups thousands)."""
     mem, lc, roof = r["memory"]["total"], r["launches"], r.get("roofline") or {}
     vps = roof.get("videos_per_s")
-    return [r["target"], r["layout"], r["precision"], r["step"], "yes", f"{r['compile_s']:{compile_fmt}}",
+    return [r["target"], r["layout"], r["precision"], step_label(r), "yes", f"{r['compile_s']:{compile_fmt}}",
             "-" if mem is None else f"{mem / 2**20:{number_fmt}.0f}", f"{lc['step_launches']:{number_fmt}.0f}",
             f"{lc['step_collectives']:{number_fmt}.0f}", f"{r['step_flops'] / 1e9:{number_fmt}.1f}",
             f"{lc['step_bytes'] / 1e9:.2f}", f"{lc['step_bytes_all'] / 1e9:.2f}",
@@ -279,9 +307,14 @@ def _cells(r: dict[str, Any], *, compile_fmt: str, number_fmt: str) -> list[str]
             "-" if vps is None else f"{vps:{number_fmt}.0f} ({roof['bound']})"]
 
 
+def step_label(r: dict[str, Any]) -> str:
+    """The step column: the step's name, and the network of a video row."""
+    return f"{r['step']} {r['video_model']}" if r.get("video_model") else r["step"]
+
+
 def fmt_row(r: dict[str, Any]) -> str:
     if not r["compiled"]:
-        cells = [r["target"], r["layout"], r["precision"], r["step"], "no", f"{r['compile_s']:.1f}"]
+        cells = [r["target"], r["layout"], r["precision"], step_label(r), "no", f"{r['compile_s']:.1f}"]
         return "  ".join(f"{c:<{w}}" for c, (_, w) in zip(cells, COLUMNS, strict=False)) + "  " + r["error"]
     cells = _cells(r, compile_fmt=".1f", number_fmt="")
     return "  ".join(f"{c:<{w}}" for c, (_, w) in zip(cells, COLUMNS, strict=True))
@@ -300,7 +333,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['target']} | | | | no: {r['error']} |" + " |" * (len(names) - 5))
             continue
         if not r["compiled"]:
-            lines.append(f"| {r['target']} | {r['layout']} | {r['precision']} | {r['step']} | no: {r['error']} | "
+            lines.append(f"| {r['target']} | {r['layout']} | {r['precision']} | {step_label(r)} | no: {r['error']} | "
                          f"{r['compile_s']:.0f} |" + " |" * (len(names) - 6))
             continue
         lines.append("| " + " | ".join(_cells(r, compile_fmt=".0f", number_fmt=",")) + " |")
@@ -322,9 +355,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--length", type=int, default=512, help="bucket length Lb")
     ap.add_argument("--layouts", nargs="+", default=["dense", "chunk"], choices=["dense", "chunk"])
     ap.add_argument("--precisions", nargs="+", default=["exact", "fast"], choices=["exact", "fast"])
-    ap.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
+    ap.add_argument("--steps", nargs="+", default=[s for s in STEPS if s != "video"], choices=STEPS,
+                    help="default: all but video (its exact forward takes XLA:TPU about 7 minutes to compile here)")
     ap.add_argument("--distill_batch", type=int, default=256,
                     help="clips per l2l-distill train step (the distill row's batch; its roofline counts clips/s)")
+    ap.add_argument("--video_model", default="r2plus1d_18", choices=tuple(VIDEO_ARCHS),
+                    help="the video row's network (l2l-extract --video_model)")
+    ap.add_argument("--video_batch", type=int, default=64,
+                    help="clips per video forward (the video row's batch, l2l-extract's default --batch_size; "
+                         "its roofline counts clips/s)")
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
     ap.add_argument("--markdown", default=None, help="also write the rows as a Markdown table here")
     ap.add_argument("--from_json", nargs="+", default=None, metavar="JSON",
@@ -381,7 +420,9 @@ def compile_target(target: str, args: argparse.Namespace, precisions: list[str])
         return [{"target": target, "compiled": False, "error": f"topology: {first_line(e)}"}]
     mesh = Mesh(np.asarray(devices), (parallel.DATA,))
     print(f"\n== {target}: {desc}, batch {args.batch_size} = {len(devices)} x "
-          f"{args.batch_size / len(devices):g} rows per device")
+          f"{args.batch_size / len(devices):g} rows per device"
+          + "".join(f"; {step} rows: {n} clips" for step, n in (("distill", args.distill_batch),
+                                                                 ("video", args.video_batch)) if step in args.steps))
     print(header(), flush=True)
     options = parallel.compiler_options() if target == "cpu" else {}
     rows: list[dict[str, Any]] = []
@@ -391,7 +432,9 @@ def compile_target(target: str, args: argparse.Namespace, precisions: list[str])
                 first_layout = layout == args.layouts[0]
                 steps = build_steps(mesh, args.batch_size, args.length, layout, precision,
                                     args.distill_batch if first_layout and "distill" in args.steps else None,
-                                    backend=target_backend(target))
+                                    backend=target_backend(target),
+                                    video=((args.video_model, args.video_batch)
+                                           if first_layout and "video" in args.steps else None))
             except Exception as e:
                 steps = {}
                 for step in args.steps:
@@ -404,11 +447,12 @@ def compile_target(target: str, args: argparse.Namespace, precisions: list[str])
                 if step not in steps:
                     continue
                 fn, fargs = steps[step]
-                distill = step == "distill"  # clips of 224 x 224 frames and 1 s log-mels, no layout
-                n = args.distill_batch if distill else args.batch_size
+                clip_step = step in CLIP_STEPS  # clips (frames, log-mels; video clips), no layout
+                n = {"distill": args.distill_batch, "video": args.video_batch}.get(step, args.batch_size)
                 r = {"target": target, "devices": len(devices), "device_kind": desc,
-                     "layout": "-" if distill else layout, "precision": precision, "step": step,
-                     "batch_size": n, "length": None if distill else args.length,
+                     "layout": "-" if clip_step else layout, "precision": precision, "step": step,
+                     "batch_size": n, "length": None if clip_step else args.length,
+                     **({"video_model": args.video_model} if step == "video" else {}),
                      **compile_one(fn, fargs, options, target=target, precision=precision,
                                    devices=len(devices), batch=n)}
                 rows.append(r)

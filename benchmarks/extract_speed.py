@@ -17,13 +17,33 @@ Videos: --videos synthetic videos (moving shapes on noise, a tone) of --seconds 
 H.264 + AAC in .mp4, written to --data (kept, reused).
 
     python benchmarks/extract_speed.py [--videos 8] [--seconds 8] [--width 320 --height 240] [--batch_size 32]
+
+With ``--video_model ARCH`` (r3d_18, mc3_18, r2plus1d_18) it times the video model of ``l2l-extract
+--video_model`` instead, network only, on the same --clips clips (16 x 112 x 112, values in [0, 1], drawn once):
+
+- ours: `l2l_jax.video.video_clips.VideoExtractor`, the jitted, data-parallel forward l2l-extract runs
+  (Kinetics normalisation inside it; features and logits), in each of --precisions (compiled in a warm-up
+  call, not timed);
+- PyTorch: tests/torch_videoresnet_reference.py's network of the same architecture (torchvision's module
+  names), eval mode, ``inference_mode``, all torch threads, on the same clips in NCTHW, normalised the same way;
+  its features (``avgpool``) and logits both computed, as ours are.
+
+Same weights: torch's, random with BatchNorm statistics and ``fc`` randomised (the reference's `randomize`), put
+into ours by `l2l_jax.video.video_convert.from_state_dict`; the outputs are compared once (largest difference
+printed). Each of --rounds rounds times --steps forwards of each, ours and PyTorch alternating in the same
+process; the figures are medians. `benchmarks/machine_peak.py` is printed beside them unless --no_peak.
+
+    python benchmarks/extract_speed.py --video_model r2plus1d_18 [--clips 8] [--steps 2] [--rounds 3]
+        [--precisions exact fast]
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import functools
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -37,11 +57,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 import torch_video_reference as tvr  # noqa: E402
+import torch_videoresnet_reference as tvrn  # noqa: E402
 
+from l2l_jax import numerics  # noqa: E402
 from l2l_jax.video import audio as A  # noqa: E402
 from l2l_jax.video import decode as D  # noqa: E402
 from l2l_jax.video import extract as X  # noqa: E402
 from l2l_jax.video import frames as F  # noqa: E402
+from l2l_jax.video import video_clips as VCL  # noqa: E402
+from l2l_jax.video import video_convert as VCV  # noqa: E402
 from l2l_jax.video.labels import Entry, video_name  # noqa: E402
 from l2l_jax.video.trunks import fresh_variables  # noqa: E402
 
@@ -168,6 +192,105 @@ def run_ours(folder: Path, names: list[str], batch_size: int, workers: int) -> d
     return {"clips": s.clips, "wall": s.wall_s, "decode": decode_alone, "net": net_alone, "compile": compile_s}
 
 
+# ------------------------------------------------------------------------------------------ video model
+
+
+def video_weights(arch: str, seed: int = 0) -> tuple[torch.nn.Module, dict]:
+    """The reference network of `arch` (random, BatchNorm and ``fc`` randomised, eval mode) and the same weights
+    as our Flax variables."""
+    torch.manual_seed(seed)
+    net = tvrn.ARCHS[arch]()
+    tvrn.randomize(net, torch.Generator().manual_seed(seed))
+    sd = {k: v.numpy() for k, v in net.state_dict().items()}
+    return net.eval(), VCV.from_state_dict(sd, arch)
+
+
+class TorchVideo:
+    """The PyTorch reference forward: normalise, NTHWC -> NCTHW, features and logits, ``inference_mode``."""
+
+    def __init__(self, net: torch.nn.Module, cfg: VCL.ClipConfig = VCL.DEFAULT):
+        self.net = net
+        self.mean = torch.tensor(cfg.mean).view(1, 3, 1, 1, 1)
+        self.std = torch.tensor(cfg.std).view(1, 3, 1, 1, 1)
+
+    def __call__(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            x = (torch.from_numpy(clips).permute(0, 4, 1, 2, 3) - self.mean) / self.std
+            features = self.net.features(x)
+            return features.numpy(), self.net.fc(features).numpy()
+
+
+def ours_video(ex: VCL.VideoExtractor, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """l2l-extract's video forward on one batch, results on the host."""
+    features, logits = ex(clips)
+    return np.asarray(features), np.asarray(logits)
+
+
+def video_clips_per_s(fn, clips: np.ndarray, steps: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn(clips)
+    return steps * len(clips) / (time.perf_counter() - t0)
+
+
+def run_video(args: argparse.Namespace) -> int:
+    """--video_model: our jitted video forward (each precision) against the PyTorch reference, rounds
+    alternating in this process; medians."""
+    import jax
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import step_cost
+
+    cfg = VCL.DEFAULT
+    net, variables = video_weights(args.video_model)
+    model = VCL.VideoModel(args.video_model, variables, net.fc.out_features, f"{args.video_model} random", None)
+    clips = np.random.default_rng(0).random((args.clips, cfg.frames, cfg.crop, cfg.crop, 3), dtype=np.float32)
+    theirs = TorchVideo(net, cfg)
+    print(f"{args.video_model}, {args.clips} clips of {cfg.frames} x {cfg.crop} x {cfg.crop}; jax {jax.__version__} "
+          f"on {jax.devices()[0].platform} x{len(jax.devices())}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), {os.cpu_count()} CPUs", flush=True)
+    t = time.perf_counter()
+    ref_features, ref_logits = theirs(clips)  # warm-up, and the reference outputs
+    print(f"PyTorch warm-up forward {time.perf_counter() - t:.1f} s", flush=True)
+    ours = {}
+    for precision in args.precisions:
+        ex = VCL.VideoExtractor(model, batch_size=args.clips, cfg=cfg, precision=precision)
+        t = time.perf_counter()
+        features, logits = ours_video(ex, clips)  # compiles
+        gflop = step_cost.step_flops(ex._forward, (ex.variables, clips)) / 1e9
+        diff = max(float(np.abs(features - ref_features).max()), float(np.abs(logits - ref_logits).max()))
+        print(f"ours {precision}: compile + first forward {time.perf_counter() - t:.1f} s, {gflop:.0f} GFLOP per "
+              f"batch, largest difference to PyTorch {diff:.2e}", flush=True)
+        ours[precision] = (functools.partial(ours_video, ex), gflop)
+    rows: dict[str, list[float]] = {name: [] for name in [*ours, "torch"]}
+    for r in range(args.rounds):
+        line = []
+        for precision, (fn, _) in ours.items():
+            rows[precision].append(video_clips_per_s(fn, clips, args.steps))
+            line.append(f"ours {precision} {rows[precision][-1]:.3f}")
+        rows["torch"].append(video_clips_per_s(theirs, clips, args.steps))
+        line.append(f"PyTorch {rows['torch'][-1]:.3f}")
+        print(f"round {r + 1}: " + ", ".join(line) + " clips/s", flush=True)
+    ref = statistics.median(rows["torch"])
+    gflop_clip = next(iter(ours.values()))[1] / args.clips
+    print(f"\n{args.video_model}, batch {args.clips} clips of {cfg.frames} x {cfg.crop} x {cfg.crop}, "
+          f"{gflop_clip:.1f} GFLOP per clip; medians of {args.rounds} rounds of {args.steps} forwards\n")
+    print("| forward | clips/s | GFLOP/s | vs PyTorch (median of rounds) |")
+    print("|---|---|---|---|")
+    print(f"| PyTorch eager (reference, inference_mode) | {ref:.3f} | {ref * gflop_clip:.0f} | 1.00x |")
+    for precision in ours:
+        med = statistics.median(rows[precision])
+        ratio = statistics.median(a / b for a, b in zip(rows[precision], rows["torch"], strict=True))
+        print(f"| ours, l2l-extract's jitted forward, {precision} | {med:.3f} | {med * gflop_clip:.0f} | "
+              f"{ratio:.2f}x |")
+    if not args.no_peak:
+        import machine_peak
+
+        print("\nthis machine's ceilings (benchmarks/machine_peak.py):", flush=True)
+        machine_peak.main(["--repeats", "5"])
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(ROOT / "runs" / "extract_bench" / "videos"))
@@ -178,7 +301,17 @@ def main(argv=None) -> int:
     p.add_argument("--height", type=int, default=240)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--video_model", choices=VCL.VIDEO_MODELS, default=None,
+                   help="time this video model's forward (l2l-extract --video_model) against PyTorch instead")
+    p.add_argument("--clips", type=int, default=8, help="--video_model: clips per forward")
+    p.add_argument("--steps", type=int, default=2, help="--video_model: forwards per round")
+    p.add_argument("--rounds", type=int, default=3, help="--video_model: rounds, ours and PyTorch alternating")
+    p.add_argument("--precisions", nargs="+", choices=numerics.PRECISIONS, default=["exact", "fast"],
+                   help="--video_model: our precisions")
+    p.add_argument("--no_peak", action="store_true", help="--video_model: skip machine_peak.py's figures")
     args = p.parse_args(argv)
+    if args.video_model:
+        return run_video(args)
     import jax
 
     folder = Path(args.data)

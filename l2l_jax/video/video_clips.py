@@ -253,6 +253,17 @@ def load_video_model(arch: str, weights: str | None, seed: int) -> VideoModel:
                       tensor_checksum(sd))
 
 
+def video_forward(arch: str, num_classes: int, precision: str, cfg: ClipConfig = DEFAULT) -> Callable:
+    """The (not yet jitted) forward of ``l2l-extract --video_model``: (variables, clips in [0, 1]) -> (features,
+    logits), normalising inside (what `VideoExtractor` jits and ``benchmarks/aot.py`` compiles)."""
+    net = V.video_resnet(arch, num_classes, numerics.get(precision))
+
+    def forward(variables, clips):
+        return net.apply(variables, normalise(clips, cfg), with_features=True)
+
+    return forward
+
+
 class VideoExtractor:
     """A video network, jitted and data-parallel over `jax.devices()`: `__call__(clips)` takes a host batch of
     exactly `batch_size` clips (B, frames, crop, crop, 3) in [0, 1] and returns device arrays (features
@@ -266,13 +277,9 @@ class VideoExtractor:
         self.cfg = cfg
         mesh = Mesh(np.array(devices), ("data",))
         self.data = NamedSharding(mesh, P("data"))
-        net = V.video_resnet(model.arch, model.num_classes, numerics.get(precision))
         self.variables = jax.device_put(model.variables, NamedSharding(mesh, P()))
         self.num_classes = model.num_classes
-
-        def forward(variables, clips):
-            return net.apply(variables, normalise(clips, cfg), with_features=True)
-
+        forward = video_forward(model.arch, model.num_classes, precision, cfg)
         self._forward = jax.jit(forward, out_shardings=(self.data, self.data))
 
     def __call__(self, clips: np.ndarray) -> tuple[jax.Array, jax.Array]:
@@ -281,4 +288,4 @@ class VideoExtractor:
 
 __all__ = ["DEFAULT", "KINETICS_MEAN", "KINETICS_STD", "LOGITS_DIR", "VIDEO_DIR", "VIDEO_MODELS", "ClipConfig",
            "ResizeCrop", "VideoExtractor", "VideoModel", "bilinear_taps", "decode_with_clips",
-           "fresh_video_variables", "load_video_model", "normalise", "preprocess_clip"]
+           "fresh_video_variables", "load_video_model", "normalise", "preprocess_clip", "video_forward"]
