@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 
-from l2l_jax import checks, layouts, variants
+from l2l_jax import checks, layouts, storage, variants
 from l2l_jax import numerics as numerics_policy
 from l2l_jax.data.pipeline import BatchLoader
 from l2l_jax.data.source import FeatureSource
@@ -289,7 +288,11 @@ def check(cfg: Flags, program: str) -> None:
     datasets = ("train_dataset_file", "test_dataset_file") if program == TRAIN else ("test_dataset_file",)
     for name in datasets:
         path = cfg.get(name)
-        if path and not Path(path).exists():
+        if path and storage.is_url(path):  # a bucket's object: the bucket must answer, the object exist
+            problem = storage.url_problem(path)
+            if problem is not None:
+                raise ConfigError(f"--{name} {path}: {problem}")
+        if path and not storage.path(path).exists():
             raise ConfigError(f"--{name} {path}: no such file or directory")
     if program != TRAIN:
         return

@@ -179,6 +179,9 @@ def forget_listings(p: str | os.PathLike | AnyPath) -> None:
     q = path(p)
     if is_url(q):
         _fs(q)[0].invalidate_cache()
+        epath_fs = getattr(getattr(epath.backend, "fsspec_backend", None), "fs", None)  # etils keeps its own client
+        if epath_fs is not None:
+            epath_fs(str(q)).invalidate_cache()
 
 
 def _objects_under(fs: Any, key: str) -> list[str]:

@@ -18,16 +18,22 @@ Restores run inside `_drained_loops`: orbax gathers the array reads of a restore
 closes it when the first read fails; the other reads, left pending, printed "Exception ignored" tracebacks
 when collected (their coroutines) or when TensorStore completed them (on the closed loop). The kit's loops
 let the pending reads finish before closing.
+
+A run directory may be a URL (``gs://bucket/run``): orbax and TensorStore write there directly. A bucket has no
+rename: orbax then marks a complete checkpoint with a ``commit_success.txt`` written last, and a step folder
+without it (a save cut off) is not a checkpoint (`has_run_checkpoints`, orbax's own step list). Moving a
+damaged one aside copies its objects and removes the originals (`l2l_jax.storage.move_tree`). A save that the
+storage refuses or does not answer is a `CheckpointError` naming the checkpoint (`save`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -35,11 +41,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from l2l_jax import parallel
+from l2l_jax import parallel, storage
 from l2l_jax.errors import ConfigError, L2LError, WeightsError
 from l2l_jax.integrity import leaf_names, nonfinite_tensors, tensor_checksum
 
 CHECKPOINT_DIR = "checkpoints"
+#: orbax's mark of a complete checkpoint where nothing can be renamed (a bucket), written last
+COMMIT_FILE = "commit_success.txt"
 #: keys every checkpoint's progress JSON must hold to be resumed from
 PROGRESS_KEYS = ("data", "next_epoch", "epoch")
 #: the state's parts whose shapes must match the run's model and whose values must be finite
@@ -50,6 +58,10 @@ _DRAIN_SECONDS = 60.0
 
 class CheckpointError(L2LError):
     """No checkpoint of a run directory restores (each is named with its reason)."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written to a bucket (refused or no answer); the previous ones stay."""
 
 
 class BadCheckpoint(Exception):
@@ -172,7 +184,8 @@ class RunCheckpoints:
                  model_flags: str = "--num_classes, --variant, --embedding_size"):
         if keep < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {keep}")
-        self.directory = Path(run_dir).absolute() / CHECKPOINT_DIR
+        self.directory = storage.absolute(run_dir) / CHECKPOINT_DIR
+        storage.forget_listings(self.directory)
         self.flag, self.model_flags = flag, model_flags
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
         handlers = {"state": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()}
@@ -191,9 +204,29 @@ class RunCheckpoints:
         checksum in its progress JSON."""
         progress = {**progress, "checksum": state_checksum(parallel.to_host(state))}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress))
-        with _drained_loops():
-            self.manager.save(int(step), args=args, force=True)
-            self.manager.wait_until_finished()
+        if not storage.is_url(self.directory):
+            with _drained_loops():
+                self.manager.save(int(step), args=args, force=True)
+                self.manager.wait_until_finished()
+            return
+        try:  # a bucket that refuses the write (403) or does not answer: one line, the last good one named
+            with _drained_loops():
+                self.manager.save(int(step), args=args, force=True)
+                self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 (TensorStore, gcsfs and aiohttp raise many kinds)
+            last = [s for s in self.all_steps_quietly() if s != int(step)]
+            where = f"the last complete one is {self.directory / str(last[-1])}" if last else "no complete one yet"
+            raise CheckpointWriteError(f"{self.flag} {self.directory.parent}: checkpoint {self.directory / str(step)} "
+                                  f"could not be written ({_reason(e)}); {where}") from None
+
+    def all_steps_quietly(self) -> list[int]:
+        """`all_steps` read afresh from the storage; [] if it does not answer."""
+        try:
+            storage.forget_listings(self.directory)
+            self.manager.reload()
+            return self.all_steps()
+        except Exception:  # noqa: BLE001
+            return []
 
     def _restore(self, step: int, target: Any) -> dict[str, Any]:
         """orbax's restore of both items into `target` (abstract arrays or numpy), `BadCheckpoint` if it fails."""
@@ -274,11 +307,12 @@ class RunCheckpoints:
             for s in steps:
                 src, dst = self.directory / str(s), self.directory / f"corrupt-{s}-{stamp}"
                 try:
-                    os.rename(src, dst)
+                    storage.move_tree(src, dst)  # a bucket: copy then remove
                 except OSError as e:
                     raise CheckpointError(f"{src}: does not restore and cannot be moved aside ({e}); move it out "
                                           "of the checkpoints directory") from None
         _sync("l2l_jax: checkpoints moved aside")
+        storage.forget_listings(self.directory)
         self.manager.reload()
 
     def _saved_tree(self, step: int) -> Any:
@@ -338,16 +372,42 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def complete_steps(run_dir: str | os.PathLike) -> list[int]:
+    """The steps of `run_dir`'s complete checkpoints, oldest first, from its listing alone (no orbax manager,
+    so no barrier: one process may ask). Locally a step's folder is complete once renamed into place; on a
+    bucket it holds orbax's commit file."""
+    d = storage.path(run_dir) / CHECKPOINT_DIR
+    storage.forget_listings(d)
+    if not d.is_dir():
+        return []
+    url = storage.is_url(d)
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and (not url or (p / COMMIT_FILE).exists()))
+
+
 def has_run_checkpoints(run_dir: str | os.PathLike) -> bool:
-    """Whether `run_dir` holds at least one complete checkpoint."""
-    d = Path(run_dir) / CHECKPOINT_DIR
-    return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
+    """Whether `run_dir` holds at least one complete checkpoint (on a bucket: with orbax's commit file)."""
+    return bool(complete_steps(run_dir))
 
 
-def find_run_checkpoint(path: str | os.PathLike) -> tuple[Path, int | None] | None:
+def epochs_done(run_dir: str | os.PathLike) -> int | None:
+    """``next_epoch`` of the newest complete checkpoint of `run_dir` whose progress JSON reads, else None. Read
+    as a plain file (orbax's JSON item ``progress/metadata``), so that process 0 alone may ask while the others
+    wait: an orbax manager would wait for them at its barriers."""
+    d = storage.path(run_dir) / CHECKPOINT_DIR
+    for step in reversed(complete_steps(run_dir)):
+        try:
+            progress = json.loads((d / str(step) / "progress" / "metadata").read_text())
+            _check_progress(progress)
+        except Exception:  # noqa: BLE001 (missing, unreadable or damaged: the next older one)
+            continue
+        return int(progress["next_epoch"])
+    return None
+
+
+def find_run_checkpoint(path: str | os.PathLike) -> tuple[storage.AnyPath, int | None] | None:
     """``(run directory, step)`` when `path` is a run directory, its ``checkpoints/`` (step None: the newest)
     or one step's directory ``checkpoints/<step>`` (that step); None otherwise."""
-    p = Path(path).absolute()
+    p = storage.absolute(path)
     if has_run_checkpoints(p):
         return p, None
     if p.name == CHECKPOINT_DIR and has_run_checkpoints(p.parent):
@@ -368,5 +428,6 @@ def read_run_params(run_dir: str | os.PathLike, step: int | None = None) -> tupl
         ckpts.close()
 
 
-__all__ = ["CHECKPOINT_DIR", "MODEL_PARTS", "PROGRESS_KEYS", "BadCheckpoint", "CheckpointError", "RunCheckpoints",
-           "find_run_checkpoint", "has_run_checkpoints", "read_run_params", "state_checksum", "verify_state"]
+__all__ = ["CHECKPOINT_DIR", "COMMIT_FILE", "MODEL_PARTS", "PROGRESS_KEYS", "BadCheckpoint", "CheckpointError",
+           "CheckpointWriteError", "RunCheckpoints", "complete_steps", "epochs_done", "find_run_checkpoint",
+           "has_run_checkpoints", "read_run_params", "state_checksum", "verify_state"]

@@ -7,6 +7,10 @@ errors. A second run into the same directory is refused with the holder's host a
 dead process of this host (its pid answers ``os.kill(pid, 0)`` with ProcessLookupError) is taken over with
 a warning; a lock of another host cannot be checked from here and is always refused. In multi-process runs
 only process 0 takes the lock (`lock_run`).
+
+On a bucket (``gs://bucket/run``) the lock is an object created only if absent (``ifGenerationMatch=0``,
+`l2l_jax.storage.create_exclusive`). Whether its holder still runs cannot be checked from here (it may be
+another host): a lock on a URL is always refused with its holder named, to be removed by hand if stale.
 """
 
 from __future__ import annotations
@@ -17,14 +21,13 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from l2l_jax import parallel
+from l2l_jax import parallel, storage
 from l2l_jax.errors import ConfigError
 
 LOCK_NAME = ".lock"
@@ -41,12 +44,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _one_line(e: BaseException) -> str:
+    """An exception in one short line (a bucket client's messages can hold a whole response)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
 class RunLock:
     """``with RunLock(run_dir) as lock:`` (or `acquire` / `release`); `warnings` lists what was taken over.
     `flag` is the program's flag naming the directory, used in the messages (l2l-finetune: ``--out``)."""
 
     def __init__(self, run_dir: str | os.PathLike, flag: str = "--checkpoint_path"):
-        self.run_dir = Path(run_dir).absolute()
+        self.run_dir = storage.absolute(run_dir)
+        self.url = storage.is_url(self.run_dir)
         self.flag = flag
         self.path = self.run_dir / LOCK_NAME
         self.warnings: list[str] = []
@@ -58,7 +68,7 @@ class RunLock:
             text = self.path.read_text()
         except FileNotFoundError:
             return None
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 (OSError locally; a bucket's client raises its own kinds too)
             raise ConfigError(f"{self.flag} {self.run_dir}: cannot read its lock {self.path} ({e})") from None
         try:
             holder = json.loads(text)
@@ -70,6 +80,8 @@ class RunLock:
         return holder
 
     def _create(self, record: dict[str, Any]) -> bool:
+        if self.url:
+            return storage.create_exclusive(self.path, json.dumps(record).encode())
         tmp = self.run_dir / f"{LOCK_NAME}.{record['host']}.{record['pid']}.{time.monotonic_ns()}.tmp"
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         try:
@@ -89,7 +101,8 @@ class RunLock:
     def acquire(self) -> RunLock:
         """Take the lock or raise `ConfigError` naming the holder."""
         try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not self.url:  # a bucket has no folders to create
+                self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"{self.flag} {self.run_dir}: cannot create the run directory ({e})") from None
         record = {"host": socket.gethostname(), "pid": os.getpid(),
@@ -99,14 +112,16 @@ class RunLock:
                 if self._create(record):
                     self._mine = record
                     return self
-            except OSError as e:
-                raise ConfigError(f"{self.flag} {self.run_dir}: cannot create its lock {self.path} ({e})") \
-                    from None
+            except Exception as e:  # noqa: BLE001 (OSError locally; a bucket's 403 or outage in its client's kinds)
+                if not (self.url or isinstance(e, OSError)):
+                    raise
+                raise ConfigError(f"{self.flag} {self.run_dir}: cannot create its lock {self.path} "
+                                  f"({_one_line(e)})") from None
             holder = self._read()
             if holder is None:  # released meanwhile: try again
                 continue
             where = f"host {holder.get('host')} pid {holder['pid']} (since {holder.get('started', '?')})"
-            if holder.get("host") != record["host"] or _alive(holder["pid"]):
+            if self.url or holder.get("host") != record["host"] or _alive(holder["pid"]):
                 raise ConfigError(f"{self.flag} {self.run_dir}: another run writes there ({where}; lock "
                                   f"{self.path}). Wait for it to end or choose another {self.flag}; if it is "
                                   "not running, remove the lock")
@@ -127,7 +142,7 @@ class RunLock:
         """Remove the lock if it is still ours."""
         if self._mine is None:
             return
-        with contextlib.suppress(OSError, ConfigError):
+        with contextlib.suppress(Exception):  # an outage here must not hide the run's own error
             if self._read() == self._mine:
                 self.path.unlink()
         self._mine = None

@@ -13,16 +13,18 @@ count, a path).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
+from l2l_jax import storage
 from l2l_jax.errors import ConfigError
 from l2l_jax.outputs import atomic_write_text
-from l2l_jax.runkit.checkpoints import CHECKPOINT_DIR, RunCheckpoints, has_run_checkpoints
+from l2l_jax.runkit.checkpoints import CHECKPOINT_DIR, has_run_checkpoints
+from l2l_jax.runkit.checkpoints import epochs_done as checkpoint_epochs
 
 SETTINGS_FILE = "settings.json"
 SETTINGS_FORMAT = "l2l-run-settings"
@@ -81,7 +83,7 @@ def read_settings(run_dir: str | os.PathLike, *, program: str, flag: str = "--ou
                   file: str = SETTINGS_FILE) -> dict[str, Any] | None:
     """The recorded settings of `run_dir` (None: no record); `ConfigError` if the file is not a record of
     `program` (e.g. ``l2l-finetune``)."""
-    path = Path(run_dir).absolute() / file
+    path = storage.absolute(run_dir) / file
     if not path.exists():
         return None
     try:
@@ -96,10 +98,10 @@ def read_settings(run_dir: str | os.PathLike, *, program: str, flag: str = "--ou
 
 
 def write_settings(run_dir: str | os.PathLike, settings: Mapping[str, Any], *, program: str,
-                   file: str = SETTINGS_FILE, info: Mapping[str, Any] | None = None) -> Path:
+                   file: str = SETTINGS_FILE, info: Mapping[str, Any] | None = None) -> storage.AnyPath:
     """Record `settings` (JSON-able) of `program` in ``run_dir/file``, atomically, with `info` (facts shown,
     not compared) beside them; returns the path."""
-    path = Path(run_dir).absolute() / file
+    path = storage.absolute(run_dir) / file
     record = {**_json(info or {}), "format": SETTINGS_FORMAT, "version": 1, "program": program,
               "settings": _json(settings)}
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
@@ -113,13 +115,18 @@ def check_rerun(run_dir: str | os.PathLike, settings: Mapping[str, Any], *, prog
     are none), and hold at most `epochs` epochs; else `ConfigError` naming the directory and each
     difference. With `overwrite`, the old checkpoints (``checkpoints/``, the quarantined ones too) and record
     are removed. Then `settings` (and `info`) are recorded (`write_settings`)."""
-    run_dir = Path(run_dir).absolute()
+    run_dir = storage.absolute(run_dir)
     what = f"start over with --overwrite, or choose a new {flag} to keep them"
     if overwrite:
-        shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+        if storage.is_url(run_dir):
+            with contextlib.suppress(OSError):
+                storage.remove_tree(run_dir / CHECKPOINT_DIR)
+        else:
+            shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
         if (run_dir / CHECKPOINT_DIR).exists():
             raise ConfigError(f"{flag} {run_dir}: --overwrite cannot remove {run_dir / CHECKPOINT_DIR}; remove it")
-        (run_dir / file).unlink(missing_ok=True)
+        if (run_dir / file).exists():
+            (run_dir / file).unlink()
     elif has_run_checkpoints(run_dir):
         recorded = read_settings(run_dir, program=program, flag=flag, file=file)
         if recorded is None:
@@ -133,17 +140,15 @@ def check_rerun(run_dir: str | os.PathLike, settings: Mapping[str, Any], *, prog
         if done is not None and done > epochs:
             raise ConfigError(f"{flag} {run_dir}: its checkpoints reach epoch {done}, beyond --epochs {epochs}; give "
                               f"--epochs {done} or more, or {what}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if not storage.is_url(run_dir):  # a bucket has no folders to create
+        run_dir.mkdir(parents=True, exist_ok=True)
     write_settings(run_dir, settings, program=program, file=file, info=info)
 
 
 def epochs_done(run_dir: str | os.PathLike) -> int | None:
-    """The epochs the newest readable checkpoint of `run_dir` holds (its ``next_epoch``); None if none reads."""
-    ckpts = RunCheckpoints(run_dir)
-    try:
-        return ckpts.epochs_done()
-    finally:
-        ckpts.close()
+    """The epochs the newest readable checkpoint of `run_dir` holds (its ``next_epoch``); None if none reads.
+    Read from the progress files (`l2l_jax.runkit.checkpoints.epochs_done`): process 0 asks alone."""
+    return checkpoint_epochs(run_dir)
 
 
 __all__ = ["SETTINGS_FILE", "SETTINGS_FORMAT", "check_rerun", "epochs_done", "read_settings", "settings_differences",

@@ -12,6 +12,11 @@
 
 `RunLog` owns all of them; the other processes get a `RunLog` that writes nothing. The numbers it logs come
 from the epoch sums that the train step accumulates on the device (`SUMS`), fetched at print points only.
+
+A run directory on a bucket (``gs://bucket/run``) takes no appends: run.log and epoch.log keep their text in
+memory (`_ObjectHandler`) and write their whole object again at print points, at the end of each epoch, after
+a warning and at the end (`RunLog.flush`); metrics.jsonl is written again with every record; TensorBoard
+writes into a local temporary folder whose files are copied to ``tensorboard/`` at the end of each epoch.
 """
 
 from __future__ import annotations
@@ -20,16 +25,18 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from l2l_jax import storage
 from l2l_jax.outputs import atomic_write_text
-from l2l_jax.runkit.metrics import MetricsFile
+from l2l_jax.runkit.metrics import MetricsFile, rewrite_object
 
 #: upstream's format of DEBUG lines (docs/UPSTREAM.md §6 "Logs"); INFO lines are bare.
 DEBUG_FORMAT = "%(asctime)s %(module)s: %(lineno)d: %(levelname)s:: %(msg)s"
@@ -61,15 +68,61 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stdout)
 
 
-def _logger(name: str, path: Path | None, fmt: logging.Formatter, echo: bool) -> logging.Logger:
-    """A private logger writing to `path` (if any) and, with `echo`, to stdout."""
+class _ObjectHandler(logging.Handler):
+    """A log file on a bucket: the lines are kept (after the object's text, as appending would) and the whole
+    object is written again by `flush` when lines were added since the last write."""
+
+    def __init__(self, path: storage.AnyPath):
+        super().__init__()
+        self.path = path
+        self.text = path.read_text() if path.exists() else ""
+        self._dirty = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:  # noqa: BLE001 (logging's own contract: a bad record is reported, not raised)
+            self.handleError(record)
+            return
+        self.acquire()
+        try:
+            self.text += line
+            self._dirty = True
+        finally:
+            self.release()
+
+    def reset(self, text: str) -> None:
+        """The object was replaced with `text`: go on after it."""
+        self.text, self._dirty = text, False
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            if self._dirty:
+                rewrite_object(self.path, self.text)
+                self._dirty = False
+        finally:
+            self.release()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            super().close()
+
+
+_FILE_HANDLERS = (logging.FileHandler, _ObjectHandler)
+
+
+def _logger(name: str, path: storage.AnyPath | None, fmt: logging.Formatter, echo: bool) -> logging.Logger:
+    """A private logger writing to `path` (if any; a URL: `_ObjectHandler`) and, with `echo`, to stdout."""
     log = logging.getLogger(f"l2l_jax.training.{name}.{id(fmt)}")
     log.setLevel(logging.DEBUG)
     log.propagate = False
     for h in list(log.handlers):
         log.removeHandler(h)
     if path is not None:
-        fh = logging.FileHandler(path)
+        fh = _ObjectHandler(path) if storage.is_url(path) else logging.FileHandler(path)
         fh.setFormatter(fmt)
         log.addHandler(fh)
     if echo:
@@ -80,9 +133,17 @@ def _logger(name: str, path: Path | None, fmt: logging.Formatter, echo: bool) ->
 
 
 def _close(log: logging.Logger) -> None:
+    """Close every handler (each one, even if one fails: a bucket that does not answer), then raise the first
+    failure."""
+    error = None
     for h in list(log.handlers):
-        h.close()
+        try:
+            h.close()
+        except Exception as e:  # noqa: BLE001
+            error = error or e
         log.removeHandler(h)
+    if error is not None:
+        raise error
 
 
 # ------------------------------------------------------------------------------------------------ meters
@@ -186,9 +247,10 @@ class RunLog:
     other than 0 nothing is written and nothing is echoed."""
 
     def __init__(self, run_dir: str | os.PathLike, *, main_process: bool):
-        self.run_dir = Path(run_dir).absolute()
+        self.run_dir = storage.absolute(run_dir)
+        self.url = storage.is_url(self.run_dir)
         self.main = main_process
-        if self.main:
+        if self.main and not self.url:  # a bucket has no folders to create
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self._metrics = MetricsFile(self.run_dir)  # opened by `open_outputs` (process 0)
         self.metrics_path = self._metrics.path
@@ -196,6 +258,7 @@ class RunLog:
         self.epochs = _logger("epoch", self.run_dir / "epoch.log" if self.main else None,
                               logging.Formatter("%(message)s"), self.main)
         self._tb = None  # the TensorBoard writer (process 0, with --visualization)
+        self._tb_local: str | None = None  # a bucket's run: the writer's local folder, copied per epoch
         self._epoch: _Epoch | None = None
 
     # ---- start of the run
@@ -203,7 +266,20 @@ class RunLog:
         """upstream's Namespace line in run.log; the resolved flags as config.json."""
         self.log.debug(f"Namespace: {json.dumps(cfg.to_dict(), sort_keys=True)}")
         if self.main:
-            atomic_write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
+            text = json.dumps(cfg.to_dict(), indent=1, sort_keys=True)
+            if self.url:
+                rewrite_object(self.run_dir / "config.json", text)
+            else:
+                atomic_write_text(self.run_dir / "config.json", text)
+        self.flush()
+
+    def flush(self) -> None:
+        """run.log and epoch.log on a bucket: write their objects with the lines added since (locally every line
+        is written as it comes: nothing to do)."""
+        for log in (self.log, self.epochs):
+            for h in log.handlers:
+                if isinstance(h, _ObjectHandler):
+                    h.flush()
 
     def resumed(self, next_epoch: int, last_epoch: int | None = None, validated: bool = False) -> bool:
         """A resumed run trains `next_epoch` and later again: drop their records from metrics.jsonl and their
@@ -227,14 +303,19 @@ class RunLog:
             head, blocks = _epoch_log_blocks(epoch_log.read_text())
             text = "".join(head) + "".join("".join(lines) for e, lines in blocks if e < keep_epoch)
             if text != epoch_log.read_text():
-                atomic_write_text(epoch_log, text)
-                self._reopen_epoch_log()
+                if self.url:
+                    rewrite_object(epoch_log, text)
+                else:
+                    atomic_write_text(epoch_log, text)
+                self._reopen_epoch_log(text)
         return redo
 
-    def _reopen_epoch_log(self) -> None:
-        """epoch.log was replaced: its handler must write into the new file."""
+    def _reopen_epoch_log(self, text: str) -> None:
+        """epoch.log was replaced (with `text`): its handler must write into the new file."""
         for h in self.epochs.handlers:
-            if isinstance(h, logging.FileHandler):
+            if isinstance(h, _ObjectHandler):
+                h.reset(text)
+            elif isinstance(h, logging.FileHandler):
                 h.acquire()
                 try:
                     if h.stream is not None:
@@ -249,9 +330,10 @@ class RunLog:
             return
         record = self.log.makeRecord(self.log.name, logging.WARNING, __file__, 0, message, None, None)
         for h in self.log.handlers:
-            if isinstance(h, logging.FileHandler):
+            if isinstance(h, _FILE_HANDLERS):
                 h.handle(record)
         tqdm.write(f"l2l-train: warning: {message}", file=sys.stderr)
+        self.flush()
 
     def open_outputs(self, *, visualization: bool) -> None:
         """Open metrics.jsonl (appending), the TensorBoard writer, and start epoch.log with its header."""
@@ -260,10 +342,17 @@ class RunLog:
         if visualization:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            if self.url:  # event files are appended to: written locally, copied to the bucket per epoch
+                self._tb_local = tempfile.mkdtemp(prefix="l2l-tensorboard-")
+            self._tb = SummaryWriter(self._tb_local or str(self.run_dir / "tensorboard"))
         self._metrics.open()
-        if not (self.run_dir / "epoch.log").stat().st_size:
+        if self.url:
+            empty = not next((h.text for h in self.epochs.handlers if isinstance(h, _ObjectHandler)), "")
+        else:
+            empty = not (self.run_dir / "epoch.log").stat().st_size
+        if empty:
             self.epochs.info("epoch,loss,acc,lr")
+            self.flush()
 
     # ---- during an epoch
     def epoch_start(self, epoch: int, n_it: int) -> None:
@@ -304,6 +393,7 @@ class RunLog:
                 self._tb.add_scalar(f"train/{key}", float(host_m[key]), step)
             self._tb.add_scalar("train/lr", lr, step)
             self._tb.add_scalar("train/videos_per_s", rate, step)
+        self.flush()
 
     def batches_done(self) -> None:
         """The epoch's batches are all stepped: close the progress bar."""
@@ -331,6 +421,18 @@ class RunLog:
                 if "/" in key:
                     self._tb.add_scalar(key, value, epoch)
             self._tb.flush()
+            self._copy_tensorboard()
+        self.flush()
+
+    def _copy_tensorboard(self) -> None:
+        """A bucket's run: the local event files, each written whole to ``tensorboard/`` (they only grow)."""
+        if self._tb_local is None:
+            return
+        for f in sorted(os.listdir(self._tb_local)):
+            local = os.path.join(self._tb_local, f)
+            if os.path.isfile(local):
+                with open(local, "rb") as fh:
+                    rewrite_object(self.run_dir / "tensorboard" / f, fh.read())
 
     # ---- end of the run
     def write_curves(self) -> None:
@@ -344,17 +446,29 @@ class RunLog:
         png = plots.training_curves(self.run_dir / "curves.png", epochs)
         if png is not None:
             self.log.debug(f"Training curves: {png}")
+        self.flush()
 
-    def close(self) -> None:
-        """Close every file (also after an error)."""
+    def close(self, *, write: bool = True) -> None:
+        """Close every file (also after an error). ``write=False``: the storage failed, the lines not yet on a
+        bucket are dropped (not tried again)."""
+        if not write:
+            for log in (self.log, self.epochs):
+                for h in log.handlers:
+                    if isinstance(h, _ObjectHandler):
+                        h.reset(h.text)
         if self._epoch is not None:
             self._epoch.bar.close()
         self._metrics.close()
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-        _close(self.log)
-        _close(self.epochs)
+        try:
+            _close(self.log)
+        finally:
+            _close(self.epochs)
+            if self._tb_local is not None:
+                shutil.rmtree(self._tb_local, ignore_errors=True)
+                self._tb_local = None
 
 
 __all__ = ["DEBUG_FORMAT", "SUMS", "RunLog", "epoch_record", "upstream_line"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -44,8 +45,9 @@ from l2l_jax.data.source import open_split
 from l2l_jax.errors import ConfigError, NonFiniteLossError
 from l2l_jax.model import build_model
 from l2l_jax.recipe import Recipe
-from l2l_jax.runkit.checkpoints import RunCheckpoints
+from l2l_jax.runkit.checkpoints import CheckpointWriteError, RunCheckpoints
 from l2l_jax.runkit.lock import lock_run
+from l2l_jax.runkit.metrics import StorageWriteError
 from l2l_jax.steps import TrainState, create_train_state, make_train_step
 from l2l_jax.training.log import SUMS, RunLog
 from l2l_jax.training.rerun import refuse_rerun
@@ -81,9 +83,15 @@ def train(settings: Settings, record: Mapping[str, Any]) -> dict[str, Any]:
                 last_val = end_epoch(run, state, epoch, host_sums, seconds, ckpts, run_log)
             return finish(run, state, last_val, run_log)
         finally:
-            if ckpts is not None:
-                ckpts.close()
-            run_log.close()
+            error = sys.exc_info()[1]
+            try:
+                if ckpts is not None:
+                    ckpts.close()
+                # on a bucket: the last writes of run.log and epoch.log, unless the storage has just failed
+                run_log.close(write=not isinstance(error, (StorageWriteError, CheckpointWriteError)))
+            except Exception:
+                if error is None:  # else the run's own error is the one to report
+                    raise
     finally:
         if lock is not None:
             lock.release()

@@ -6,7 +6,7 @@ the run directory kit (`l2l_jax.runkit.settings`).
 and weights, ``--freeze_imageAudioNet``, ``--gt_feature_eval``), ``--seed``, ``--batch_size``, the model
 (``--num_classes``, ``--variant``, ``--embedding_size``, ``--episode_length``, ``--with_replacement``,
 ``--mean_feature_as_start``, ``--feature_interpolate``, ``--subsample_factor``, ``--feature_subsample``),
-``--precision``, ``--start_epoch`` and the training split (``--train_dataset_file``, its absolute path). What
+``--precision``, ``--start_epoch`` and the training split (``--train_dataset_file``, its absolute path or URL). What
 only says how the run goes (``--epochs``, ``--checkpoint_freq``, ``--print_freq``, ``--layout``,
 ``--buckets``, threads, ``--visualization``, ...) is not recorded: changing it resumes as before.
 
@@ -17,9 +17,9 @@ fewer than its checkpoints hold, unless ``--overwrite``, which removes the old c
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from l2l_jax import storage
 from l2l_jax.config import Settings
 from l2l_jax.runkit.lock import on_main_process
 from l2l_jax.runkit.settings import check_rerun
@@ -42,7 +42,7 @@ def recorded_settings(settings: Settings) -> dict[str, Any]:
         "feature_interpolate": model.feature_interpolate, "subsample_factor": model.subsample_factor,
         "feature_subsample": settings.loader.subsample > 1, "precision": settings.numerics.name,
         "start_epoch": settings.run.start_epoch,
-        "train_dataset_file": str(Path(settings.data.train_file).absolute()),
+        "train_dataset_file": storage.display(settings.data.train_file),
     }
 
 
