@@ -13,6 +13,11 @@ from pathlib import Path
 
 import pytest
 
+# gcsfs picks its file-system class when first imported: its zonal/hierarchical-bucket variant first asks the
+# bucket's type over gRPC, which the test emulator (tests/gcs_emulator.py) does not answer; the plain one is
+# what the emulator can serve, whichever test imports gcsfs first.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
 
 @pytest.fixture
 def unwritable_dir(tmp_path: Path) -> Iterator[Callable[..., Path]]:

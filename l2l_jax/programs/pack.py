@@ -81,6 +81,7 @@ def _main(argv: Sequence[str] | None) -> None:
         out = pack_pickle(p, args.out, variant=args.variant, feature_root=args.feature_root,
                           num_classes=args.num_classes, width=args.width or None, float16=args.float16,
                           skip_bad_videos=args.skip_bad_videos, progress=not args.quiet)
+        storage.forget_listings(out)  # a bucket client's cached listing predates the upload
         meta = json.loads((out / "meta.json").read_text())
         print(f"{p} -> {out} ({meta['num_videos']} videos, {meta['total_clips']} clips, {meta['dtype']})")
 
