@@ -197,13 +197,7 @@ def _save_url(path: storage.AnyPath, variables: Mapping[str, Any], meta: dict[st
         if not (is_model_dir(path) or is_interrupted_write(path)):
             raise FileExistsError(f"{path} exists and is not a model directory; refusing to replace it")
         tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            _save_variables_url(tmp / VARIABLES_DIR, variables)
-            storage.write_text(tmp / META_FILE, _meta_text(meta))
-        except BaseException:
-            storage.forget_listings(tmp)
-            storage.remove_tree(tmp)
-            raise
+        _write_whole_or_nothing(tmp, variables, meta)
         # the new model is complete in `tmp`: only now is the old one taken away (meta.json first, so no
         # reader takes the folder for a model while it is removed or refilled)
         if (path / META_FILE).exists():
@@ -212,17 +206,20 @@ def _save_url(path: storage.AnyPath, variables: Mapping[str, Any], meta: dict[st
         storage.remove_tree(path)
         storage.copy_tree(tmp / VARIABLES_DIR, path / VARIABLES_DIR)
         storage.write_text(path / META_FILE, _meta_text(meta))
-        storage.forget_listings(tmp)
         storage.remove_tree(tmp)
         return path
-    try:
-        _save_variables_url(path / VARIABLES_DIR, variables)
-        storage.write_text(path / META_FILE, _meta_text(meta))
-    except BaseException:
-        storage.forget_listings(path)
-        storage.remove_tree(path)
-        raise
+    _write_whole_or_nothing(path, variables, meta)
     return path
+
+
+def _write_whole_or_nothing(where: storage.AnyPath, variables: Mapping[str, Any], meta: dict[str, Any]) -> None:
+    """A model folder on a bucket, ``meta.json`` last; on any failure whatever was written is removed."""
+    try:
+        _save_variables_url(where / VARIABLES_DIR, variables)
+        storage.write_text(where / META_FILE, _meta_text(meta))
+    except BaseException:
+        storage.remove_tree(where)  # lists afresh: also what orbax wrote through TensorStore
+        raise
 
 
 def load_meta(path: str | os.PathLike) -> dict[str, Any]:

@@ -12,7 +12,8 @@ What the emulator lacks, and what is done about it here:
 - its downloads leave out the object's generation (``x-goog-generation``), which the service sends and
   TensorStore reads when orbax rewrites its manifest conditionally (without it about one checkpoint write in
   three failed with "Malformed StorageGeneration"): added here;
-- no IAM: a denied write is simulated by `deny_writes`, which answers 403 to every upload.
+- no IAM: a denied write is simulated by `deny_writes`, which answers 403 to every upload;
+- it prints a traceback for every client that hangs up (a killed program): those are dropped here.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import socketserver
+import sys
 import threading
 import time
 import urllib.request
@@ -87,6 +90,14 @@ def _patch() -> None:
         return original_download(request, response, store, *args, **kwargs)
 
     download._sends_generation = True
+
+    handle_error = socketserver.BaseServer.handle_error
+
+    def quiet(self, request, client_address):  # a client that hung up (a killed program): not news
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            handle_error(self, request, client_address)
+
+    socketserver.BaseServer.handle_error = quiet
     _storage.Storage.create_file = guarded(create_file)
     _storage.Storage.create_resumable_upload = guarded(create_resumable)
     _objects.insert = insert

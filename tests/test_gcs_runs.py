@@ -27,21 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------------- the emulator
-@pytest.fixture
-def bucket(gcs, monkeypatch):
-    """The `gcs` emulator, without the tracebacks it prints for clients that hung up (a killed program)."""
-    import socketserver
-
-    handle_error = socketserver.BaseServer.handle_error
-
-    def quiet(self, request, client_address):  # a client that hung up (a killed program): not news
-        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
-            handle_error(self, request, client_address)
-
-    monkeypatch.setattr(socketserver.BaseServer, "handle_error", quiet)
-    return gcs
-
-
 # ---------------------------------------------------------------------------------------------- the data
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
@@ -136,10 +121,10 @@ def train_proc(env, gcs, args: list[str]) -> subprocess.Popen:
 
 # ---------------------------------------------------------------------------------------------- a run on a bucket
 @pytest.mark.slow
-def test_a_run_on_a_bucket_writes_everything_there_and_resumes_exactly(env, bucket, reference):
+def test_a_run_on_a_bucket_writes_everything_there_and_resumes_exactly(env, gcs, reference):
     from l2l_jax.programs.train import main
 
-    run = bucket.gs("runs", "exp")
+    run = gcs.gs("runs", "exp")
     assert main(flags(env, run, "--epochs", "1", "--visualization")) == 0
     top = storage.path(run)
     assert steps_on(run) == [4]
@@ -160,10 +145,10 @@ def test_a_run_on_a_bucket_writes_everything_there_and_resumes_exactly(env, buck
 
 
 @pytest.mark.slow
-def test_killed_mid_epoch_resumes_from_the_bucket_exactly(env, bucket, reference):
-    run = bucket.gs("runs", "killed")
+def test_killed_mid_epoch_resumes_from_the_bucket_exactly(env, gcs, reference):
+    run = gcs.gs("runs", "killed")
     args = flags(env, run, "--epochs", "2")
-    p = train_proc(env, bucket, args)
+    p = train_proc(env, gcs, args)
     log = storage.path(run) / "run.log"
     deadline = time.time() + 240
     while 4 not in steps_on(run):  # epoch 0 saved: now validating or in epoch 1
@@ -177,7 +162,7 @@ def test_killed_mid_epoch_resumes_from_the_bucket_exactly(env, bucket, reference
     assert not (storage.path(run) / "model_final").exists()
     assert (storage.path(run) / ".lock").exists()  # a killed run leaves its lock: on a bucket, removed by hand
     (storage.path(run) / ".lock").unlink()
-    q = train_proc(env, bucket, args)
+    q = train_proc(env, gcs, args)
     out = q.communicate(timeout=300)[0]
     assert q.returncode == 0, out[-4000:]
     assert_trees_equal(final_params(run), final_params(reference))
@@ -185,10 +170,10 @@ def test_killed_mid_epoch_resumes_from_the_bucket_exactly(env, bucket, reference
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-def test_a_damaged_newest_checkpoint_on_a_bucket_is_moved_aside_and_the_previous_one_restores(bucket):
+def test_a_damaged_newest_checkpoint_on_a_bucket_is_moved_aside_and_the_previous_one_restores(gcs):
     from test_training_resume import _same, _state
 
-    run = bucket.gs("runs", "damaged")
+    run = gcs.gs("runs", "damaged")
     states = {1: _state(1), 2: _state(2)}
     ckpts = RunCheckpoints(run)
     for i, step in enumerate((4, 8)):
@@ -212,8 +197,8 @@ def test_a_damaged_newest_checkpoint_on_a_bucket_is_moved_aside_and_the_previous
 
 
 # ---------------------------------------------------------------------------------------------- the lock
-def test_a_lock_on_a_bucket_is_refused_naming_its_holder(bucket):
-    run = bucket.gs("runs", "locked")
+def test_a_lock_on_a_bucket_is_refused_naming_its_holder(gcs):
+    run = gcs.gs("runs", "locked")
     first = RunLock(run).acquire()
     try:
         with pytest.raises(Exception) as e:
@@ -229,10 +214,10 @@ def test_a_lock_on_a_bucket_is_refused_naming_its_holder(bucket):
 
 
 @pytest.mark.slow
-def test_two_runs_at_once_into_one_bucket_directory_one_is_refused(env, bucket):
-    run = bucket.gs("runs", "twice")
+def test_two_runs_at_once_into_one_bucket_directory_one_is_refused(env, gcs):
+    run = gcs.gs("runs", "twice")
     args = flags(env, run, "--epochs", "1")
-    procs = [train_proc(env, bucket, args) for _ in range(2)]
+    procs = [train_proc(env, gcs, args) for _ in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 2], [o[-2000:] for o in outs]
@@ -243,23 +228,23 @@ def test_two_runs_at_once_into_one_bucket_directory_one_is_refused(env, bucket):
 
 
 # ---------------------------------------------------------------------------------------------- faults
-def test_a_bucket_that_does_not_exist_is_one_line(env, bucket, capsys):
+def test_a_bucket_that_does_not_exist_is_one_line(env, gcs, capsys):
     from l2l_jax.programs.train import main
 
     assert main(flags(env, "gs://no-such-bucket/run", "--epochs", "1")) == 2
     line = one_line(capsys.readouterr().err)
     assert line == ("l2l-train: --checkpoint_path gs://no-such-bucket/run: bucket no-such-bucket does not exist "
                     "(or these credentials cannot see it)"), line
-    missing = bucket.gs("data", "train.pkl")
-    assert main([*flags(env, bucket.gs("runs", "x"), "--epochs", "1"), "--train_dataset_file", missing]) == 2
+    missing = gcs.gs("data", "train.pkl")
+    assert main([*flags(env, gcs.gs("runs", "x"), "--epochs", "1"), "--train_dataset_file", missing]) == 2
     assert one_line(capsys.readouterr().err) == f"l2l-train: --train_dataset_file {missing}: no such file or directory"
 
 
-def test_writes_denied_at_the_start_is_one_line(env, bucket, capsys):
+def test_writes_denied_at_the_start_is_one_line(env, gcs, capsys):
     from l2l_jax.programs.train import main
 
-    run = bucket.gs("runs", "denied")
-    with bucket.deny_writes():
+    run = gcs.gs("runs", "denied")
+    with gcs.deny_writes():
         assert main(flags(env, run, "--epochs", "1")) == 2
     line = one_line(capsys.readouterr().err)
     assert line.startswith(f"l2l-train: --checkpoint_path {run}: cannot create its lock {run}/.lock (Forbidden"), line
@@ -301,10 +286,10 @@ class _DenyAfter:
 
 @pytest.mark.slow
 def test_writes_denied_in_the_middle_of_a_checkpoint_then_resume_from_the_last_complete_one(
-        env, bucket, reference, monkeypatch, capsys):
+        env, gcs, reference, monkeypatch, capsys):
     from l2l_jax.programs.train import main
 
-    run = bucket.gs("runs", "cut")
+    run = gcs.gs("runs", "cut")
     deny = _DenyAfter(after=4)
     deny.install(monkeypatch)
     save = RunCheckpoints.save
@@ -333,17 +318,17 @@ def test_writes_denied_in_the_middle_of_a_checkpoint_then_resume_from_the_last_c
 
 
 @pytest.mark.slow
-def test_the_storage_gone_mid_run_is_one_line(env, bucket, monkeypatch, capsys):
+def test_the_storage_gone_mid_run_is_one_line(env, gcs, monkeypatch, capsys):
     from l2l_jax.programs.train import main
     from l2l_jax.training.log import RunLog
 
-    run = bucket.gs("runs", "outage")
+    run = gcs.gs("runs", "outage")
     epoch_end = RunLog.epoch_end
 
     def stop_after_epoch_0(self, epoch, *args, **kwargs):
         epoch_end(self, epoch, *args, **kwargs)
         if epoch == 0:
-            bucket.stop()  # the storage stops answering before epoch 1's first log write
+            gcs.stop()  # the storage stops answering before epoch 1's first log write
 
     monkeypatch.setattr(RunLog, "epoch_end", stop_after_epoch_0)
     t0 = time.monotonic()
@@ -352,7 +337,7 @@ def test_the_storage_gone_mid_run_is_one_line(env, bucket, monkeypatch, capsys):
     line = one_line(capsys.readouterr().err)
     assert re.fullmatch(rf"l2l-train: {run}/(run\.log|metrics\.jsonl): could not be written \(.*\); the storage "
                         "refused the write or does not answer", line), line
-    bucket.start()  # comes back empty (in memory): a rerun starts afresh, nothing is taken for a checkpoint
+    gcs.start()  # comes back empty (in memory): a rerun starts afresh, nothing is taken for a checkpoint
     monkeypatch.setattr(RunLog, "epoch_end", epoch_end)
     assert steps_on(run) == []
     assert seconds < 150, seconds  # gcsfs retries a refused connection for about half a minute, per request
@@ -360,15 +345,15 @@ def test_the_storage_gone_mid_run_is_one_line(env, bucket, monkeypatch, capsys):
 
 # ---------------------------------------------------------------------------------------------- two processes
 @pytest.mark.slow
-def test_two_processes_share_a_run_directory_on_a_bucket_and_resume(env, bucket):
-    run = bucket.gs("runs", "proc2")
+def test_two_processes_share_a_run_directory_on_a_bucket_and_resume(env, gcs):
+    run = gcs.gs("runs", "proc2")
 
     def launch(epochs: str) -> list[str]:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         args = flags(env, run, "--epochs", epochs, "--batch_size", "32")
-        procs = [train_proc(env, bucket, args + ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes",
+        procs = [train_proc(env, gcs, args + ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes",
                                                  "2", "--process_id", str(i)]) for i in range(2)]
         try:
             outs = [p.communicate(timeout=240)[0] for p in procs]

@@ -80,23 +80,7 @@ class RunLock:
         return holder
 
     def _create(self, record: dict[str, Any]) -> bool:
-        if self.url:
-            return storage.create_exclusive(self.path, json.dumps(record).encode())
-        tmp = self.run_dir / f"{LOCK_NAME}.{record['host']}.{record['pid']}.{time.monotonic_ns()}.tmp"
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(record))
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, self.path)
-            except FileExistsError:
-                return False
-            return True
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        return storage.create_exclusive(self.path, json.dumps(record).encode())
 
     def acquire(self) -> RunLock:
         """Take the lock or raise `ConfigError` naming the holder."""
