@@ -2,7 +2,7 @@
 
     JAX_PLATFORMS=cpu python benchmarks/aot.py [--targets v5e:2x2 v6e:2x2 h100] [--batch_size 256]
         [--length 512] [--layouts dense chunk] [--precisions exact fast] [--json OUT]
-        [--steps train eval eval+baselines distill video] [--video_model r2plus1d_18] [--video_batch 64]
+        [--steps train eval eval+baselines predict distill video] [--video_model r2plus1d_18] [--video_batch 64]
 
 Shows, without any accelerator, that the steps lower and compile through XLA's TPU and GPU pipelines, how much
 memory a device needs, and how many kernels a step launches. Install, in a virtual environment of its own (the
@@ -23,14 +23,16 @@ Targets: a TPU topology name as libtpu knows it (``v5e:2x2`` = 4 chips, ``v6e:2x
 `benchmarks/h100.txtpb`, an XLA GpuTargetConfigProto), ``gpu:FILE.txtpb`` for another card, or ``cpu``
 (this machine's backend, for a quick check of the script). The batch is split over all devices of the target.
 
-What is compiled is what the programs build, from the published flags (`flags.resolve` -> `config.settings`: its
-model config and recipe): the train step (`steps.make_train_step` on a `TrainState`, state donated and replicated,
-as `l2l-train` and `train_speed.py` jit it), the eval step (`steps.make_eval_step`, policy only, from the published
+What is compiled is what the programs build, from the published flags (`flags.resolve` -> `config.settings`: its model
+config and recipe): the train step (`steps.make_train_step` on a `TrainState`, state donated and replicated, as
+`l2l-train` and `train_speed.py` jit it), the eval step (`steps.make_eval_step`, policy only, from the published
 `l2l-eval` flags: interpolation, s = 1) and the evaluator's per-batch function with baselines and k-step curves
-(`make_eval_fn`, what `l2l-eval` runs), l2l-distill's train step (--distill_batch clips) and the video model's
-forward of ``l2l-extract --video_model`` (--video_model on --video_batch clips of 16 x 112 x 112, Kinetics
-normalisation inside, features and logits out, as `l2l_jax.video.video_clips.VideoExtractor` jits it; the
-two clip steps have no layout and compile once per precision). Inputs are abstract (`jax.ShapeDtypeStruct` with
+(`make_eval_fn`, what `l2l-eval` runs), the policy step of ``l2l-predict`` (`make_eval_fn` without baselines, as
+`l2l_jax.prediction.policy.Policy` builds the evaluator, on a model trained with README's recipe:
+``--mean_feature_as_start --with_replacement``, E = 10, no interpolation), l2l-distill's train step (--distill_batch
+clips) and the video model's forward of ``l2l-extract --video_model`` (--video_model on --video_batch clips of 16 x
+112 x 112, Kinetics normalisation inside, features and logits out, as `l2l_jax.video.video_clips.VideoExtractor` jits
+it; the two clip steps have no layout and compile once per precision). Inputs are abstract (`jax.ShapeDtypeStruct` with
 `NamedSharding`s on a mesh over the target's devices: batch arrays on ``P("data")``, state and variables
 replicated), so nothing is allocated: ActivityNet-sized, C = 200 classes, bucket length Lb = --length, 512-wide
 image and audio features; in the chunk layout a chunk index at the capacity a full batch of length-Lb rows needs
@@ -90,9 +92,11 @@ TRAIN_FLAGS = ["--num_classes", str(C), "--lr", "0.01", "--milestones", "15", "2
 #: upstream's published evaluation command, the flags that shape a step
 EVAL_FLAGS = ["--num_classes", str(C), "--scheduler", "--episode_length", "10", "--with_replacement",
               "--mean_feature_as_start", "--feature_interpolate", "--subsample_factor", "1"]
+#: the model l2l-predict runs, as README's training command makes it (the flags that shape its policy step)
+PREDICT_FLAGS = ["--num_classes", str(C), "--episode_length", "10", "--with_replacement", "--mean_feature_as_start"]
 
 DEFAULT_TARGETS = ["v5e:2x2", "v6e:2x2", "h100"]
-STEPS = ("train", "eval", "eval+baselines", "distill", "video")
+STEPS = ("train", "eval", "eval+baselines", "predict", "distill", "video")
 #: steps without a feature layout: compiled once per precision (with the first layout), on clips
 CLIP_STEPS = ("distill", "video")
 
@@ -228,6 +232,10 @@ def build_steps(mesh: Mesh, batch: int, length: int, layout: str, precision: str
     if make_eval_fn is not None:
         fn = make_eval_fn(emodel, ecfg, "two", hard=False, with_baselines=True)
         steps["eval+baselines"] = (jax.jit(fn), (variables, data_batch, key))
+        pcfg = config.settings(resolve("eval", PREDICT_FLAGS, batch, layout, precision), "eval", backend).model
+        pfn = make_eval_fn(build_model(pcfg, "two"), pcfg, "two", hard=False, with_baselines=False)
+        pvars = abstract(jax.eval_shape(lambda: init_variables(pcfg, "two", jax.random.key(0))), rep)
+        steps["predict"] = (jax.jit(pfn), (pvars, data_batch, key))
     if distill_batch:
         from l2l_jax import numerics
         from l2l_jax.video.distill_step import abstract_train_step

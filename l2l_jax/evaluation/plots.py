@@ -58,10 +58,12 @@ def _text_width(text: str, size: float = LABEL_SIZE) -> float:
 
 def timeline(path: str | os.PathLike, *, num_clips: int, rows: Mapping[str, Sequence[int]],
              start: int | None = None, title: str = "", fig: Any = None,
-             spans: Sequence[tuple[float, float, str]] = ()) -> storage.AnyPath:
+             spans: Sequence[tuple[float, float, str]] = (),
+             seconds_per_clip: float | None = None) -> storage.AnyPath:
     """One video's timeline: for each named row (e.g. "image", "audio") the clip chosen at each step, numbered
     by step; labels of neighbouring or repeated clips are staggered upwards (`label_levels`). `spans` shades
-    clip ranges ``(first, stop, text)`` (e.g. a dataset's true class segment), named in a legend."""
+    clip ranges ``(first, stop, text)`` (e.g. a dataset's true class segment), named in a legend. With
+    `seconds_per_clip` the axis reads in seconds (clip k starts at k * seconds_per_clip)."""
     own = fig is None
     fig = plt.figure(figsize=(8, 2.2)) if own else fig
     fig.clf()
@@ -101,7 +103,11 @@ def timeline(path: str | os.PathLike, *, num_clips: int, rows: Mapping[str, Sequ
         ax.axvline(start, color="k", ls=":", lw=1)
         ax.annotate("start", (start, -0.6), ha="center", fontsize=7)
     ax.set_ylim(-0.9, len(names))
-    ax.set_xlabel("clip position")
+    if seconds_per_clip is None:
+        ax.set_xlabel("clip position")
+    else:
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x * seconds_per_clip:g}")
+        ax.set_xlabel("time (s)")
     ax.set_title(title, fontsize=9)
     if spans:
         ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(spans), fontsize=7, frameon=False,
