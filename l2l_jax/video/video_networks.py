@@ -40,9 +40,15 @@ table): ``stem.0.weight`` <-> ``params/stem/0/kernel`` (kT, kH, kW, in, out), Ba
 BatchNorm: torch's BatchNorm3d (momentum 0.1, eps 1e-5), as `l2l_jax.video.networks.BatchNorm2d` (which
 normalises over every axis but the last). ``train=False`` uses the running statistics (eval mode).
 
+Computation (ours): every Conv3d runs as one 2-D convolution (`conv3d_as_2d`: frames folded into the batch for
+kT = 1, pixels laid in a line for kH = kW = 1, the kT time-shifted copies stacked on the channels otherwise),
+the same sum over (kT, kH, kW, in) per output as the 3-D convolution: XLA:CPU hands 2-D convolutions to
+YNNPACK (a ``ynn_fusion`` in the compiled program) but computes 3-D ones itself, about half as fast.
+
 Numerics: ``EXACT`` (default) computes in float32 at `jax.lax.Precision.HIGHEST` (what the parity tests check);
-``FAST`` runs the convolutions and ``fc`` on bfloat16 operands with float32 accumulation (BatchNorm, pooling
-and the outputs stay float32).
+``FAST`` folds each eval-mode BatchNorm3d into the convolution before it (kernel times the BatchNorm's scale,
+then its shift added: `folds_batchnorm`) and runs the convolutions and ``fc`` on bfloat16 operands with float32
+accumulation (BatchNorm, pooling and the outputs stay float32). The variables are the same in both.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ LAYER_PLANES = ((64, 1), (128, 2), (256, 2), (512, 2))
 NUM_CLASSES = 400  # Kinetics-400
 R2PLUS1D_STEM_MID = 45
 Triple = tuple[int, int, int]
+Affine = tuple[jax.Array, jax.Array]  # (mul, add) per channel: a BatchNorm folded into a convolution
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,16 +136,95 @@ def downsample_stride(maker: str, stride: int) -> Triple:
 FC_INIT = normal(0.0, 0.01)
 
 
+def conv3d_as_2d(x: Array, kernel: Array, stride: Triple, padding: Triple, numerics: Numerics) -> Array:
+    """torch's ``Conv3d(.., stride, padding, bias=False)`` on NTHWC `x` with `kernel` (kT, kH, kW, in, out),
+    computed as one 2-D convolution (which XLA:CPU runs about twice as fast: module docstring):
+
+    - kT = 1: the frames (every ``stride[0]``-th) folded into the batch, a (kH, kW) convolution;
+    - kH = kW = 1 (no spatial padding): the pixels (every stride-th row and column) laid along one axis, a
+      (kT, 1) convolution over (T, H * W);
+    - otherwise: the kT time-shifted (zero-padded, strided) copies of `x` stacked along the channels, a
+      (kH, kW) convolution with kT * in input channels over the folded frames.
+
+    Each output is the same sum over (kT, kH, kW, in) as the 3-D convolution's, one convolution per call."""
+    kt, kh, kw, cin, cout = kernel.shape
+    (st, sh, sw), (pt, ph, pw) = stride, padding
+    options = {"precision": numerics.conv_options()["precision"]}
+    dtype = numerics.operand_dtype or jnp.float32
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    dims = ("NHWC", "HWIO", "NHWC")
+    n = x.shape[0]
+    if kh == kw == 1 and kt > 1 and ph == pw == 0:
+        x = x[:, :, ::sh, ::sw]
+        _, t, h, w, _ = x.shape
+        y = jax.lax.conv_general_dilated(x.reshape(n, t, h * w, cin), kernel.reshape(kt, 1, cin, cout), (st, 1),
+                                         ((pt, pt), (0, 0)), dimension_numbers=dims, **options)
+        return y.reshape(n, y.shape[1], h, w, cout)
+    if kt > 1 or pt:
+        x = jnp.pad(x, ((0, 0), (pt, pt), (0, 0), (0, 0), (0, 0)))
+        t_out = (x.shape[1] - kt) // st + 1
+        x = jnp.concatenate([x[:, k:k + st * (t_out - 1) + 1:st] for k in range(kt)], axis=-1)
+        kernel = kernel.transpose(1, 2, 0, 3, 4).reshape(1, kh, kw, kt * cin, cout)
+    elif st > 1:
+        x = x[:, ::st]
+    _, t, h, w, c = x.shape
+    y = jax.lax.conv_general_dilated(x.reshape(n * t, h, w, c), kernel[0], (sh, sw), ((ph, ph), (pw, pw)),
+                                     dimension_numbers=dims, **options)
+    return y.reshape(n, t, *y.shape[1:])
+
+
+class Conv3d(nn.Module):
+    """torch's ``Conv3d(.., kernel, stride, padding, bias=False)`` on NTHWC: variable ``kernel`` (kT, kH, kW,
+    in, out) float32 (flax's ``nn.Conv`` names and init), computed by `conv3d_as_2d` under `numerics`."""
+
+    features: int
+    kernel_size: Triple
+    stride: Triple
+    padding: Triple
+    numerics: Numerics = EXACT
+
+    @nn.compact
+    def __call__(self, x: Array, affine: Affine | None = None) -> Array:
+        """The convolution of `x`; with ``affine=(mul, add)`` (per output channel, float32), ``conv(x) * mul +
+        add`` computed as a convolution with the kernel times `mul`, plus `add` (float32)."""
+        kernel = self.param("kernel", KAIMING_FAN_OUT, (*self.kernel_size, x.shape[-1], self.features), jnp.float32)
+        if affine is None:
+            return conv3d_as_2d(x, kernel, self.stride, self.padding, self.numerics)
+        mul, add = affine
+        return conv3d_as_2d(x, kernel * mul, self.stride, self.padding, self.numerics).astype(jnp.float32) + add
+
+
 def conv3d(features: int, kernel: Triple, stride: Triple, padding: Triple, name: str,
-           numerics: Numerics) -> nn.Conv:
+           numerics: Numerics) -> Conv3d:
     """torch's ``Conv3d(.., kernel, stride, padding, bias=False)`` on NTHWC; kernel (kT, kH, kW, in, out)."""
-    return nn.Conv(features, kernel, strides=stride, padding=tuple((p, p) for p in padding), use_bias=False,
-                   kernel_init=KAIMING_FAN_OUT, name=name, **numerics.conv_options())
+    return Conv3d(features, kernel, stride, padding, numerics, name=name)
 
 
 class BatchNorm3d(BatchNorm2d):
     """torch's BatchNorm3d on NTHWC input: `BatchNorm2d`'s computation (statistics over every axis but the
     channels), the same variables."""
+
+
+def folds_batchnorm(numerics: Numerics, train: bool) -> bool:
+    """Whether a BatchNorm3d after a convolution is folded into it (`batchnorm_affine`): in eval mode, under a
+    policy without exact sums (``FAST``): folding saves a multiply per activation and changes the rounding."""
+    return not train and not numerics.exact_sums
+
+
+def batchnorm_affine(bn: BatchNorm3d, channels: int) -> Affine:
+    """(mul, add), each (channels,) float32, with ``bn(x) == x * mul + add`` in eval mode (up to rounding): the
+    module's own eval computation read off at 0 (add) and 1 (mul + add)."""
+    at = bn(jnp.stack([jnp.zeros((channels,), jnp.float32), jnp.ones((channels,), jnp.float32)]), False)
+    return at[1] - at[0], at[0]
+
+
+def conv_bn(conv: Callable[[Array, Affine | None], Array], bn: BatchNorm3d, channels: int, x: Array, train: bool,
+            numerics: Numerics) -> Array:
+    """``bn(conv(x))``: the BatchNorm folded into the convolution where `folds_batchnorm` says so (`conv` takes
+    ``(x, affine)``, as `Conv3d` does)."""
+    if folds_batchnorm(numerics, train):
+        return conv(x, batchnorm_affine(bn, channels))
+    return bn(conv(x, None), train)
 
 
 class Conv2Plus1D(nn.Module):
@@ -151,26 +237,28 @@ class Conv2Plus1D(nn.Module):
     numerics: Numerics = EXACT
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Array:
-        s = self.stride
-        x = conv3d(self.mid, (1, 3, 3), (1, s, s), (0, 1, 1), "0", self.numerics)(x)
-        x = nn.relu(BatchNorm3d(numerics=self.numerics, name="1")(x, train))
-        return conv3d(self.planes, (3, 1, 1), (s, 1, 1), (1, 0, 0), "3", self.numerics)(x)
+    def __call__(self, x: Array, train: bool = False, affine: Affine | None = None) -> Array:
+        """`affine` (a following BatchNorm's, `batchnorm_affine`) goes to the last convolution."""
+        s, num = self.stride, self.numerics
+        spatial = conv3d(self.mid, (1, 3, 3), (1, s, s), (0, 1, 1), "0", num)
+        x = nn.relu(conv_bn(spatial, BatchNorm3d(numerics=num, name="1"), self.mid, x, train, num))
+        return conv3d(self.planes, (3, 1, 1), (s, 1, 1), (1, 0, 0), "3", num)(x, affine)
 
 
 def make_conv(maker: str, planes: int, mid: int, stride: int, name: str,
-              numerics: Numerics) -> Callable[[Array, bool], Array]:
-    """One convolution of a convolution maker, as a module named `name`, called as ``f(x, train)``."""
+              numerics: Numerics) -> Callable[[Array, bool, Affine | None], Array]:
+    """One convolution of a convolution maker, as a module named `name`, called as ``f(x, train, affine)``
+    (`affine`: a following BatchNorm folded in, `Conv3d`)."""
     if maker == "2plus1d":
         mod = Conv2Plus1D(planes, mid, stride, numerics, name=name)
-        return lambda x, train: mod(x, train)
+        return lambda x, train, affine: mod(x, train, affine)
     if maker == "3d":
         conv = conv3d(planes, (3, 3, 3), (stride,) * 3, (1, 1, 1), name, numerics)
     elif maker == "no_temporal":
         conv = conv3d(planes, (1, 3, 3), (1, stride, stride), (0, 1, 1), name, numerics)
     else:
         raise ValueError(f"unknown convolution maker {maker!r}; expected one of {CONV_MAKERS}")
-    return lambda x, train: conv(x)
+    return lambda x, train, affine: conv(x, affine)
 
 
 class ConvBN(nn.Module):
@@ -186,11 +274,15 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
+        num = self.numerics
         if self.maker is None:
-            x = conv3d(self.planes, (1, 1, 1), (1, 1, 1), (0, 0, 0), "0", self.numerics)(x)
+            conv = conv3d(self.planes, (1, 1, 1), (1, 1, 1), (0, 0, 0), "0", num)
         else:
-            x = make_conv(self.maker, self.planes, self.mid, self.stride, "0", self.numerics)(x, train)
-        x = BatchNorm3d(numerics=self.numerics, name="1")(x, train)
+            maker = make_conv(self.maker, self.planes, self.mid, self.stride, "0", num)
+
+            def conv(x: Array, affine: Affine | None) -> Array:
+                return maker(x, train, affine)
+        x = conv_bn(conv, BatchNorm3d(numerics=num, name="1"), self.planes, x, train, num)
         return nn.relu(x) if self.relu else x
 
 
@@ -203,8 +295,8 @@ class Downsample3d(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        x = conv3d(self.planes, (1, 1, 1), self.stride, (0, 0, 0), "0", self.numerics)(x)
-        return BatchNorm3d(numerics=self.numerics, name="1")(x, train)
+        conv = conv3d(self.planes, (1, 1, 1), self.stride, (0, 0, 0), "0", self.numerics)
+        return conv_bn(conv, BatchNorm3d(numerics=self.numerics, name="1"), self.planes, x, train, self.numerics)
 
 
 class VideoBlock(nn.Module):
@@ -272,12 +364,12 @@ class Stem(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         num = self.numerics
         if self.kind == "basic":
-            x = conv3d(64, (3, 7, 7), (1, 2, 2), (1, 3, 3), "0", num)(x)
-            return nn.relu(BatchNorm3d(numerics=num, name="1")(x, train))
-        x = conv3d(R2PLUS1D_STEM_MID, (1, 7, 7), (1, 2, 2), (0, 3, 3), "0", num)(x)
-        x = nn.relu(BatchNorm3d(numerics=num, name="1")(x, train))
-        x = conv3d(64, (3, 1, 1), (1, 1, 1), (1, 0, 0), "3", num)(x)
-        return nn.relu(BatchNorm3d(numerics=num, name="4")(x, train))
+            conv = conv3d(64, (3, 7, 7), (1, 2, 2), (1, 3, 3), "0", num)
+            return nn.relu(conv_bn(conv, BatchNorm3d(numerics=num, name="1"), 64, x, train, num))
+        conv = conv3d(R2PLUS1D_STEM_MID, (1, 7, 7), (1, 2, 2), (0, 3, 3), "0", num)
+        x = nn.relu(conv_bn(conv, BatchNorm3d(numerics=num, name="1"), R2PLUS1D_STEM_MID, x, train, num))
+        conv = conv3d(64, (3, 1, 1), (1, 1, 1), (1, 0, 0), "3", num)
+        return nn.relu(conv_bn(conv, BatchNorm3d(numerics=num, name="4"), 64, x, train, num))
 
 
 class VideoResNet(nn.Module):
@@ -342,7 +434,8 @@ def init_variables(net: VideoResNet, seed: int | Array = 0) -> dict[str, Any]:
     return net.init(key, jnp.zeros((1, 4, 32, 32, 3), jnp.float32))
 
 
-__all__ = ["ARCHS", "BLOCKS", "CONV_MAKERS", "EXPANSION", "LAYER_PLANES", "NUM_CLASSES", "STEMS", "BatchNorm3d",
-           "Conv2Plus1D", "ConvBN", "Downsample3d", "Stem", "VideoBlock", "VideoLayer", "VideoResNet",
-           "VideoResNetSpec", "downsample_stride", "init_variables", "mc3_18", "midplanes", "r2plus1d",
-           "r2plus1d_18", "r3d_18", "spec_of", "video_resnet"]
+__all__ = ["ARCHS", "BLOCKS", "CONV_MAKERS", "EXPANSION", "LAYER_PLANES", "NUM_CLASSES", "STEMS", "Affine",
+           "BatchNorm3d", "Conv2Plus1D", "Conv3d", "ConvBN", "Downsample3d", "Stem", "VideoBlock", "VideoLayer",
+           "VideoResNet", "VideoResNetSpec", "batchnorm_affine", "conv3d_as_2d", "conv_bn", "downsample_stride",
+           "folds_batchnorm", "init_variables", "mc3_18", "midplanes", "r2plus1d", "r2plus1d_18", "r3d_18",
+           "spec_of", "video_resnet"]
