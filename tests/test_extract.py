@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import pickle
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -333,7 +334,9 @@ def test_calibrate_bn(extracted, capsys):
 
 @pytest.mark.slow
 def test_demo_videos_preset_wiring(tmp_path, monkeypatch, capsys):
-    """`l2l-demo --preset videos` at a smaller size: videos -> l2l-extract -> l2l-finetune -> l2l-train -> l2l-eval."""
+    """`l2l-demo --preset videos` at a smaller size: videos -> l2l-extract (with the video network) ->
+    l2l-finetune -> l2l-train -> l2l-eval, then l2l-train / l2l-eval --variant single on the video network's
+    features, whose row the final table shows beside the two-modality policy's."""
     from l2l_jax.programs import demo
 
     preset = dict(demo.PRESETS["videos"])
@@ -345,9 +348,30 @@ def test_demo_videos_preset_wiring(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert demo.main(["--out", "demo", "--preset", "videos"]) == 0
     screen = capsys.readouterr().out
-    for cmd in ("$ l2l-extract ", "$ l2l-finetune ", "$ l2l-train --config ", "$ l2l-eval "):
+    for cmd in ("$ l2l-extract ", "$ l2l-finetune ", "$ l2l-train --config ", "$ l2l-eval ",
+                "$ l2l-eval --variant single --embedding_size 512 "):
         assert cmd in screen
+    commands = [line for line in screen.splitlines() if line.startswith("$ ")]
+    assert [c for c in commands if c.startswith("$ l2l-extract ") and "--video_model r2plus1d_18" in c]
+    assert [c for c in commands if c.startswith("$ l2l-train ") and "--variant single --embedding_size 512 " in c]
     out = tmp_path / "demo"
     assert (out / "finetune" / "ImageAudioNet_videos.pth").is_file()
-    assert len(list((out / "data" / "imageAudio_features").glob("*.npy"))) == 6
+    for kind in ("imageAudio_features", "r2plus1d152_features", "video_logits"):
+        assert len(list((out / "data" / kind).glob("*.npy"))) == 6, kind
     assert (out / "metrics.json").is_file() and "policy (avgpool head)" in screen
+    single = json.loads((out / "single" / "metrics.json").read_text())
+    assert single["variant"] == "single" and single["num_videos"] == 2
+    assert json.loads((out / "single" / "train" / "model_final" / "meta.json").read_text())["variant"] == "single"
+    table = screen[screen.rindex("method "):]
+    row = [line for line in table.splitlines() if line.startswith("single-modality policy, random r2plus1d_18 ")]
+    assert len(row) == 1, table
+    assert row[0].split()[-2:] == [f"{single['avgpool_map']:.4f}", f"{single['avgpool_acc'] * 100:.2f}%"]
+    # it ends with l2l-predict on one new video per class, recalibrating the random networks from the demo's videos
+    assert commands[-1].startswith("$ l2l-predict ") and "--calibration " in commands[-1]
+    records = [json.loads(line) for line in (out / "predict" / "predictions.jsonl").read_text().splitlines()]
+    assert [Path(r["video"]).name for r in records] == ["new_000_class0.mp4", "new_001_class1.mp4"]
+    for r in records:
+        assert r["num_clips"] >= 10 and len(r["top_k"]) == 2
+        assert abs(sum(t["probability"] for t in r["top_k"]) - 1.0) < 1e-5
+        assert Path(r["video"]).name in screen[screen.rindex("$ l2l-predict "):]
+    assert len(list((out / "predict" / "timelines").glob("*.png"))) == 2

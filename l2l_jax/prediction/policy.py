@@ -95,7 +95,9 @@ class Policy:
         starts = self.starts(names, lengths)
         with tempfile.TemporaryDirectory(prefix="l2l-predict-") as tmp:
             pkl = Path(tmp) / "predict.pkl"
-            write_pickle(pkl, [str(root / variants.TEMPLATE_DIR / f"{n}.npy") for n in names], [0] * len(names))
+            # absolute: a pickle's relative paths are read relative to its own (temporary) folder
+            folder = Path(root).absolute() / variants.TEMPLATE_DIR
+            write_pickle(pkl, [str(folder / f"{n}.npy") for n in names], [0] * len(names))
             source = open_split(pkl, **{**self.settings.data.split_options(progress=False), "feature_root": None},
                                 packed=False, cache=False)
             loader = self.settings.eval_loader(source)
