@@ -7,8 +7,10 @@ resolution-agnostic) to keep the file short; the preprocessing itself is checked
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -22,8 +24,10 @@ from l2l_jax.video import decode as D  # noqa: E402
 from l2l_jax.video import manifest as M  # noqa: E402
 from l2l_jax.video import teacher as TE  # noqa: E402
 from l2l_jax.video import trunks as T  # noqa: E402
+from l2l_jax.video import video_calibrate as VK  # noqa: E402
 from l2l_jax.video import video_clips as VC  # noqa: E402
 from l2l_jax.video import video_networks as V  # noqa: E402
+from l2l_jax.video.labels import Entry  # noqa: E402
 
 SMALL = ["--frame_size", "40", "--crop", "32", "--batch_size", "4", "--workers", "2", "--no_progress",
          "--video_size", "20", "--video_crop", "16"]
@@ -226,3 +230,97 @@ def test_torchvision_weights_give_the_torch_networks_logits(extracted, tmp_path,
     np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-4)
     record = json.loads((root / "extract.json").read_text())
     assert record["video_weights"] == str(pth) and len(record["video_weights_sha256"]) == 64
+
+
+
+# ------------------------------------------------------------------------------------------------ --calibrate_bn
+
+
+def _spread(features: np.ndarray) -> float:
+    """How much features vary across clips relative to their size: the mean per-dimension standard deviation
+    over the clips, divided by the features' root mean square."""
+    return float(features.std(axis=0).mean() / np.sqrt(np.mean(features ** 2)))
+
+
+@pytest.fixture(scope="module")
+def calibrated(extracted):
+    """l2l-extract --calibrate_bn with a random r2plus1d_18 (the videos demo's network) on the same videos."""
+    root = extracted["tmp"] / "calibrated"
+    argv = [str(extracted["videos"]), "--labels", str(extracted["tmp"] / "labels.csv"), "--out", str(root), *SMALL,
+            "--video_model", "r2plus1d_18", "--calibrate_bn"]
+    with pytest.warns(T.RandomWeightsWarning):
+        rc = XP.main(argv)
+    return {"root": root, "argv": argv, "rc": rc}
+
+
+def test_calibrate_bn_makes_random_video_features_vary_with_the_content(extracted, calibrated):
+    """The calibrated network's features of the 9 clips of 3 videos vary (relative to their size) at least twice
+    as much as the uncalibrated network's on the same clips; they are the features of the variables extract.json's
+    checksum names (`calibrate_video_model` on the CSV's first clips, computed again here: deterministic)."""
+    assert calibrated["rc"] == 0
+    root, videos = calibrated["root"], extracted["videos"]
+    names = {"a": "a.mp4", "sub__b": "sub/b.mkv", "c": "c.mp4"}
+    got = np.concatenate([np.load(root / "r2plus1d152_features" / f"{n}.npy") for n in names])
+    clips = np.concatenate([VC.decode_with_clips(videos / v, CFG)[1] for v in names.values()])
+    net = V.r2plus1d_18()
+    forward = jax.jit(lambda v, x: net.apply(v, VC.normalise(x, CFG), with_features=True)[0])
+    with pytest.warns(T.RandomWeightsWarning):
+        fresh = VC.load_video_model("r2plus1d_18", None, 0)
+    entries = [Entry(video=v, name=n, label=0, split="train") for n, v in (("d", "d.mp4"), *names.items())]
+    model, n = VK.calibrate_video_model(videos, entries, fresh, CFG)
+    assert n == 9  # every clip of the decodable videos (the broken d.mp4 passed over), under the budget
+    np.testing.assert_allclose(got, forward(model.variables, clips), rtol=1e-5, atol=1e-5)
+    before, after = _spread(np.asarray(forward(fresh.variables, clips))), _spread(got)
+    print(f"relative spread of r2plus1d_18's features over 9 clips: random {before:.3f}, calibrated {after:.3f}")
+    assert after > 2 * before  # measured: 0.149 random, 0.592 calibrated
+    record = json.loads((root / "extract.json").read_text())
+    assert record["calibrate_bn"] and record["video_calibration"]["clips"] == 9
+    assert record["video_networks_sha256"] == model.networks_sha256 != fresh.networks_sha256
+
+
+def test_calibrated_statistics_are_the_batchs_own():
+    """After `batch_statistics` the stem's first BatchNorm holds the mean and (unbiased) variance of its
+    convolution's output on the batch, not a momentum step towards them; deeper layers too: eval mode on that
+    batch gives train mode's features up to torch's unbiased variance (n / (n - 1), n small in layer4 here)."""
+    net = V.r2plus1d_18()
+    variables = VC.fresh_video_variables("r2plus1d_18", 3)
+    x = np.random.default_rng(0).standard_normal((6, 16, 32, 32, 3)).astype(np.float32)
+    calibrated_vars = VK.batch_statistics(net, variables, x)
+    stem = calibrated_vars["batch_stats"]["stem"]["1"]
+    kernel = variables["params"]["stem"]["0"]["kernel"]  # (1, 7, 7, 3, 45): stride (1, 2, 2), padding (0, 3, 3)
+    y = np.asarray(jax.lax.conv_general_dilated(x, kernel, (1, 2, 2), [(0, 0), (3, 3), (3, 3)],
+                                                dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+                                                precision=jax.lax.Precision.HIGHEST), np.float64)
+    y = y.reshape(-1, y.shape[-1])
+    np.testing.assert_allclose(stem["mean"], y.mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stem["var"], y.var(0, ddof=1), rtol=1e-4)
+    assert stem["num_batches_tracked"] == 0
+    train, _ = jax.jit(lambda v, x: net.apply(v, x, train=True, with_features=True, mutable=["batch_stats"]))(
+        variables, x)
+    evaluate = jax.jit(lambda v, x: net.apply(v, x, with_features=True))
+    scale = float(np.abs(train[0]).mean())  # measured: 0.82; calibrated off by 0.043 on average, random by 0.60
+    assert np.abs(np.asarray(evaluate(calibrated_vars, x)[0]) - train[0]).mean() < 0.1 * scale
+    assert np.abs(np.asarray(evaluate(variables, x)[0]) - train[0]).mean() > 0.5 * scale
+
+
+def test_calibrated_video_run_resumes_and_a_run_without_calibration_is_refused(calibrated, capsys):
+    root = calibrated["root"]
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*.npy")}
+    with pytest.warns(T.RandomWeightsWarning):
+        assert XP.main(calibrated["argv"]) == 0
+    out = capsys.readouterr().out
+    assert "extracted 0 videos" in out and "already done: 3" in out and "BatchNorm statistics from 9 clips" in out
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*.npy")} == before
+    with pytest.warns(T.RandomWeightsWarning):
+        assert XP.main([a for a in calibrated["argv"] if a != "--calibrate_bn"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--calibrate_bn True (now False)" in err[0]
+
+
+def test_calibrate_bn_never_touches_video_weights():
+    """A network read from --weights_video_model (its weights' checksum set) is refused by the calibration."""
+    with pytest.warns(T.RandomWeightsWarning):
+        fresh = VC.load_video_model("mc3_18", None, 0)
+    loaded = dataclasses.replace(fresh, weights_sha256="0" * 64)
+    with pytest.raises(ValueError, match="never changes"):
+        VK.calibrate_video_model(Path("."), [], loaded, CFG)

@@ -259,9 +259,11 @@ def test_positions_map_to_clips_and_seconds():
 
 @pytest.mark.slow
 def test_single_modality_model_reads_the_video_models_features(world, tmp_path, capsys):
-    """A single-modality model trained on l2l-extract --video_model features: l2l-predict finds the video model in
-    extract.json, and (the videos in the split's order, so the batches' random fills are the same) gives
-    l2l-eval's probabilities."""
+    """A single-modality model trained on l2l-extract --video_model --calibrate_bn features (a random video network
+    whose BatchNorm statistics come from the CSV's videos, as the videos demo makes them): l2l-predict finds the
+    video model in extract.json, reproduces its calibration from --calibration (checked against the recorded
+    checksum), and (the videos in the split's order, so the batches' random fills are the same) gives l2l-eval's
+    probabilities."""
     from l2l_jax.evaluation import report
     from l2l_jax.programs import evaluate
 
@@ -271,7 +273,8 @@ def test_single_modality_model_reads_the_video_models_features(world, tmp_path, 
         warnings.simplefilter("ignore")
         assert XP.main([str(world["videos"]), "--labels", str(tmp_path / "labels.csv"), "--out", str(data),
                         "--frame_size", "40", "--crop", "32", "--batch_size", "8", "--workers", "2", "--no_progress",
-                        "--video_model", "r3d_18", "--video_size", "20", "--video_crop", "16"]) == 0
+                        "--video_model", "r3d_18", "--video_size", "20", "--video_crop", "16", "--calibrate_bn"]) == 0
+    assert json.loads((data / "extract.json").read_text())["video_calibration"]["clips"] == 28  # 12 + 4 + 12
     cfg = PreviewConfig(num_classes=3, episode_length=E, feature_dim=512)
     var = jax.tree_util.tree_map(np.asarray, {k: dict(v) for k, v in
                                               init_variables(cfg, "single", jax.random.key(2)).items()})
@@ -282,7 +285,8 @@ def test_single_modality_model_reads_the_video_models_features(world, tmp_path, 
                                                           "train_dataset_file": str(data / "val.pkl")}))
     order = ["v0.mp4", "short.mp4", "v2.mp4"]
     rc, _, err = _predict([*(str(world["videos"] / v) for v in order), "--model", str(model), "--out",
-                           str(tmp_path / "o")], capsys)
+                           str(tmp_path / "o"), "--calibration", str(world["videos"]), str(tmp_path / "labels.csv")],
+                          capsys)
     assert rc == 0, err
     recs = _records(tmp_path / "o")
     assert all(len(recs[v]["steps"]) <= E and "clip_s" in recs[v]["steps"][0] for v in order)

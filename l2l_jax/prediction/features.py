@@ -7,8 +7,9 @@ may name the weights instead (a moved file); they must then be the very networks
 networks' variables are checked against its ``networks_sha256`` (and ``video_networks_sha256``). Random networks
 whose BatchNorm statistics l2l-extract set from the data (``--calibrate_bn``) are reproduced from the same
 videos and labels CSV (`calibration`: l2l-extract's VIDEOS and --labels), the result checked against the record
-in the same way. What cannot be reproduced is refused with one line: ``--calibrate_bn`` without those, and clip
-or audio settings of another package version.
+in the same way; so is a random video model the record says was calibrated (``video_calibration``,
+`l2l_jax.video.video_calibrate`). What cannot be reproduced is refused with one line: ``--calibrate_bn`` without
+those, and clip or audio settings of another package version.
 
 Features are written by `l2l_jax.video.extract.extract` itself into a cache folder ``OUT/features/<settings>/``
 (the settings' digest; its own ``extract.json``), one file set per video named by the SHA-256 of the video's
@@ -39,6 +40,7 @@ from l2l_jax.video.extract import Extractor, Summary, extract
 from l2l_jax.video.labels import Entry, parse_labels
 from l2l_jax.video.manifest import FEATURE_KEYS, MANIFEST, manifest_differences, manifest_record, read_manifest
 from l2l_jax.video.trunks import Networks, calibrate_batchnorm, load_networks
+from l2l_jax.video.video_calibrate import calibrate_video_model, calibration_record
 from l2l_jax.video.video_clips import ClipConfig, VideoModel, load_video_model
 
 #: the cache's folder of feature sets, one per settings digest
@@ -185,18 +187,22 @@ def load(spec: FeatureSpec) -> LoadedNetworks:
                         tensor_checksum({"visual": visual, "audio": audio, "fusion": fusion}))
     else:
         nets = load_networks(spec.weights if spec.kind == "resnet18" else None, spec.seed)
+    video = load_video_model(spec.video_model, spec.video_weights, spec.seed) if spec.video_model else None
+    video_clips = None  # the clips a random video model's statistics came from
     if spec.calibration is not None:
         videos, csv = spec.calibration
         kind = (spec.recorded or {}).get("label_kind") or "auto"
         entries = parse_labels(csv, None, kind).entries
         nets.visual, nets.audio, _ = calibrate_batchnorm(Path(videos), entries, nets.visual, nets.audio,
                                                          frame_size=spec.frame_size, crop=spec.crop)
-    video = load_video_model(spec.video_model, spec.video_weights, spec.seed) if spec.video_model else None
+        if video is not None and video.weights_sha256 is None and (spec.recorded or {}).get("video_calibration"):
+            video, video_clips = calibrate_video_model(Path(videos), entries, video, spec.clips)
     vrec = None
     if video is not None:
         vrec = {"video_model": video.arch, "video_weights": str(Path(spec.video_weights).absolute())
                 if spec.video_weights else None, "video_weights_sha256": video.weights_sha256,
-                "video_networks_sha256": video.networks_sha256, "video_clips": spec.clips.record()}
+                "video_networks_sha256": video.networks_sha256, "video_clips": spec.clips.record(),
+                "video_calibration": None if video_clips is None else calibration_record(video_clips, spec.clips)}
     record = manifest_record(weights=str(Path(spec.weights).absolute()) if spec.weights else None,
                              weights_sha256=nets.weights_sha256, seed=spec.seed,
                              calibrate_bn=spec.calibration is not None,

@@ -34,8 +34,10 @@ decoding pass), resized (shorter side ``--video_size``, 128, bilinear without an
   --teacher ROOT/video_logits``.
 
 ``--weights_video_model PTH`` is a torchvision state dict of that network (e.g. its Kinetics-400 weights; read
-weights-only, strictly, C from its ``fc``); without it the network is freshly initialised from ``--seed`` with a
-warning (testing only; ``--calibrate_bn`` does not touch it).
+weights-only, strictly, C from its ``fc``; ``--calibrate_bn`` never touches it); without it the network is freshly
+initialised from ``--seed`` with a warning (testing only), and ``--calibrate_bn`` sets its BatchNorm statistics from
+the first clips of the CSV's videos too (`l2l_jax.video.video_calibrate`; recorded as ``video_calibration``, and
+``video_networks_sha256`` is the calibrated network's).
 
 The labels CSV (UTF-8, a BOM is ignored): ``video,label[,split]`` per line, with no header or exactly the
 header ``video,label`` / ``video,label,split`` (a first line like ``filename,label`` is refused, never read as a
@@ -110,6 +112,7 @@ from l2l_jax.video.manifest import (
     remove_features,
 )
 from l2l_jax.video.trunks import Networks, calibrate_batchnorm, load_networks
+from l2l_jax.video.video_calibrate import calibrate_video_model, calibration_record
 from l2l_jax.video.video_clips import LOGITS_DIR, VIDEO_DIR, VIDEO_MODELS, ClipConfig, VideoModel, load_video_model
 
 MAX_WORKERS = 256
@@ -141,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_seconds", type=float, default=MAX_SECONDS,
                    help="longer videos are skipped with their reason (default 10800, 3 hours)")
     p.add_argument("--calibrate_bn", action="store_true",
-                   help="random networks only: BatchNorm statistics from the first 64 clips of the CSV's videos")
+                   help="random networks only: BatchNorm statistics from the first 64 clips of the CSV's videos "
+                        "(and a random --video_model's from its first clips)")
     flags.add_common(p, "precision")
     p.add_argument("--video_model", choices=VIDEO_MODELS, default=None,
                    help="also a torchvision video network's clip features (r2plus1d152_features/, what --variant "
@@ -216,13 +220,16 @@ def _write_fused(root: Path, written: dict[str, int], entries: list[Entry], fusi
             write_fused(source, fused, progress=progress)
 
 
-def _video_record(model: VideoModel | None, weights: str | None, cfg: ClipConfig) -> dict | None:
-    """The manifest's video model keys (None without ``--video_model``)."""
+def _video_record(model: VideoModel | None, weights: str | None, cfg: ClipConfig,
+                  calibrated: int | None = None) -> dict | None:
+    """The manifest's video model keys (None without ``--video_model``); `calibrated`: the clips
+    ``--calibrate_bn`` took its BatchNorm statistics from (None: not calibrated)."""
     if model is None:
         return None
     return {"video_model": model.arch, "video_weights": str(Path(weights).absolute()) if weights else None,
             "video_weights_sha256": model.weights_sha256, "video_networks_sha256": model.networks_sha256,
-            "video_clips": cfg.record()}
+            "video_clips": cfg.record(),
+            "video_calibration": None if calibrated is None else calibration_record(calibrated, cfg)}
 
 
 def _prepare_root(root: Path, record: dict, stale: bool, relabel: bool, old: dict | None) -> None:
@@ -260,7 +267,8 @@ def _main(argv: Sequence[str] | None) -> int:
                              precision=args.precision, label_kind=table.kind, classes=class_names,
                              video=_video_record(video_model, args.weights_video_model, clip_cfg))
     # the settings first (nothing decoded yet), then the networks themselves (after --calibrate_bn)
-    early = [k for k in FEATURE_KEYS if k != "networks_sha256"]
+    late = ["networks_sha256", "video_networks_sha256", "video_calibration"]
+    early = [k for k in FEATURE_KEYS if k not in late]
     stale = check_manifest(root, record, early, overwrite=args.overwrite)
     relabel = check_manifest(root, record, LABEL_KEYS, overwrite=args.overwrite)
     desc = nets.description
@@ -269,8 +277,12 @@ def _main(argv: Sequence[str] | None) -> int:
                                                          frame_size=args.frame_size, crop=args.crop,
                                                          max_seconds=args.max_seconds)
         desc += f", BatchNorm statistics from {n} clips"
+        if video_model is not None and video_model.weights_sha256 is None:  # a random video network only
+            video_model, n = calibrate_video_model(videos, entries, video_model, clip_cfg,
+                                                   max_seconds=args.max_seconds)
+            record.update(_video_record(video_model, None, clip_cfg, calibrated=n))
     record["networks_sha256"] = tensor_checksum({"visual": nets.visual, "audio": nets.audio})
-    stale = check_manifest(root, record, ["networks_sha256"], overwrite=args.overwrite) or stale
+    stale = check_manifest(root, record, late, overwrite=args.overwrite) or stale
     old = read_manifest(root) if not (stale or relabel) else None
     try:
         for d in (IMAGE_DIR, AUDIO_DIR, *((VIDEO_DIR, LOGITS_DIR) if video_model else ())):

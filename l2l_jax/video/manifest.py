@@ -6,7 +6,8 @@ A rerun into the same ROOT resumes only when the manifest records the same setti
 manifest speaks for are the two-modality variant's (`IMAGE_DIR`, `AUDIO_DIR`), the fused features'
 (`TEMPLATE_DIR`), as `l2l_jax.variants` names them, and the ``--video_model``'s clip features (`VIDEO_DIR`, the
 single-modality variant's folder) and logits (`LOGITS_DIR`). Without ``--video_model`` its keys are recorded as
-null, so a manifest written before they existed reads as one without a video model.
+null, so a manifest written before they existed reads as one without a video model; ``video_calibration`` (how
+``--calibrate_bn`` set a random video network's BatchNorm statistics) is null too when it was not calibrated.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ MANIFEST_FORMAT = "l2l-extract features"
 # what the feature values depend on (a difference means the old files are not what this run would write)
 FEATURE_KEYS = ("weights_sha256", "seed", "calibrate_bn", "networks_sha256", "frame_size", "crop", "precision",
                 "clip_seconds", "sample_rate", "log_mel", "video_model", "video_weights_sha256",
-                "video_networks_sha256", "video_clips")
-#: the --video_model keys (null without one)
-VIDEO_KEYS = ("video_model", "video_weights", "video_weights_sha256", "video_networks_sha256", "video_clips")
+                "video_networks_sha256", "video_clips", "video_calibration")
+#: the --video_model keys (null without one; ``video_calibration`` null unless --calibrate_bn calibrated it)
+VIDEO_KEYS = ("video_model", "video_weights", "video_weights_sha256", "video_networks_sha256", "video_clips",
+              "video_calibration")
 # what the pickles' labels depend on
 LABEL_KEYS = ("label_kind", "classes")
 #: the folders of feature files the manifest speaks for (`remove_features` deletes their files)
@@ -61,7 +63,8 @@ _NAMES = {"weights_sha256": "--weights_resnet18 (tensor checksum)", "seed": "--s
           "log_mel": "log-mel settings", "label_kind": "label kind", "classes": "class names",
           "video_model": "--video_model", "video_weights_sha256": "--weights_video_model (tensor checksum)",
           "video_networks_sha256": "the video network's variables",
-          "video_clips": "video clip settings (--video_size, --video_crop, frames, normalisation)"}
+          "video_clips": "video clip settings (--video_size, --video_crop, frames, normalisation)",
+          "video_calibration": "the video network's BatchNorm calibration (--calibrate_bn)"}
 
 
 def _shown(key: str, value) -> str:
