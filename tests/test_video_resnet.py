@@ -211,9 +211,23 @@ def test_conv3d_as_2d_equals_the_3d_convolution(kernel, stride, padding):
     w = jnp.asarray(rng.standard_normal((*kernel, 4, 6)) / math.sqrt(4 * math.prod(kernel)), jnp.float32)  # outputs ~1
     want = jax.lax.conv_general_dilated(x, w, stride, [(p, p) for p in padding], precision=jax.lax.Precision.HIGHEST,
                                         dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    assert np.array_equal(np.asarray(N.conv3d_native(x, w, stride, padding, N.EXACT)), np.asarray(want))
     got = N.conv3d_as_2d(x, w, stride, padding, N.EXACT)
     assert got.shape == want.shape and got.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("platform, dims", [("cpu", 2), ("tpu", 3), ("cuda", 3)])
+def test_2d_form_only_where_the_program_runs_on_a_cpu(platform, dims):
+    """The convolutions a network lowers to: 2-D ones for a CPU, XLA's 3-D convolution for a TPU or a GPU
+    (where the 2-D forms cost several times the memory traffic)."""
+    x, w = jnp.ones((2, 5, 9, 11, 4)), jnp.ones((3, 3, 3, 4, 6))
+    f = jax.jit(lambda a, b: N.conv3d_for_platform(a, b, (1, 1, 1), (1, 1, 1), N.EXACT))
+    text = f.trace(x, w).lower(lowering_platforms=(platform,)).as_text()
+    convs = [line for line in text.splitlines() if "stablehlo.convolution" in line]
+    assert convs
+    spatial = {line.split("dim_numbers = [b, ")[1].split("]")[0].count(",") for line in convs}
+    assert spatial == {dims}  # "0, 1, f" -> 2 commas: 2-D; "0, 1, 2, f" -> 3: 3-D
 
 
 def test_batchnorm_folds_only_in_fast_eval():

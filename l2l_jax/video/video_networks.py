@@ -40,10 +40,11 @@ table): ``stem.0.weight`` <-> ``params/stem/0/kernel`` (kT, kH, kW, in, out), Ba
 BatchNorm: torch's BatchNorm3d (momentum 0.1, eps 1e-5), as `l2l_jax.video.networks.BatchNorm2d` (which
 normalises over every axis but the last). ``train=False`` uses the running statistics (eval mode).
 
-Computation (ours): every Conv3d runs as one 2-D convolution (`conv3d_as_2d`: frames folded into the batch for
-kT = 1, pixels laid in a line for kH = kW = 1, the kT time-shifted copies stacked on the channels otherwise),
-the same sum over (kT, kH, kW, in) per output as the 3-D convolution: XLA:CPU hands 2-D convolutions to
-YNNPACK (a ``ynn_fusion`` in the compiled program) but computes 3-D ones itself, about half as fast.
+Computation (ours): on a CPU every Conv3d runs as one 2-D convolution (`conv3d_as_2d`: frames folded into the
+batch for kT = 1, pixels laid in a line for kH = kW = 1, the kT time-shifted copies stacked on the channels
+otherwise), the same sum over (kT, kH, kW, in) per output as the 3-D convolution: XLA:CPU hands 2-D
+convolutions to YNNPACK (a ``ynn_fusion`` in the compiled program) but computes 3-D ones itself, about half as
+fast. On GPUs and TPUs it stays XLA's 3-D convolution (`conv3d_for_platform`).
 
 Numerics: ``EXACT`` (default) computes in float32 at `jax.lax.Precision.HIGHEST` (what the parity tests check);
 ``FAST`` folds each eval-mode BatchNorm3d into the convolution before it (kernel times the BatchNorm's scale,
@@ -173,9 +174,26 @@ def conv3d_as_2d(x: Array, kernel: Array, stride: Triple, padding: Triple, numer
     return y.reshape(n, t, *y.shape[1:])
 
 
+def conv3d_native(x: Array, kernel: Array, stride: Triple, padding: Triple, numerics: Numerics) -> Array:
+    """The same convolution as XLA's own 3-D convolution (NTHWC, kernel (kT, kH, kW, in, out))."""
+    dtype = numerics.operand_dtype or jnp.float32
+    return jax.lax.conv_general_dilated(x.astype(dtype), kernel.astype(dtype), stride, [(p, p) for p in padding],
+                                        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+                                        precision=numerics.conv_options()["precision"])
+
+
+def conv3d_for_platform(x: Array, kernel: Array, stride: Triple, padding: Triple, numerics: Numerics) -> Array:
+    """`conv3d_as_2d` where the program runs on a CPU, `conv3d_native` elsewhere (chosen when the program is
+    lowered, `jax.lax.platform_dependent`): on a TPU the 2-D forms cost 3-14x the memory traffic of the 3-D
+    convolution (benchmarks/aot.py, BENCHMARKS.md), on a CPU they run about twice as fast."""
+    return jax.lax.platform_dependent(
+        x, kernel, cpu=lambda a, k: conv3d_as_2d(a, k, stride, padding, numerics),
+        default=lambda a, k: conv3d_native(a, k, stride, padding, numerics))
+
+
 class Conv3d(nn.Module):
     """torch's ``Conv3d(.., kernel, stride, padding, bias=False)`` on NTHWC: variable ``kernel`` (kT, kH, kW,
-    in, out) float32 (flax's ``nn.Conv`` names and init), computed by `conv3d_as_2d` under `numerics`."""
+    in, out) float32 (flax's ``nn.Conv`` names and init), computed by `conv3d_for_platform` under `numerics`."""
 
     features: int
     kernel_size: Triple
@@ -189,9 +207,9 @@ class Conv3d(nn.Module):
         add`` computed as a convolution with the kernel times `mul`, plus `add` (float32)."""
         kernel = self.param("kernel", KAIMING_FAN_OUT, (*self.kernel_size, x.shape[-1], self.features), jnp.float32)
         if affine is None:
-            return conv3d_as_2d(x, kernel, self.stride, self.padding, self.numerics)
+            return conv3d_for_platform(x, kernel, self.stride, self.padding, self.numerics)
         mul, add = affine
-        return conv3d_as_2d(x, kernel * mul, self.stride, self.padding, self.numerics).astype(jnp.float32) + add
+        return conv3d_for_platform(x, kernel * mul, self.stride, self.padding, self.numerics).astype(jnp.float32) + add
 
 
 def conv3d(features: int, kernel: Triple, stride: Triple, padding: Triple, name: str,
@@ -436,6 +454,7 @@ def init_variables(net: VideoResNet, seed: int | Array = 0) -> dict[str, Any]:
 
 __all__ = ["ARCHS", "BLOCKS", "CONV_MAKERS", "EXPANSION", "LAYER_PLANES", "NUM_CLASSES", "STEMS", "Affine",
            "BatchNorm3d", "Conv2Plus1D", "Conv3d", "ConvBN", "Downsample3d", "Stem", "VideoBlock", "VideoLayer",
-           "VideoResNet", "VideoResNetSpec", "batchnorm_affine", "conv3d_as_2d", "conv_bn", "downsample_stride",
+           "VideoResNet", "VideoResNetSpec", "batchnorm_affine", "conv3d_as_2d", "conv3d_for_platform",
+           "conv3d_native", "conv_bn", "downsample_stride",
            "folds_batchnorm", "init_variables", "mc3_18", "midplanes", "r2plus1d", "r2plus1d_18", "r3d_18",
            "spec_of", "video_resnet"]
