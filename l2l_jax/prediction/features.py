@@ -37,6 +37,7 @@ from l2l_jax.outputs import atomic_write_text
 from l2l_jax.video.decode import MAX_SECONDS
 from l2l_jax.video.distilled import load_distilled
 from l2l_jax.video.extract import Extractor, Summary, extract
+from l2l_jax.video.frames import FrameConfig
 from l2l_jax.video.labels import Entry, parse_labels
 from l2l_jax.video.manifest import FEATURE_KEYS, MANIFEST, manifest_differences, manifest_record, read_manifest
 from l2l_jax.video.trunks import Networks, calibrate_batchnorm, load_networks
@@ -115,7 +116,8 @@ def spec_from(found: tuple[Path, dict] | None, *, weights_resnet18: str | None =
             raise ConfigError("--weights_video_model needs --video_model (the network the weights are for)")
         kind = "resnet18" if weights_resnet18 else "imageaudionet" if weights_imageaudionet else "random"
         return FeatureSpec(kind, weights_resnet18 or weights_imageaudionet, 0 if seed is None else seed,
-                           frame_size or 256, crop or 224, precision or numerics.DEFAULT.name, video_model,
+                           frame_size or FrameConfig.resize, crop or FrameConfig.crop,
+                           precision or numerics.DEFAULT.name, video_model,
                            weights_video_model)
     path, rec = found
     if rec.get("calibrate_bn") and calibration is None:

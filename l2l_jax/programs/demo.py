@@ -186,8 +186,7 @@ def step_single(out: Path, data: Path, num_classes: int, seed: int, compute: Seq
     return {"trained": trained, "ev": ev, "video_model": arch}
 
 
-def step_predict(out: Path, trained: dict[str, Any], num_classes: int, seed: int, compute: Sequence[str] = ()
-                 ) -> Path:
+def step_predict(out: Path, trained: dict[str, Any], seed: int, compute: Sequence[str] = ()) -> Path:
     """The end of `--preset videos`: `l2l-predict` with the two-modality run on new videos it never saw (one per
     class, drawn with other seeds than the training and validation videos; their names give the true class, which
     l2l-predict does not read). The features were made with `--calibrate_bn`, so l2l-predict recalibrates the
@@ -342,7 +341,7 @@ def _main(argv: Sequence[str] | None) -> int:
     _header(5, "results")
     print(final_screen(out, fit, trained, ev, time.perf_counter() - t0, single), flush=True)
     if args.preset == "videos":
-        step_predict(out, trained, num_classes, args.seed, compute)
+        step_predict(out, trained, args.seed, compute)
     return 0
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from l2l_jax import variants
 from l2l_jax.programs import evaluate, flags, train
+from l2l_jax.training.log import CONFIG_FILE
 
 #: E of the evaluation (the last screen's comparison).
 EPISODE_LENGTH = 10
@@ -93,7 +94,7 @@ def step_train(out: Path, data: Path, num_classes: int, weights: Path | None, tr
     run_dir = out / "train"
     spec = variants.get(variant)
     _header(step, f"train the {spec.title} preview policy (configs/synthetic.py) -> {_shown(run_dir)}")
-    if (run_dir / "config.json").is_file():  # a previous demo's run: start afresh (l2l-train would resume it)
+    if (run_dir / CONFIG_FILE).is_file():  # a previous demo's run: start afresh (l2l-train would resume it)
         print(f"removing the previous demo run {_shown(run_dir)}")
         shutil.rmtree(run_dir)
     start = [] if weights is None else ["--weights_audioImageModel", _shown(weights)]

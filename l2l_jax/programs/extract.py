@@ -98,6 +98,7 @@ from l2l_jax.video.decode import MAX_SECONDS
 from l2l_jax.video.distilled import load_distilled
 from l2l_jax.video.extract import MAX_SEED, WIDTH, Extractor, Summary, extract, write_pickle
 from l2l_jax.video.finetune import FusedFeatures, write_fused
+from l2l_jax.video.frames import FrameConfig
 from l2l_jax.video.labels import LABEL_KINDS, Entry, describe_labels, parse_labels
 from l2l_jax.video.manifest import (
     AUDIO_DIR,
@@ -139,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=64, help="clips per network batch, all devices (default 64)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="decoding threads (default min(8, CPUs))")
-    p.add_argument("--frame_size", type=int, default=256, help="shorter side after resizing (default 256)")
-    p.add_argument("--crop", type=int, default=224, help="centre crop (default 224)")
+    p.add_argument("--frame_size", type=int, default=FrameConfig.resize,
+                   help=f"shorter side after resizing (default {FrameConfig.resize})")
+    p.add_argument("--crop", type=int, default=FrameConfig.crop, help=f"centre crop (default {FrameConfig.crop})")
     p.add_argument("--max_seconds", type=float, default=MAX_SECONDS,
                    help="longer videos are skipped with their reason (default 10800, 3 hours)")
     p.add_argument("--calibrate_bn", action="store_true",

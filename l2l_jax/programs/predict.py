@@ -57,12 +57,11 @@ from l2l_jax.prediction import features as FT
 from l2l_jax.prediction import present
 from l2l_jax.prediction.policy import Policy
 from l2l_jax.programs import flags as program_flags
+from l2l_jax.training.log import CONFIG_FILE
 from l2l_jax.video.decode import MAX_SECONDS
 from l2l_jax.video.extract import MAX_SEED
 from l2l_jax.video.video_clips import VIDEO_DIR, VIDEO_MODELS
 
-#: the resolved flags a training run writes (`l2l_jax.training.log`)
-RUN_CONFIG = "config.json"
 #: the policy's settings taken from the run (or a converted model's upstream flags) unless a flag overrides them
 MODEL_KEYS = ("variant", "episode_length", "mean_feature_as_start", "with_replacement", "feature_interpolate",
               "subsample_factor", "feature_subsample", "embedding_size")
@@ -138,7 +137,7 @@ def _run_config(ref: weights.WeightsRef) -> dict | None:
         return None
     base = Path(ref.path)
     for place in (base, base.parent) if ref.kind == "model_dir" else (base,):
-        f = place / RUN_CONFIG
+        f = place / CONFIG_FILE
         if f.is_file():
             try:
                 cfg = json.loads(f.read_text())

@@ -48,6 +48,10 @@ METERS = ("avgpool_ce", "lstm_ce", "loss", "avgpool_acc", "lstm_acc")
 _EPOCH_LINE = re.compile(r"^(\d+), \S+, \S+$")
 
 
+#: the resolved flags of a run, in its run directory (l2l-predict reads them back)
+CONFIG_FILE = "config.json"
+
+
 # ------------------------------------------------------------------------------------------------ loggers
 class _UpstreamFormatter(logging.Formatter):
     """DEBUG lines with upstream's prefix, INFO lines bare (docs/UPSTREAM.md §6 "Logs")."""
@@ -268,9 +272,9 @@ class RunLog:
         if self.main:
             text = json.dumps(cfg.to_dict(), indent=1, sort_keys=True)
             if self.url:
-                rewrite_object(self.run_dir / "config.json", text)
+                rewrite_object(self.run_dir / CONFIG_FILE, text)
             else:
-                atomic_write_text(self.run_dir / "config.json", text)
+                atomic_write_text(self.run_dir / CONFIG_FILE, text)
         self.flush()
 
     def flush(self) -> None:
